@@ -1,0 +1,14 @@
+//! What both Capstan services share at run time.
+//!
+//! - [`config`]: the common flags of SPEC §6, each with its environment twin.
+//! - [`auth`]: bearer-JWT verification as a tower layer, roles, token minting.
+//! - [`serve`]: server bootstrap — health, reflection v1 + v1alpha, request tracing and
+//!   metrics, message limits, TLS, and graceful shutdown under a deadline.
+//! - [`client`]: typed-client channels that carry a bearer token.
+//! - [`telemetry`]: `tracing` subscriber and the Prometheus exporter.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod serve;
+pub mod telemetry;

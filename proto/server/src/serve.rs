@@ -1,0 +1,270 @@
+//! Server bootstrap shared by both services.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    body::Body,
+    service::Routes,
+    transport::{Identity, Server, ServerTlsConfig},
+};
+use tower::{Layer, Service};
+
+pub use tonic_health::server::{health_reporter, HealthReporter};
+use tracing::Instrument;
+
+use crate::{
+    auth::{AuthLayer, Verifier},
+    config::{AuthMode, CommonArgs},
+};
+
+/// Everything `serve` needs besides the services themselves.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub verifier: Verifier,
+    pub max_concurrent_streams: u32,
+    pub max_connection_age: Option<Duration>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub shutdown_deadline: Duration,
+}
+
+impl ServeOptions {
+    pub fn from_args(args: &CommonArgs) -> anyhow::Result<Self> {
+        let verifier = match (args.auth, &args.jwt_secret_file) {
+            (AuthMode::Disabled, _) => Verifier::disabled(),
+            (AuthMode::Jwt, Some(path)) => Verifier::from_file(path)?,
+            (AuthMode::Jwt, None) => anyhow::bail!("--auth jwt needs --jwt-secret-file"),
+        };
+        Ok(Self {
+            verifier,
+            max_concurrent_streams: args.max_concurrent_streams,
+            max_connection_age: (args.max_connection_age_seconds > 0)
+                .then(|| Duration::from_secs(args.max_connection_age_seconds)),
+            tls: args.tls_cert_file.clone().zip(args.tls_key_file.clone()),
+            shutdown_deadline: args.shutdown_deadline(),
+        })
+    }
+
+    /// Options for in-process servers in tests.
+    pub fn for_tests(verifier: Verifier) -> Self {
+        Self {
+            verifier,
+            max_concurrent_streams: 1024,
+            max_connection_age: None,
+            tls: None,
+            shutdown_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Binds `addr`; port 0 picks a free port, which is logged.
+pub async fn bind(addr: SocketAddr, service: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(service, listen = %local, "gRPC listening");
+    Ok(listener)
+}
+
+/// Adds reflection (v1 and v1alpha, since grpcurl and other tools differ) to `routes`.
+pub fn with_reflection(routes: Routes) -> anyhow::Result<Routes> {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(capstan_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(capstan_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok(routes.add_service(v1).add_service(v1alpha))
+}
+
+/// Serves `routes` (plus reflection) on `listener` until `shutdown` fires, then lets
+/// in-flight calls finish. Streams must watch `shutdown` themselves to end.
+pub async fn serve(
+    listener: TcpListener,
+    options: ServeOptions,
+    routes: Routes,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let routes = with_reflection(routes)?;
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .initial_connection_window_size(Some(4 * 1024 * 1024))
+        .initial_stream_window_size(Some(2 * 1024 * 1024));
+    if let Some(age) = options.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some((cert, key)) = &options.tls {
+        let identity = Identity::from_pem(
+            std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+            std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
+        );
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    builder
+        .layer(ObserveLayer)
+        .layer(AuthLayer::new(options.verifier))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    r = tokio::signal::ctrl_c() => log_ctrl_c(r),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                log_ctrl_c(tokio::signal::ctrl_c().await);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    log_ctrl_c(tokio::signal::ctrl_c().await);
+}
+
+fn log_ctrl_c(r: std::io::Result<()>) {
+    match r {
+        Ok(()) => tracing::info!("SIGINT received"),
+        Err(e) => tracing::error!(error = %e, "cannot listen for SIGINT"),
+    }
+}
+
+/// Runs `server` until a signal, then cancels `shutdown` and waits at most `deadline`
+/// for it to drain: open streams must not hold the process forever.
+pub async fn run_until_signal(
+    server: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    shutdown: CancellationToken,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let mut task = tokio::spawn(server);
+    tokio::select! {
+        res = &mut task => return res.context("server task panicked")?,
+        _ = signal() => {}
+    }
+    tracing::info!(deadline_secs = deadline.as_secs(), "draining");
+    shutdown.cancel();
+    match tokio::time::timeout(deadline, task).await {
+        Ok(res) => {
+            res.context("server task panicked")??;
+            tracing::info!("stopped cleanly");
+        }
+        Err(_) => tracing::warn!("shutdown deadline passed; exiting with calls still open"),
+    }
+    Ok(())
+}
+
+/// Gives every call a `grpc` span (method and request id) and records its count and
+/// latency as Prometheus metrics.
+#[derive(Clone, Copy)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, E> Service<http::Request<Body>> for Observe<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = E> + Send + 'static,
+    S::Future: Send + 'static,
+    E: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = E;
+    type Future = BoxFuture<Result<http::Response<Body>, E>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let method = req.uri().path().to_owned();
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let span = tracing::info_span!("grpc", method = %method, request_id = %request_id);
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let res = fut.await;
+                // Errors of unary calls travel in the headers ("trailers-only"); streams and
+                // successes carry them in trailers, counted here as their header status.
+                let code = match &res {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map_or("OK", |c| code_name(tonic::Code::from_i32(c))),
+                    Err(_) => "TRANSPORT",
+                };
+                let elapsed = start.elapsed();
+                tracing::debug!(code, elapsed_us = elapsed.as_micros() as u64, "call");
+                metrics::counter!("capstan_grpc_requests_total", "method" => method.clone(), "code" => code).increment(1);
+                metrics::histogram!("capstan_grpc_request_duration_seconds", "method" => method).record(elapsed.as_secs_f64());
+                res
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

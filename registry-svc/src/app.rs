@@ -1,0 +1,128 @@
+//! Configuration and start-up of a registry server.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use capstan_server::{
+    config::CommonArgs,
+    serve::{self, ServeOptions},
+};
+use clap::Args;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{RegistryApi, RegistryServiceServer},
+    domain::registry::Registry,
+    error::Error,
+    store::{blobs, sql::SqlStore, RegistryStore},
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// gRPC address; port 0 picks a free one (the log says which).
+    #[arg(long, env = "CAPSTAN_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Where artifact content goes: `fs` (under the data dir) or `s3://bucket[/prefix]`
+    /// (credentials and endpoint from the AWS_* environment variables).
+    #[arg(long, env = "CAPSTAN_ARTIFACT_STORE", default_value = "fs")]
+    pub artifact_store: String,
+
+    /// How often RUNNING runs are checked against their heartbeat timeout.
+    #[arg(long, env = "CAPSTAN_REAPER_INTERVAL_SECONDS", default_value_t = 5)]
+    pub reaper_interval_seconds: u64,
+
+    /// How long start-up waits for the database before giving up.
+    #[arg(long, env = "CAPSTAN_DATABASE_WAIT_SECONDS", default_value_t = 60)]
+    pub database_wait_seconds: u64,
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+    pub registry: Arc<Registry>,
+}
+
+/// Connects the store, retrying while the database is unavailable.
+async fn connect_store(url: &str, wait: Duration) -> anyhow::Result<Arc<dyn RegistryStore>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match SqlStore::connect(url).await {
+            Ok(s) => return Ok(Arc::new(s)),
+            Err(Error::Unavailable(msg)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %msg, "database not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!("{e}")).context("cannot open the registry database")
+            }
+        }
+    }
+}
+
+/// Binds, serves health (NOT_SERVING until the store is ready) and reflection, opens
+/// storage, then serves the registry.
+pub async fn start(args: &RegistryArgs, options: ServeOptions) -> anyhow::Result<Running> {
+    args.common.validate()?;
+    let listener = serve::bind(args.listen, "registry-svc").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+
+    let (health, health_service) = serve::health_reporter();
+    health
+        .set_not_serving::<RegistryServiceServer<RegistryApi>>()
+        .await;
+
+    let url = args.common.database_url_or("registry.db");
+    let store = connect_store(&url, Duration::from_secs(args.database_wait_seconds)).await?;
+    let blob_store = blobs::open(&args.artifact_store, &args.common.data_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(database = %redact(&url), artifacts = %blob_store.describe(), "registry storage ready");
+    let registry = Registry::new(store, blob_store);
+    registry.spawn_reaper(
+        Duration::from_secs(args.reaper_interval_seconds.max(1)),
+        shutdown.clone(),
+    );
+    registry.spawn_change_listener(shutdown.clone()).await;
+
+    let max = args.common.max_message_bytes;
+    let api = RegistryServiceServer::new(RegistryApi::new(registry.clone(), shutdown.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let routes = tonic::service::Routes::new(health_service).add_service(api);
+    health
+        .set_serving::<RegistryServiceServer<RegistryApi>>()
+        .await;
+    let server_shutdown = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let res = serve::serve(listener, options, routes, server_shutdown).await;
+        health
+            .set_not_serving::<RegistryServiceServer<RegistryApi>>()
+            .await;
+        res
+    });
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+        registry,
+    })
+}
+
+/// Hides the password of a database URL in logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}://{user}:***{}", &url[..s], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}

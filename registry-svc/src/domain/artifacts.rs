@@ -1,0 +1,192 @@
+//! Artifact upload and download: hash while streaming, check what the client promised,
+//! store content-addressed, attach to the run. Memory stays bounded by a few chunks.
+
+use bytes::Bytes;
+use capstan_proto::artifact_uri::{self, ArtifactUri};
+use futures::{stream::BoxStream, Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{
+    registry::Registry,
+    run::{Artifact, Run, RunPatch},
+    validate,
+};
+use crate::error::{Error, Result, Validator};
+
+/// Largest artifact accepted (64 GiB).
+pub const MAX_ARTIFACT_BYTES: i64 = 64 << 30;
+/// Size of download chunks: large enough for throughput, far under message limits.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+const DEFAULT_NAMESPACE: &str = "runs";
+
+#[derive(Debug, Clone, Default)]
+pub struct UploadHeader {
+    pub run_id: String,
+    pub name: String,
+    pub namespace: String,
+    pub expected_sha256: String,
+    pub expected_size: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub run: Run,
+    pub artifact: Artifact,
+    pub deduplicated: bool,
+}
+
+impl UploadHeader {
+    fn validate(&self) -> Result<Uuid> {
+        let mut v = Validator::default();
+        let id = validate::uuid(&mut v, "header.run_id", &self.run_id);
+        v.check(
+            !self.name.is_empty()
+                && self.name.len() <= 255
+                && !self.name.contains(['/', '\\', '\0']),
+            "header.name",
+            || "must be a file name of 1-255 bytes without path separators".into(),
+        );
+        v.check(
+            self.namespace.is_empty() || artifact_uri::is_valid_namespace(&self.namespace),
+            "header.namespace",
+            || "must be `/`-separated segments of [a-z0-9][a-z0-9_.-]*".into(),
+        );
+        v.check(
+            self.expected_sha256.is_empty() || validate::sha256_hex_ok(&self.expected_sha256),
+            "header.expected_sha256",
+            || "must be 64 lowercase hex characters".into(),
+        );
+        if let Some(size) = self.expected_size {
+            v.check(
+                (0..=MAX_ARTIFACT_BYTES).contains(&size),
+                "header.expected_size",
+                || format!("must be between 0 and {MAX_ARTIFACT_BYTES}, got {size}"),
+            );
+        }
+        v.finish()?;
+        id.ok_or_else(|| Error::invalid("header.run_id", "is not a UUID"))
+    }
+}
+
+impl Registry {
+    /// Consumes the chunks after the header. Nothing is attached unless every check passes;
+    /// a staged blob that fails a check is removed.
+    pub async fn upload_artifact(
+        &self,
+        header: UploadHeader,
+        mut chunks: impl Stream<Item = Result<Bytes>> + Unpin + Send,
+    ) -> Result<Uploaded> {
+        let run_id = header.validate()?;
+        let run = self.get_run(run_id).await?;
+        if run.status.is_terminal() {
+            return Err(Error::FailedPrecondition(format!(
+                "run {run_id} is {}: artifacts are attached before a run ends",
+                run.status.as_str()
+            )));
+        }
+        let namespace = if header.namespace.is_empty() {
+            DEFAULT_NAMESPACE
+        } else {
+            &header.namespace
+        };
+        let ext = artifact_uri::extension_of(&header.name);
+
+        let mut staged = self.blobs.stage().await?;
+        // Writing runs beside hashing; the channel bounds what is buffered between them.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let writer = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                staged.write(chunk).await?;
+            }
+            Ok::<_, Error>(staged)
+        });
+        let mut hasher = Sha256::new();
+        let mut size: i64 = 0;
+        let limit = header.expected_size.unwrap_or(MAX_ARTIFACT_BYTES);
+        let received: Result<()> = async {
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                size += chunk.len() as i64;
+                if size > limit {
+                    return Err(Error::invalid(
+                        "header.expected_size",
+                        format!("content exceeds the expected {limit} bytes"),
+                    ));
+                }
+                hasher.update(&chunk);
+                if tx.send(chunk).await.is_err() {
+                    break; // The writer failed; its error is reported below.
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let staged = writer
+            .await
+            .map_err(|e| Error::Internal(format!("artifact writer panicked: {e}")))?;
+        received?;
+        let staged = staged?;
+        if let Some(expected) = header.expected_size {
+            if expected != size {
+                return Err(Error::invalid(
+                    "header.expected_size",
+                    format!("expected {expected} bytes, received {size}"),
+                ));
+            }
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        if !header.expected_sha256.is_empty() && header.expected_sha256 != sha256 {
+            return Err(Error::DataLoss(format!(
+                "content SHA-256 is {sha256}, the header expected {}; nothing was stored",
+                header.expected_sha256
+            )));
+        }
+        let deduplicated = staged.commit(&sha256).await?;
+        let uri = ArtifactUri::new(namespace, &run.model_type, &sha256, ext.as_deref())
+            .map_err(|e| Error::invalid("header.namespace", e.to_string()))?;
+        let artifact = Artifact {
+            uri,
+            sha256,
+            size_bytes: size,
+        };
+        let run = self
+            .update_run(
+                run_id,
+                &RunPatch {
+                    artifact: Some(artifact.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        metrics::counter!("capstan_artifact_bytes_uploaded_total").increment(size as u64);
+        Ok(Uploaded {
+            run,
+            artifact,
+            deduplicated,
+        })
+    }
+
+    /// The run's artifact reference and a stream of its content.
+    pub async fn download_artifact(
+        &self,
+        run_id: Uuid,
+    ) -> Result<(Artifact, BoxStream<'static, Result<Bytes>>)> {
+        let run = self.get_run(run_id).await?;
+        let artifact = run
+            .artifact
+            .ok_or_else(|| Error::NotFound(format!("run {run_id} has no artifact")))?;
+        let stream = match self.blobs.read(&artifact.sha256, CHUNK_BYTES).await {
+            Ok(s) => s,
+            Err(Error::NotFound(_)) => {
+                return Err(Error::DataLoss(format!(
+                    "artifact {} of run {run_id} is referenced but its content is not stored",
+                    artifact.uri
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((artifact, stream))
+    }
+}

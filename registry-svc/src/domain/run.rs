@@ -1,0 +1,372 @@
+//! Runs and their state machine.
+
+use std::collections::BTreeMap;
+
+use capstan_proto::artifact_uri::{self, ArtifactUri};
+use uuid::Uuid;
+
+use super::{validate, Micros};
+use crate::error::{Error, Result, Validator};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 5] = [
+        Self::Pending,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    /// `PENDING → RUNNING → SUCCEEDED | FAILED | CANCELLED`; PENDING may end at once;
+    /// staying put is allowed for non-terminal states; a terminal state never changes.
+    pub fn can_become(self, next: RunStatus) -> bool {
+        use RunStatus::*;
+        match self {
+            Pending => true,
+            Running => next != Pending,
+            Succeeded | Failed | Cancelled => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Running => "RUNNING",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// A stored artifact reference: the canonical URI and the content's hash and size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    pub uri: ArtifactUri,
+    pub sha256: String,
+    pub size_bytes: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub id: Uuid,
+    pub request_id: Option<String>,
+    pub name: String,
+    pub model_type: String,
+    pub params: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+    pub metrics: BTreeMap<String, f64>,
+    pub status: RunStatus,
+    pub status_message: String,
+    pub artifact: Option<Artifact>,
+    pub create_time: Micros,
+    pub update_time: Micros,
+    pub heartbeat_time: Micros,
+    /// Zero: no heartbeat expected.
+    pub heartbeat_timeout_ms: i64,
+    /// Bumped on every write; the etag is its decimal text.
+    pub version: i64,
+}
+
+impl Run {
+    pub fn etag(&self) -> String {
+        self.version.to_string()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewRun {
+    pub request_id: Option<String>,
+    pub name: String,
+    pub model_type: String,
+    pub params: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+    pub metrics: BTreeMap<String, f64>,
+    /// Pending or Running.
+    pub status: Option<RunStatus>,
+    pub heartbeat_timeout_ms: i64,
+}
+
+pub const MAX_HEARTBEAT_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
+
+impl NewRun {
+    pub fn validate(&self) -> Result<()> {
+        let mut v = Validator::default();
+        if let Some(id) = &self.request_id {
+            validate::request_id(&mut v, "request_id", id);
+        }
+        validate::name(&mut v, "name", &self.name);
+        v.check(
+            artifact_uri::is_valid_model_type(&self.model_type),
+            "model_type",
+            || {
+                format!(
+                    "{:.80?} must match [a-z0-9][a-z0-9_]{{0,63}}",
+                    self.model_type
+                )
+            },
+        );
+        validate::string_map(&mut v, "params", &self.params);
+        validate::string_map(&mut v, "tags", &self.tags);
+        validate::metrics(&mut v, "metrics", &self.metrics);
+        v.check(
+            matches!(
+                self.status,
+                None | Some(RunStatus::Pending | RunStatus::Running)
+            ),
+            "status",
+            || "a new run starts PENDING or RUNNING".into(),
+        );
+        v.check(
+            (0..=MAX_HEARTBEAT_TIMEOUT_MS).contains(&self.heartbeat_timeout_ms),
+            "heartbeat_timeout",
+            || "must be between 0 and 7 days".into(),
+        );
+        v.finish()
+    }
+
+    pub fn into_run(self, id: Uuid, now: Micros) -> Run {
+        Run {
+            id,
+            request_id: self.request_id,
+            name: self.name,
+            model_type: self.model_type,
+            params: self.params,
+            tags: self.tags,
+            metrics: self.metrics,
+            status: self.status.unwrap_or(RunStatus::Pending),
+            status_message: String::new(),
+            artifact: None,
+            create_time: now,
+            update_time: now,
+            heartbeat_time: now,
+            heartbeat_timeout_ms: self.heartbeat_timeout_ms,
+            version: 1,
+        }
+    }
+}
+
+/// The fields an update changes (AIP-134 mask already applied).
+#[derive(Debug, Clone, Default)]
+pub struct RunPatch {
+    pub expected_etag: Option<String>,
+    pub name: Option<String>,
+    pub params: Option<BTreeMap<String, String>>,
+    pub tags: Option<BTreeMap<String, String>>,
+    pub metrics: Option<BTreeMap<String, f64>>,
+    pub status: Option<RunStatus>,
+    pub status_message: Option<String>,
+    pub heartbeat_timeout_ms: Option<i64>,
+    pub artifact: Option<Artifact>,
+}
+
+impl RunPatch {
+    /// Checks the fields on their own (before the run is read).
+    pub fn validate(&self) -> Result<()> {
+        let mut v = Validator::default();
+        if let Some(n) = &self.name {
+            validate::name(&mut v, "run.name", n);
+        }
+        if let Some(p) = &self.params {
+            validate::string_map(&mut v, "run.params", p);
+        }
+        if let Some(t) = &self.tags {
+            validate::string_map(&mut v, "run.tags", t);
+        }
+        if let Some(m) = &self.metrics {
+            validate::metrics(&mut v, "run.metrics", m);
+        }
+        if let Some(m) = &self.status_message {
+            validate::text(&mut v, "run.status_message", m);
+        }
+        if let Some(h) = self.heartbeat_timeout_ms {
+            v.check(
+                (0..=MAX_HEARTBEAT_TIMEOUT_MS).contains(&h),
+                "run.heartbeat_timeout",
+                || "must be between 0 and 7 days".into(),
+            );
+        }
+        if let Some(a) = &self.artifact {
+            v.check(
+                validate::sha256_hex_ok(&a.sha256),
+                "run.artifact_sha256",
+                || "must be 64 lowercase hex characters".into(),
+            );
+            v.check(a.size_bytes >= 0, "run.artifact_size_bytes", || {
+                "must not be negative".into()
+            });
+        }
+        v.finish()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.params.is_none()
+            && self.tags.is_none()
+            && self.metrics.is_none()
+            && self.status.is_none()
+            && self.status_message.is_none()
+            && self.heartbeat_timeout_ms.is_none()
+            && self.artifact.is_none()
+    }
+
+    /// Applies the patch to `run` (read in the same transaction) or says why not.
+    pub fn apply(&self, run: &mut Run, now: Micros) -> Result<()> {
+        if let Some(etag) = &self.expected_etag {
+            if *etag != run.etag() {
+                return Err(Error::Aborted(format!(
+                    "run {} changed: etag is {}, request expected {etag}",
+                    run.id,
+                    run.etag()
+                )));
+            }
+        }
+        if run.status.is_terminal() {
+            // Only annotations may change once the outcome is final.
+            let touches_outcome = self.params.is_some()
+                || self.metrics.is_some()
+                || self.artifact.is_some()
+                || self.heartbeat_timeout_ms.is_some()
+                || self.status_message.is_some()
+                || self.status.is_some_and(|s| s != run.status);
+            if touches_outcome {
+                return Err(Error::FailedPrecondition(format!(
+                    "run {} is {} (terminal): only name and tags may change",
+                    run.id,
+                    run.status.as_str()
+                )));
+            }
+        }
+        if let Some(next) = self.status {
+            if !run.status.can_become(next) {
+                return Err(Error::FailedPrecondition(format!(
+                    "run {} cannot go from {} to {}",
+                    run.id,
+                    run.status.as_str(),
+                    next.as_str()
+                )));
+            }
+            run.status = next;
+        }
+        if let Some(n) = &self.name {
+            run.name = n.clone();
+        }
+        if let Some(p) = &self.params {
+            run.params = p.clone();
+        }
+        if let Some(t) = &self.tags {
+            run.tags = t.clone();
+        }
+        if let Some(m) = &self.metrics {
+            run.metrics = m.clone();
+        }
+        if let Some(m) = &self.status_message {
+            run.status_message = m.clone();
+        }
+        if let Some(h) = self.heartbeat_timeout_ms {
+            run.heartbeat_timeout_ms = h;
+        }
+        if let Some(a) = &self.artifact {
+            if a.uri.model_type() != run.model_type {
+                return Err(Error::invalid(
+                    "run.artifact_uri",
+                    format!(
+                        "model type {:?} in the URI differs from the run's {:?}",
+                        a.uri.model_type(),
+                        run.model_type
+                    ),
+                ));
+            }
+            run.artifact = Some(a.clone());
+        }
+        run.update_time = now;
+        run.heartbeat_time = now;
+        run.version += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn status() -> impl Strategy<Value = RunStatus> {
+        prop::sample::select(RunStatus::ALL.to_vec())
+    }
+
+    fn run(status: RunStatus) -> Run {
+        let mut r = NewRun {
+            name: "r".into(),
+            model_type: "m".into(),
+            ..Default::default()
+        }
+        .into_run(Uuid::nil(), 0);
+        r.status = status;
+        r
+    }
+
+    proptest! {
+        // Any sequence of requested transitions: the applied path is always legal,
+        // terminal states never change, and refused ones change nothing.
+        #[test]
+        fn transitions_follow_the_machine(steps in prop::collection::vec(status(), 0..12)) {
+            let mut r = run(RunStatus::Pending);
+            for (i, next) in steps.into_iter().enumerate() {
+                let before = r.clone();
+                let res = RunPatch { status: Some(next), ..Default::default() }.apply(&mut r, i as i64);
+                if before.status.is_terminal() && next != before.status {
+                    prop_assert!(res.is_err());
+                }
+                match res {
+                    Ok(()) => {
+                        prop_assert!(before.status.can_become(next) || before.status == next);
+                        prop_assert_eq!(r.status, next);
+                        prop_assert_eq!(r.version, before.version + 1);
+                    }
+                    Err(_) => prop_assert_eq!(&r, &before),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn running_cannot_go_back_to_pending() {
+        let mut r = run(RunStatus::Running);
+        let err = RunPatch {
+            status: Some(RunStatus::Pending),
+            ..Default::default()
+        }
+        .apply(&mut r, 1);
+        assert!(matches!(err, Err(Error::FailedPrecondition(_))));
+    }
+
+    #[test]
+    fn stale_etag_is_aborted() {
+        let mut r = run(RunStatus::Running);
+        let err = RunPatch {
+            expected_etag: Some("7".into()),
+            name: Some("x".into()),
+            ..Default::default()
+        }
+        .apply(&mut r, 1);
+        assert!(matches!(err, Err(Error::Aborted(_))));
+    }
+}

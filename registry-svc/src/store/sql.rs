@@ -1,0 +1,724 @@
+//! The SQL store. One implementation serves SQLite and Postgres through sqlx's `Any`
+//! driver: the SQL uses `$n` placeholders, which both accept, and the few dialect
+//! differences (row locks, notifications, pool shape) are switched on [`Backend`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{stream::BoxStream, StreamExt};
+use sqlx::{
+    any::{AnyPoolOptions, AnyRow},
+    AnyPool, Executor, Row,
+};
+use uuid::Uuid;
+
+use super::{RegistryStore, RunCursor, RunFilter, RunOrder};
+use crate::{
+    domain::{
+        alias::{Alias, AliasAction, AliasHistoryEntry, AliasWrite},
+        run::{Artifact, Run, RunStatus},
+        Micros,
+    },
+    error::{Error, Result},
+};
+use capstan_proto::artifact_uri::ArtifactUri;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(Error::invalid(
+                "database_url",
+                "must start with sqlite: or postgres://",
+            ))
+        }
+    }
+
+    fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// Maps a database error, logging it where it becomes a status.
+pub fn db_error(e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::warn!(error = %e, "database unavailable");
+            Error::Unavailable(format!("database unavailable: {e}"))
+        }
+        _ => {
+            tracing::error!(error = %e, "database error");
+            Error::Internal(format!("database error: {e}"))
+        }
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+pub struct SqlStore {
+    read: AnyPool,
+    write: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+/// Opens a pool whose every connection gets WAL and a busy timeout (SQLite).
+async fn pool(url: &str, backend: Backend, max: u32) -> Result<AnyPool> {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        conn.execute(pragma).await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))
+}
+
+impl SqlStore {
+    /// Connects and applies the embedded migrations of the backend. Safe when several
+    /// replicas start at once: Postgres migrations run under sqlx's advisory lock.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let (read, write) = match backend {
+            // SQLite allows one writer: a single write connection queues writers in the
+            // process instead of failing them with SQLITE_BUSY; WAL lets readers go on.
+            Backend::Sqlite => {
+                let write = pool(url, backend, 1).await?;
+                (pool(url, backend, 4).await?, write)
+            }
+            Backend::Postgres => {
+                let p = pool(url, backend, 16).await?;
+                (p.clone(), p)
+            }
+        };
+        let migrated = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&write).await,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&write).await,
+        };
+        migrated.map_err(|e| Error::Unavailable(format!("database migration failed: {e}")))?;
+        Ok(Self {
+            read,
+            write,
+            backend,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+/// Positional arguments for dynamically built SQL.
+enum Arg {
+    Text(String),
+    Int(i64),
+    Real(f64),
+}
+
+#[derive(Default)]
+struct Sql {
+    text: String,
+    args: Vec<Arg>,
+}
+
+impl Sql {
+    fn new(text: &str) -> Self {
+        Self {
+            text: text.to_string(),
+            args: Vec::new(),
+        }
+    }
+    /// Adds an argument and returns its placeholder.
+    fn arg(&mut self, a: Arg) -> String {
+        self.args.push(a);
+        format!("${}", self.args.len())
+    }
+    fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+    fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+        let mut q = sqlx::query(&self.text);
+        for a in &self.args {
+            q = match a {
+                Arg::Text(s) => q.bind(s.as_str()),
+                Arg::Int(i) => q.bind(*i),
+                Arg::Real(f) => q.bind(*f),
+            };
+        }
+        q
+    }
+}
+
+const RUN_COLS: &str =
+    "r.run_id, r.request_id, r.name, r.model_type, r.params, r.tags, r.metrics, r.status, \
+     r.status_message, r.artifact_uri, r.artifact_sha256, r.artifact_size_bytes, r.create_time, \
+     r.update_time, r.heartbeat_time, r.heartbeat_timeout_ms, r.version";
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
+    tracing::error!(what, %detail, "corrupt row");
+    Error::Internal(format!("stored {what} is unreadable: {detail}"))
+}
+
+fn uuid_col(row: &AnyRow, col: &str) -> Result<Uuid> {
+    let s: String = row.try_get(col).map_err(db_error)?;
+    Uuid::parse_str(&s).map_err(|e| corrupt(col, e))
+}
+
+fn opt_uuid_col(row: &AnyRow, col: &str) -> Result<Option<Uuid>> {
+    let s: String = row.try_get(col).map_err(db_error)?;
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        Uuid::parse_str(&s).map(Some).map_err(|e| corrupt(col, e))
+    }
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
+    let s: String = row.try_get(col).map_err(db_error)?;
+    serde_json::from_str(&s).map_err(|e| corrupt(col, e))
+}
+
+fn run_from_row(row: &AnyRow) -> Result<Run> {
+    let status: String = row.try_get("status").map_err(db_error)?;
+    let uri: Option<String> = row.try_get("artifact_uri").map_err(db_error)?;
+    let artifact = match uri {
+        Some(uri) => Some(Artifact {
+            uri: ArtifactUri::parse(&uri).map_err(|e| corrupt("artifact_uri", e))?,
+            sha256: row
+                .try_get::<Option<String>, _>("artifact_sha256")
+                .map_err(db_error)?
+                .unwrap_or_default(),
+            size_bytes: row
+                .try_get::<Option<i64>, _>("artifact_size_bytes")
+                .map_err(db_error)?
+                .unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(Run {
+        id: uuid_col(row, "run_id")?,
+        request_id: row.try_get("request_id").map_err(db_error)?,
+        name: row.try_get("name").map_err(db_error)?,
+        model_type: row.try_get("model_type").map_err(db_error)?,
+        params: json_col(row, "params")?,
+        tags: json_col(row, "tags")?,
+        metrics: json_col(row, "metrics")?,
+        status: RunStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        status_message: row.try_get("status_message").map_err(db_error)?,
+        artifact,
+        create_time: row.try_get("create_time").map_err(db_error)?,
+        update_time: row.try_get("update_time").map_err(db_error)?,
+        heartbeat_time: row.try_get("heartbeat_time").map_err(db_error)?,
+        heartbeat_timeout_ms: row.try_get("heartbeat_timeout_ms").map_err(db_error)?,
+        version: row.try_get("version").map_err(db_error)?,
+    })
+}
+
+fn alias_from_row(row: &AnyRow) -> Result<Alias> {
+    Ok(Alias {
+        alias: row.try_get("alias").map_err(db_error)?,
+        run_id: uuid_col(row, "run_id")?,
+        description: row.try_get("description").map_err(db_error)?,
+        revision: row.try_get("revision").map_err(db_error)?,
+        update_time: row.try_get("update_time").map_err(db_error)?,
+        updated_by: row.try_get("updated_by").map_err(db_error)?,
+    })
+}
+
+fn history_from_row(row: &AnyRow) -> Result<AliasHistoryEntry> {
+    let action: String = row.try_get("action").map_err(db_error)?;
+    Ok(AliasHistoryEntry {
+        alias: row.try_get("alias").map_err(db_error)?,
+        revision: row.try_get("revision").map_err(db_error)?,
+        run_id: opt_uuid_col(row, "run_id")?,
+        previous_run_id: opt_uuid_col(row, "previous_run_id")?,
+        action: AliasAction::parse(&action).ok_or_else(|| corrupt("action", &action))?,
+        reason: row.try_get("reason").map_err(db_error)?,
+        actor: row.try_get("actor").map_err(db_error)?,
+        description: row.try_get("description").map_err(db_error)?,
+        time: row.try_get("time").map_err(db_error)?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+/// Rewrites the tag and metric index rows of a run (they serve filters and ordering).
+async fn write_run_indexes(conn: &mut sqlx::AnyConnection, run: &Run, replace: bool) -> Result<()> {
+    let id = run.id.to_string();
+    if replace {
+        for table in ["run_tags", "run_metrics"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
+                .bind(&id)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        }
+    }
+    if !run.tags.is_empty() {
+        let mut sql = Sql::new("INSERT INTO run_tags (run_id, key, value) VALUES ");
+        let idp = sql.arg(Arg::Text(id.clone()));
+        for (i, (k, v)) in run.tags.iter().enumerate() {
+            let (kp, vp) = (sql.arg(Arg::Text(k.clone())), sql.arg(Arg::Text(v.clone())));
+            sql.push(if i > 0 { ", " } else { "" })
+                .push(&format!("({idp}, {kp}, {vp})"));
+        }
+        sql.query().execute(&mut *conn).await.map_err(db_error)?;
+    }
+    if !run.metrics.is_empty() {
+        let mut sql = Sql::new("INSERT INTO run_metrics (run_id, key, value) VALUES ");
+        let idp = sql.arg(Arg::Text(id));
+        for (i, (k, v)) in run.metrics.iter().enumerate() {
+            let (kp, vp) = (sql.arg(Arg::Text(k.clone())), sql.arg(Arg::Real(*v)));
+            sql.push(if i > 0 { ", " } else { "" })
+                .push(&format!("({idp}, {kp}, {vp})"));
+        }
+        sql.query().execute(&mut *conn).await.map_err(db_error)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl RegistryStore for SqlStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn insert_run(&self, run: &Run) -> Result<(Run, bool)> {
+        let mut tx = self.write.begin().await.map_err(db_error)?;
+        let inserted = sqlx::query(
+            "INSERT INTO runs (run_id, request_id, name, model_type, params, tags, metrics, status, \
+             status_message, create_time, update_time, heartbeat_time, heartbeat_timeout_ms, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(run.id.to_string())
+        .bind(run.request_id.as_deref())
+        .bind(&run.name)
+        .bind(&run.model_type)
+        .bind(to_json(&run.params))
+        .bind(to_json(&run.tags))
+        .bind(to_json(&run.metrics))
+        .bind(run.status.as_str())
+        .bind(&run.status_message)
+        .bind(run.create_time)
+        .bind(run.update_time)
+        .bind(run.heartbeat_time)
+        .bind(run.heartbeat_timeout_ms)
+        .bind(run.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if inserted == 0 {
+            let row = sqlx::query(&format!(
+                "SELECT {RUN_COLS} FROM runs r WHERE r.request_id = $1"
+            ))
+            .bind(run.request_id.as_deref())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            tx.rollback().await.map_err(db_error)?;
+            return Ok((run_from_row(&row)?, false));
+        }
+        write_run_indexes(&mut tx, run, false).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok((run.clone(), true))
+    }
+
+    async fn get_run(&self, id: Uuid) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs r WHERE r.run_id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn update_run(&self, run: &Run, expected_version: i64) -> Result<bool> {
+        let mut tx = self.write.begin().await.map_err(db_error)?;
+        let (uri, sha, size) = match &run.artifact {
+            Some(a) => (
+                Some(a.uri.to_string()),
+                Some(a.sha256.clone()),
+                Some(a.size_bytes),
+            ),
+            None => (None, None, None),
+        };
+        let n = sqlx::query(
+            "UPDATE runs SET name = $1, params = $2, tags = $3, metrics = $4, status = $5, \
+             status_message = $6, artifact_uri = $7, artifact_sha256 = $8, artifact_size_bytes = $9, \
+             update_time = $10, heartbeat_time = $11, heartbeat_timeout_ms = $12, version = $13 \
+             WHERE run_id = $14 AND version = $15",
+        )
+        .bind(&run.name)
+        .bind(to_json(&run.params))
+        .bind(to_json(&run.tags))
+        .bind(to_json(&run.metrics))
+        .bind(run.status.as_str())
+        .bind(&run.status_message)
+        .bind(uri)
+        .bind(sha)
+        .bind(size)
+        .bind(run.update_time)
+        .bind(run.heartbeat_time)
+        .bind(run.heartbeat_timeout_ms)
+        .bind(run.version)
+        .bind(run.id.to_string())
+        .bind(expected_version)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        write_run_indexes(&mut tx, run, true).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        order: &RunOrder,
+        after: Option<&RunCursor>,
+        limit: usize,
+    ) -> Result<Vec<Run>> {
+        let mut sql = Sql::new(&format!("SELECT {RUN_COLS} FROM runs r"));
+        let (key_expr, desc) = match order {
+            RunOrder::CreateTime { desc } => ("r.create_time", *desc),
+            RunOrder::Metric { name, desc } => {
+                let p = sql.arg(Arg::Text(name.clone()));
+                sql.push(&format!(
+                    " JOIN run_metrics m ON m.run_id = r.run_id AND m.key = {p}"
+                ));
+                ("m.value", *desc)
+            }
+        };
+        sql.push(" WHERE 1 = 1");
+        if let Some(s) = filter.status {
+            let p = sql.arg(Arg::Text(s.as_str().into()));
+            sql.push(&format!(" AND r.status = {p}"));
+        }
+        if let Some(mt) = &filter.model_type {
+            let p = sql.arg(Arg::Text(mt.clone()));
+            sql.push(&format!(" AND r.model_type = {p}"));
+        }
+        if let Some(prefix) = &filter.name_prefix {
+            // substr rather than LIKE: SQLite's LIKE ignores case, Postgres's does not.
+            let p = sql.arg(Arg::Text(prefix.clone()));
+            sql.push(&format!(" AND substr(r.name, 1, length({p})) = {p}"));
+        }
+        for (k, v) in &filter.tags {
+            let (kp, vp) = (sql.arg(Arg::Text(k.clone())), sql.arg(Arg::Text(v.clone())));
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = r.run_id AND t.key = {kp} AND t.value = {vp})"
+            ));
+        }
+        let cmp = if desc { "<" } else { ">" };
+        match after {
+            Some(RunCursor::CreateTime(t, id)) => {
+                let (tp, ip) = (sql.arg(Arg::Int(*t)), sql.arg(Arg::Text(id.to_string())));
+                sql.push(&format!(" AND ({key_expr}, r.run_id) {cmp} ({tp}, {ip})"));
+            }
+            Some(RunCursor::Metric(v, id)) => {
+                let (vp, ip) = (sql.arg(Arg::Real(*v)), sql.arg(Arg::Text(id.to_string())));
+                sql.push(&format!(" AND ({key_expr}, r.run_id) {cmp} ({vp}, {ip})"));
+            }
+            None => {}
+        }
+        let dir = if desc { "DESC" } else { "ASC" };
+        let lp = sql.arg(Arg::Int(limit as i64));
+        sql.push(&format!(
+            " ORDER BY {key_expr} {dir}, r.run_id {dir} LIMIT {lp}"
+        ));
+        let rows = sql.query().fetch_all(&self.read).await.map_err(db_error)?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn fail_expired_runs(&self, now: Micros) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE runs SET status = 'FAILED', \
+             status_message = 'heartbeat timeout: no UpdateRun within heartbeat_timeout', \
+             update_time = $1, version = version + 1 \
+             WHERE status = 'RUNNING' AND heartbeat_timeout_ms > 0 \
+             AND heartbeat_time + heartbeat_timeout_ms * 1000 < $1",
+        )
+        .bind(now)
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn get_alias(&self, alias: &str) -> Result<Option<Alias>> {
+        let row = sqlx::query(
+            "SELECT alias, run_id, description, revision, update_time, updated_by FROM aliases WHERE alias = $1",
+        )
+        .bind(alias)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(alias_from_row).transpose()
+    }
+
+    async fn list_aliases(&self, after: Option<&str>, limit: usize) -> Result<Vec<Alias>> {
+        let rows = sqlx::query(
+            "SELECT alias, run_id, description, revision, update_time, updated_by FROM aliases \
+             WHERE alias > $1 ORDER BY alias LIMIT $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(alias_from_row).collect()
+    }
+
+    async fn write_alias(&self, w: &AliasWrite) -> Result<AliasHistoryEntry> {
+        let mut tx = self.write.begin().await.map_err(db_error)?;
+        let current = sqlx::query(&format!(
+            "SELECT run_id, revision FROM aliases WHERE alias = $1{}",
+            self.backend.for_update()
+        ))
+        .bind(&w.alias)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let current = match current {
+            Some(row) => Some((
+                uuid_col(&row, "run_id")?,
+                row.try_get::<i64, _>("revision").map_err(db_error)?,
+            )),
+            None => None,
+        };
+        w.check_revision(current.map(|(_, r)| r))?;
+        let revision = match current {
+            Some((_, r)) => r + 1,
+            None if w.run_id.is_none() => {
+                return Err(Error::NotFound(format!(
+                    "alias {:?} does not exist",
+                    w.alias
+                )));
+            }
+            None => {
+                let last: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(revision), 0) FROM alias_history WHERE alias = $1",
+                )
+                .bind(&w.alias)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                last + 1
+            }
+        };
+        let concurrent = |e: sqlx::Error| {
+            if is_unique_violation(&e) {
+                Error::Aborted(format!(
+                    "alias {:?} was changed concurrently; retry",
+                    w.alias
+                ))
+            } else {
+                db_error(e)
+            }
+        };
+        let write = match (w.run_id, current) {
+            (None, _) => sqlx::query("DELETE FROM aliases WHERE alias = $1").bind(&w.alias),
+            (Some(run_id), Some((_, prev_rev))) => sqlx::query(
+                "UPDATE aliases SET run_id = $1, description = $2, revision = $3, update_time = $4, \
+                 updated_by = $5 WHERE alias = $6 AND revision = $7",
+            )
+            .bind(run_id.to_string())
+            .bind(&w.description)
+            .bind(revision)
+            .bind(w.time)
+            .bind(&w.actor)
+            .bind(&w.alias)
+            .bind(prev_rev),
+            (Some(run_id), None) => sqlx::query(
+                "INSERT INTO aliases (run_id, description, revision, update_time, updated_by, alias) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(run_id.to_string())
+            .bind(&w.description)
+            .bind(revision)
+            .bind(w.time)
+            .bind(&w.actor)
+            .bind(&w.alias),
+        };
+        if write
+            .execute(&mut *tx)
+            .await
+            .map_err(concurrent)?
+            .rows_affected()
+            != 1
+        {
+            return Err(Error::Aborted(format!(
+                "alias {:?} was changed concurrently; retry",
+                w.alias
+            )));
+        }
+        let entry = AliasHistoryEntry {
+            alias: w.alias.clone(),
+            revision,
+            run_id: w.run_id,
+            previous_run_id: current.map(|(id, _)| id),
+            action: w.action,
+            reason: w.reason.clone(),
+            actor: w.actor.clone(),
+            description: w.description.clone(),
+            time: w.time,
+        };
+        sqlx::query(
+            "INSERT INTO alias_history (alias, revision, run_id, previous_run_id, action, reason, actor, \
+             description, time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&entry.alias)
+        .bind(entry.revision)
+        .bind(entry.run_id.map(|u| u.to_string()).unwrap_or_default())
+        .bind(entry.previous_run_id.map(|u| u.to_string()).unwrap_or_default())
+        .bind(entry.action.as_str())
+        .bind(&entry.reason)
+        .bind(&entry.actor)
+        .bind(&entry.description)
+        .bind(entry.time)
+        .execute(&mut *tx)
+        .await
+        .map_err(concurrent)?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify('capstan_alias', $1)")
+                .bind(&entry.alias)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(entry)
+    }
+
+    async fn alias_history(
+        &self,
+        alias: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AliasHistoryEntry>> {
+        let rows = sqlx::query(
+            "SELECT alias, revision, run_id, previous_run_id, action, reason, actor, description, time \
+             FROM alias_history WHERE alias = $1 AND revision < $2 ORDER BY revision DESC LIMIT $3",
+        )
+        .bind(alias)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit as i64)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(history_from_row).collect()
+    }
+
+    async fn alias_changes(
+        &self,
+        alias: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<AliasHistoryEntry>> {
+        let rows = sqlx::query(
+            "SELECT alias, revision, run_id, previous_run_id, action, reason, actor, description, time \
+             FROM alias_history WHERE alias = $1 AND revision > $2 ORDER BY revision LIMIT $3",
+        )
+        .bind(alias)
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(history_from_row).collect()
+    }
+
+    async fn alias_revisions(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT alias, MAX(revision) AS revision FROM alias_history GROUP BY alias",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("alias").map_err(db_error)?,
+                    r.try_get("revision").map_err(db_error)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn alias_change_hints(&self) -> Option<BoxStream<'static, ()>> {
+        if self.backend != Backend::Postgres {
+            return None;
+        }
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect(&self.url).await?;
+            l.listen("capstan_alias").await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match listener.await {
+            Ok(l) => Some(
+                l.into_stream()
+                    .filter_map(|n| async move {
+                        match n {
+                            Ok(_) => Some(()),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "alias notification listener error; polling covers it");
+                                None
+                            }
+                        }
+                    })
+                    .boxed(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for alias changes; relying on polling");
+                None
+            }
+        }
+    }
+}
