@@ -12,3 +12,5 @@ pub mod client;
 pub mod config;
 pub mod serve;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,134 @@
+//! Starts a real registry server on port 0 (auth on) for a test database, and hands out
+//! clients with tokens of each role.
+#![allow(dead_code)] // each test binary uses a different part
+
+use capstan_proto::registry::v1::{self as pb};
+use capstan_server::{
+    auth::{issue_hs256, Role},
+    client::{registry_client, RegistryClient},
+    serve::ServeOptions,
+    testing::{jwt_secret, TestDb},
+};
+use clap::Parser;
+use registry_svc::app::{self, RegistryArgs, Running};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: RegistryArgs,
+}
+
+pub struct Server {
+    pub running: Running,
+    pub url: String,
+    secret: Vec<u8>,
+    pub db: TestDb,
+}
+
+pub async fn start(db: TestDb) -> Server {
+    let (secret_path, secret) = jwt_secret(&db.data_dir());
+    let dir = db.data_dir();
+    let cli = Cli::parse_from([
+        "registry-svc",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--database-url",
+        &db.url,
+        "--jwt-secret-file",
+        secret_path.to_str().unwrap(),
+        "--reaper-interval-seconds",
+        "1",
+    ]);
+    let options = ServeOptions::from_args(&cli.args.common).unwrap();
+    let running = app::start(&cli.args, options).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    Server {
+        running,
+        url,
+        secret,
+        db,
+    }
+}
+
+impl Server {
+    pub fn token(&self, role: Role, subject: &str) -> String {
+        issue_hs256(&self.secret, subject, role, 3600).unwrap()
+    }
+
+    pub async fn client(&self, role: Role) -> RegistryClient {
+        let token = self.token(role, &format!("{role:?}-tester").to_lowercase());
+        registry_client(&self.url, Some(&token), 64 << 20)
+            .await
+            .unwrap()
+    }
+
+    pub async fn anonymous(&self) -> RegistryClient {
+        registry_client(&self.url, None, 64 << 20).await.unwrap()
+    }
+
+    pub async fn with_token(&self, token: &str) -> RegistryClient {
+        registry_client(&self.url, Some(token), 64 << 20)
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.running.shutdown.cancel();
+        self.running.task.await.unwrap().unwrap();
+    }
+}
+
+/// A SUCCEEDED run with an uploaded artifact and the given metrics.
+pub async fn servable_run(c: &mut RegistryClient, name: &str, metrics: &[(&str, f64)]) -> pb::Run {
+    let run = c
+        .create_run(pb::CreateRunRequest {
+            name: name.into(),
+            model_type: "seasonal_naive".into(),
+            status: pb::RunStatus::Running as i32,
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    upload(c, &run.run_id, format!("model of {name}").into_bytes())
+        .await
+        .unwrap();
+    c.update_run(pb::UpdateRunRequest {
+        run: Some(pb::Run {
+            run_id: run.run_id.clone(),
+            status: pb::RunStatus::Succeeded as i32,
+            ..Default::default()
+        }),
+        update_mask: None,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+pub async fn upload(
+    c: &mut RegistryClient,
+    run_id: &str,
+    content: Vec<u8>,
+) -> Result<pb::UploadArtifactResponse, tonic::Status> {
+    let msgs = vec![
+        pb::UploadArtifactRequest {
+            payload: Some(pb::upload_artifact_request::Payload::Header(
+                pb::ArtifactHeader {
+                    run_id: run_id.into(),
+                    name: "model.json".into(),
+                    ..Default::default()
+                },
+            )),
+        },
+        pb::UploadArtifactRequest {
+            payload: Some(pb::upload_artifact_request::Payload::Chunk(content.into())),
+        },
+    ];
+    c.upload_artifact(tokio_stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner())
+}
