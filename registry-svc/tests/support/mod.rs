@@ -26,9 +26,13 @@ pub struct Server {
 }
 
 pub async fn start(db: TestDb) -> Server {
+    start_with(db, &[]).await
+}
+
+pub async fn start_with(db: TestDb, extra: &[&str]) -> Server {
     let (secret_path, secret) = jwt_secret(&db.data_dir());
     let dir = db.data_dir();
-    let cli = Cli::parse_from([
+    let base = [
         "registry-svc",
         "--listen",
         "127.0.0.1:0",
@@ -40,7 +44,8 @@ pub async fn start(db: TestDb) -> Server {
         secret_path.to_str().unwrap(),
         "--reaper-interval-seconds",
         "1",
-    ]);
+    ];
+    let cli = Cli::parse_from(base.iter().copied().chain(extra.iter().copied()));
     let options = ServeOptions::from_args(&cli.args.common).unwrap();
     let running = app::start(&cli.args, options).await.unwrap();
     let url = format!("http://{}", running.addr);
