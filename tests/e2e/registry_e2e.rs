@@ -64,6 +64,12 @@ fn grpcurl_drives_the_registry_binary() {
     let bin = binary("registry-svc");
     let secret_s = secret.to_str().unwrap();
     let data_dir = dir.path().join("data");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let mut svc = Service::start(
         &bin,
         &[
@@ -73,6 +79,8 @@ fn grpcurl_drives_the_registry_binary() {
             data_dir.to_str().unwrap(),
             "--jwt-secret-file",
             secret_s,
+            "--metrics-listen",
+            &metrics_addr,
         ],
         &[],
         dir.path().join("registry.log"),
@@ -204,6 +212,15 @@ fn grpcurl_drives_the_registry_binary() {
     let history = ctx.ok("ListAliasHistory", r#"{"alias": "demo-production"}"#);
     assert_eq!(history["entries"].as_array().unwrap().len(), 1);
 
+    // Prometheus metrics on their own port count the calls by method and code.
+    let metrics = http_get(&metrics_addr, "/metrics");
+    assert!(
+        metrics.contains("capstan_grpc_requests_total")
+            && metrics.contains("SetAlias")
+            && metrics.contains("ABORTED"),
+        "{metrics}"
+    );
+
     // SIGTERM with a watch stream open: the stream ends and the process exits cleanly.
     let watch = Command::new(&grpcurl)
         .args([
@@ -233,6 +250,19 @@ fn grpcurl_drives_the_registry_binary() {
         "{}",
         svc.log_text()
     );
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

@@ -77,16 +77,19 @@ pub async fn bind(addr: SocketAddr, service: &str) -> anyhow::Result<TcpListener
     Ok(listener)
 }
 
+/// Reflection needs every descriptor a client may meet: ours, health, and the
+/// `google.rpc` error details that carry field violations.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(capstan_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
 /// Adds reflection (v1 and v1alpha, since grpcurl and other tools differ) to `routes`.
 pub fn with_reflection(routes: Routes) -> anyhow::Result<Routes> {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(capstan_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(capstan_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let v1 = reflection().build_v1()?;
+    let v1alpha = reflection().build_v1alpha()?;
     Ok(routes.add_service(v1).add_service(v1alpha))
 }
 
