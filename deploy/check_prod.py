@@ -336,7 +336,7 @@ def self_test(rendered: Rendered) -> int:
         else:
             failed += 1
             print(f"self-test: FAIL {name}: expected a problem containing {expected!r}, got {found}")
-    print(f"check_prod self-test: {passed} passed, {failed} failed")
+    print(f"self-test: {passed} passed, {failed} failed")
     return 1 if failed else 0
 
 

@@ -117,9 +117,9 @@ prepare_state() {
   "$KUBECTL" kustomize "$DEPLOY_DIR/k8s/overlays/prod" >"$RENDERED" || die "cannot render the prod overlay"
 }
 
-csv_urls() { # csv_urls PORTS -> http://127.0.0.1:P1,http://127.0.0.1:P2
+loopback_list() { # loopback_list PREFIX PORTS -> PREFIX127.0.0.1:P1,PREFIX127.0.0.1:P2
   local out="" port
-  for port in $1; do out="${out:+$out,}http://127.0.0.1:$port"; done
+  for port in $2; do out="${out:+$out,}${1}127.0.0.1:$port"; done
   echo "$out"
 }
 
@@ -147,7 +147,7 @@ start_instance() {
       data="$STATE_DIR/$name"
       sets+=(
         --set "CAPSTAN_DATABASE_URL=$PIPELINE_DB_URL"
-        --set "CAPSTAN_REGISTRY_URL=${TOPOLOGY_REGISTRY_URL:-$(csv_urls "$REGISTRY_PORTS")}"
+        --set "CAPSTAN_REGISTRY_URL=${TOPOLOGY_REGISTRY_URL:-$(loopback_list http:// "$REGISTRY_PORTS")}"
         --set "CAPSTAN_REGISTRY_TOKEN_FILE=$STATE_DIR/registry-token"
       )
       ;;
@@ -206,17 +206,13 @@ wait_serving() {
 }
 
 write_topology_env() {
-  local bin="$1" with_pipeline="$2" addrs
+  local bin="$1" with_pipeline="$2" pipeline_addrs=""
+  [ "$with_pipeline" = 0 ] || pipeline_addrs="$(loopback_list "" "$PIPELINE_PORTS")"
   {
     echo "TOPOLOGY_STATE_DIR=$STATE_DIR"
     echo "TOPOLOGY_BIN_DIR=$bin"
-    addrs="$(for p in $REGISTRY_PORTS; do printf '127.0.0.1:%s,' "$p"; done)"
-    echo "TOPOLOGY_REGISTRY_ADDRS=${addrs%,}"
-    addrs=""
-    if [ "$with_pipeline" = 1 ]; then
-      addrs="$(for p in $PIPELINE_PORTS; do printf '127.0.0.1:%s,' "$p"; done)"
-    fi
-    echo "TOPOLOGY_PIPELINE_ADDRS=${addrs%,}"
+    echo "TOPOLOGY_REGISTRY_ADDRS=$(loopback_list "" "$REGISTRY_PORTS")"
+    echo "TOPOLOGY_PIPELINE_ADDRS=$pipeline_addrs"
     echo "TOPOLOGY_JWT_SECRET_FILE=$STATE_DIR/jwt-secret"
     echo "TOPOLOGY_ADMIN_TOKEN_FILE=$STATE_DIR/admin.token"
     echo "TOPOLOGY_REGISTRY_DATABASE_URL=$REGISTRY_DB_URL"

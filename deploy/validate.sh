@@ -5,7 +5,8 @@
 #      supported Kubernetes (1.30: native preStop sleep) and the newest schema shipped,
 #   3. asserts the production guard rails on the prod rendering (check_prod.py), and
 #      proves those checks can fail (check_prod.py --self-test),
-#   4. checks that manifest_env.py can reproduce each service's environment off-cluster,
+#   4. checks that manifest_env.py reads each service's environment and refuses cluster-only
+#      values and keys the manifests do not set,
 #   5. lints the Dockerfiles (hadolint) and the scripts (shellcheck).
 # Installs what is missing (kubectl, kubernetes-validate, PyYAML, hadolint, shellcheck).
 #
@@ -46,6 +47,17 @@ step() { # step NAME COMMAND...: runs one check, counts it, shows its output on 
   fi
 }
 
+must_fail() { # must_fail PATTERN COMMAND...: COMMAND fails and says PATTERN
+  local pattern="$1" out
+  shift
+  if out="$("$@" 2>&1)"; then
+    echo "expected a failure, got success:"
+    printf '%s\n' "$out"
+    return 1
+  fi
+  grep -qF -- "$pattern" <<<"$out" || { printf 'failed without saying %s:\n%s\n' "$pattern" "$out"; return 1; }
+}
+
 overlays=()
 for dir in "$DEPLOY_DIR"/k8s/overlays/*/; do
   overlays+=("$(basename "$dir")")
@@ -72,6 +84,10 @@ if [ -s "$prod" ]; then
     step "manifest_env.py reads the $service environment" \
       "$PYTHON" "$DEPLOY_DIR/manifest_env.py" --rendered "$prod" "$service" --format describe
   done
+  step "manifest_env.py refuses cluster-only values" must_fail "CAPSTAN_LISTEN=0.0.0.0:50051 binds every interface" \
+    "$PYTHON" "$DEPLOY_DIR/manifest_env.py" --rendered "$prod" registry-svc
+  step "manifest_env.py refuses keys the manifests do not set" must_fail "do not set CAPSTAN_NOT_IN_MANIFESTS" \
+    "$PYTHON" "$DEPLOY_DIR/manifest_env.py" --rendered "$prod" pipeline-svc --set CAPSTAN_NOT_IN_MANIFESTS=1
 else
   failed=$((failed + 1))
   log "FAIL the prod overlay did not render; production checks not run"
@@ -80,5 +96,5 @@ fi
 step "hadolint Dockerfiles" hadolint "$DEPLOY_DIR"/*.Dockerfile
 step "shellcheck scripts" shellcheck -x -P SCRIPTDIR "$DEPLOY_DIR"/*.sh
 
-echo "deploy checks: $passed passed, $failed failed"
+echo "deploy: $passed passed, $failed failed"
 [ "$failed" -eq 0 ] || die "$failed deploy check(s) failed (see above)"
