@@ -80,13 +80,6 @@ impl Validator {
     pub fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.list.push(FieldViolation::new(field, description));
     }
-    pub fn merge(&mut self, r: Result<()>) {
-        match r {
-            Ok(()) => {}
-            Err(Error::InvalidArgument(v)) => self.list.extend(v),
-            Err(other) => self.list.push(FieldViolation::new("", other.to_string())),
-        }
-    }
     pub fn finish(self) -> Result<()> {
         if self.list.is_empty() {
             Ok(())

@@ -133,10 +133,6 @@ impl SqlStore {
             url: url.to_string(),
         })
     }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
 }
 
 /// Positional arguments for dynamically built SQL.

@@ -1,0 +1,29 @@
+//! Several replicas starting at once on one database all come up: migrations are applied
+//! exactly once and nobody fails on a half-applied schema.
+
+use std::sync::Arc;
+
+use capstan_server::testing;
+use registry_svc::store::{sql::SqlStore, RegistryStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_share_one_schema() {
+    for db in testing::all_backends("replicas_starting_together_share_one_schema").await {
+        let url = Arc::new(db.url.clone());
+        let starts = (0..6).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { SqlStore::connect(&url).await })
+        });
+        for (i, s) in futures::future::join_all(starts)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let store = s
+                .unwrap()
+                .unwrap_or_else(|e| panic!("replica {i} failed to start on {}: {e}", db.url));
+            store.ping().await.unwrap();
+            assert!(store.list_aliases(None, 10).await.unwrap().is_empty());
+        }
+    }
+}
