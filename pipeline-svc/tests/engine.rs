@@ -27,6 +27,7 @@ on_both_backends!(
     crash_resumes_from_last_finished_step,
     cancel_queued_and_running,
     queued_jobs_start_promptly,
+    stalled_watcher_falls_back_to_the_store,
 );
 
 fn rank(s: OpStatus) -> u8 {
@@ -536,5 +537,40 @@ async fn queued_jobs_start_promptly(mut db: TestDb) {
         *waits.last().unwrap() as f64 / 1000.0
     );
     assert!(p50_ms < 100.0, "p50 {p50_ms} ms");
+    db.cleanup().await;
+}
+
+async fn stalled_watcher_falls_back_to_the_store(mut db: TestDb) {
+    let url = db.url("pipeline").await;
+    let gate = Arc::new(Semaphore::new(0));
+    let flow = TestFlow {
+        progress_per_step: 3,
+        gate: Some((0, gate.clone())),
+        ..Default::default()
+    };
+    let engine = flow.engine(store(&url, "r1").await, engine_config("r1"));
+    let op = engine
+        .start("alice", start_request(100, None))
+        .await
+        .unwrap();
+    // Subscribed before the work starts, then not read until it ends: far more events
+    // than the live buffers hold, so the watcher lags and must catch up from the store.
+    let mut rx = engine.watch(op.id, None, 0).await.unwrap();
+    gate.add_permits(1);
+    let done = eventually(Duration::from_secs(30), || async {
+        let op = engine.get(op.id, None).await.unwrap();
+        op.status.is_terminal().then_some(op)
+    })
+    .await;
+    assert_eq!(done.status, OpStatus::Succeeded);
+    assert_eq!(done.last_sequence, 2 + 100 * 5 + 1);
+    let mut events = Vec::new();
+    while let Some(e) = rx.recv().await {
+        if e.kind != EventType::Heartbeat {
+            events.push(e);
+        }
+    }
+    assert_gapless(&events, 1);
+    assert_eq!(events.len() as i64, done.last_sequence);
     db.cleanup().await;
 }

@@ -556,10 +556,6 @@ impl<'a> Run<'a> {
                 return self.release().await;
             }
             let name = self.steps[i].name.clone();
-            if engine.cfg.faults.abort_at_step.as_deref() == Some(name.as_str()) {
-                tracing::error!(step = %name, "aborting the process (--abort-at-step)");
-                std::process::abort();
-            }
             let attempt = self.steps[i].attempt + 1;
             self.move_step(
                 i,
@@ -578,6 +574,12 @@ impl<'a> Run<'a> {
                 None,
             )
             .await?;
+            // After the start is recorded: the crash leaves the step RUNNING, as a real
+            // one mid-step would.
+            if engine.cfg.faults.abort_at_step.as_deref() == Some(name.as_str()) {
+                tracing::error!(step = %name, "aborting the process (--abort-at-step)");
+                std::process::abort();
+            }
             let cx = StepCx {
                 engine,
                 lease: self.lease,

@@ -88,10 +88,9 @@ impl SqlStore {
                 let write = pool(url, backend, 1).await?;
                 (pool(url, backend, 4).await?, write)
             }
-            Backend::Postgres => {
-                let p = pool(url, backend, 16).await?;
-                (p.clone(), p)
-            }
+            // Separate pools: however many watchers read, operations keep connections to
+            // write their progress.
+            Backend::Postgres => (pool(url, backend, 12).await?, pool(url, backend, 8).await?),
         };
         let migrated = match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&write).await,

@@ -304,21 +304,15 @@ fn options() -> ServeOptions {
     ServeOptions::for_tests(Verifier::hs256(SECRET))
 }
 
-pub struct Stack {
+/// A registry server, and the flags a pipeline server on the same databases needs.
+pub struct Base {
     pub registry: registry_svc::app::Running,
     pub registry_url: String,
-    pub pipeline: pipeline_svc::app::Running,
-    pub pipeline_url: String,
-    pub args: PipelineArgs,
+    pub pipeline_args: PipelineArgs,
 }
 
-impl Stack {
-    /// A registry and a pipeline server on `db`; `tweak` adjusts the pipeline's flags.
-    pub async fn start(
-        db: &mut TestDb,
-        tweak: impl FnOnce(&mut PipelineArgs),
-        extra: Vec<(String, Arc<dyn Workflow>)>,
-    ) -> Stack {
+impl Base {
+    pub async fn start(db: &mut TestDb) -> Base {
         capstan_server::telemetry::init_tracing(LogFormat::Text);
         let dir = db.dir.path().to_path_buf();
         let secret_file = dir.join("jwt.secret");
@@ -340,7 +334,7 @@ impl Stack {
         let registry_url = format!("http://{}", registry.addr);
         let token_file = dir.join("registry.token");
         std::fs::write(&token_file, token("pipeline-svc", Role::Service)).unwrap();
-        let mut args = PipelineArgs {
+        let pipeline_args = PipelineArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             common: common_args(
                 db.url("pipeline").await,
@@ -363,14 +357,47 @@ impl Stack {
             abort_at_step: None,
             database_wait_seconds: 5,
         };
+        Base {
+            registry,
+            registry_url,
+            pipeline_args,
+        }
+    }
+}
+
+pub struct Stack {
+    pub registry: registry_svc::app::Running,
+    pub registry_url: String,
+    pub pipeline: pipeline_svc::app::Running,
+    pub pipeline_url: String,
+    pub args: PipelineArgs,
+}
+
+impl Stack {
+    /// A registry and a pipeline server on `db`; `tweak` adjusts the pipeline's flags.
+    pub async fn start(
+        db: &mut TestDb,
+        tweak: impl FnOnce(&mut PipelineArgs),
+        extra: Vec<(String, Arc<dyn Workflow>)>,
+    ) -> Stack {
+        Stack::on(Base::start(db).await, tweak, extra).await
+    }
+
+    /// Adds a pipeline server to `base`.
+    pub async fn on(
+        base: Base,
+        tweak: impl FnOnce(&mut PipelineArgs),
+        extra: Vec<(String, Arc<dyn Workflow>)>,
+    ) -> Stack {
+        let mut args = base.pipeline_args;
         tweak(&mut args);
         let pipeline = pipeline_svc::app::start_with(&args, options(), extra)
             .await
             .expect("pipeline starts");
         let pipeline_url = format!("http://{}", pipeline.addr);
         Stack {
-            registry,
-            registry_url,
+            registry: base.registry,
+            registry_url: base.registry_url,
             pipeline,
             pipeline_url,
             args,
@@ -474,5 +501,78 @@ pub async fn collect(
 pub fn assert_gapless(events: &[pipeline_svc::domain::operation::Event], from: i64) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.sequence, from + i as i64, "event {i} of {events:#?}");
+    }
+}
+
+use capstan_proto::pipeline::v1 as pb;
+
+/// Runs a demo over `RunDemo` and returns its events (heartbeats dropped) and the final
+/// operation.
+pub async fn run_demo(
+    url: &str,
+    token: &str,
+    request: pb::StartDemoRequest,
+) -> (Vec<pb::OperationEvent>, pb::Operation) {
+    let mut client = pipeline_client(url, token).await;
+    let mut stream = client
+        .run_demo(pb::RunDemoRequest {
+            demo: Some(request),
+        })
+        .await
+        .expect("RunDemo")
+        .into_inner();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(e))) if e.r#type == pb::OperationEventType::Heartbeat as i32 => {}
+            Ok(Ok(Some(e))) => events.push(e),
+            Ok(Ok(None)) => break,
+            Ok(Err(s)) => panic!("RunDemo stream failed: {s}"),
+            Err(_) => panic!("demo did not finish in 60 s: {events:#?}"),
+        }
+    }
+    let id = events
+        .first()
+        .expect("at least one event")
+        .operation_id
+        .clone();
+    let op = operations_client(url, token)
+        .await
+        .get_operation(pb::GetOperationRequest { operation_id: id })
+        .await
+        .expect("GetOperation")
+        .into_inner();
+    (events, op)
+}
+
+pub fn demo_request(scenario: &str) -> pb::StartDemoRequest {
+    pb::StartDemoRequest {
+        scenario: scenario.into(),
+        series_count: 6,
+        days: 200,
+        horizon: 14,
+        ..Default::default()
+    }
+}
+
+pub fn demo_result(op: &pb::Operation) -> pb::DemoResult {
+    match op.result.as_ref().and_then(|r| r.result.clone()) {
+        Some(pb::operation_result::Result::Demo(d)) => d,
+        other => panic!("operation has no demo result: {other:?}"),
+    }
+}
+
+pub async fn alias_run(registry_url: &str) -> Option<String> {
+    let mut r = registry_client(registry_url).await;
+    match r
+        .get_alias(capstan_proto::registry::v1::GetAliasRequest {
+            alias: "demo-production".into(),
+        })
+        .await
+    {
+        Ok(a) => Some(a.into_inner().run_id),
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => panic!("GetAlias: {s}"),
     }
 }

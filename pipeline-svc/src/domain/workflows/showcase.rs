@@ -1056,6 +1056,93 @@ mod tests {
         }
     }
 
+    /// A registry whose alias writes fail, for the safeguard's failure path.
+    struct BrokenRegistry;
+
+    #[async_trait]
+    impl ModelRegistry for BrokenRegistry {
+        async fn health(&self) -> Result<String> {
+            Ok("SERVING".into())
+        }
+        async fn create_run(&self, _: NewRun) -> Result<RunRef> {
+            Err(Error::Unavailable("registry down".into()))
+        }
+        async fn get_run(&self, _: &str) -> Result<RunRef> {
+            Err(Error::Unavailable("registry down".into()))
+        }
+        async fn upload_artifact(&self, _: &str, _: &str, _: &str, _: Vec<u8>) -> Result<String> {
+            Err(Error::Unavailable("registry down".into()))
+        }
+        async fn finish_run(&self, _: &str, _: BTreeMap<String, f64>) -> Result<RunRef> {
+            Err(Error::Unavailable("registry down".into()))
+        }
+        async fn download_artifact(
+            &self,
+            _: &str,
+            _: usize,
+        ) -> Result<(super::super::registry::ArtifactMeta, Vec<u8>)> {
+            Err(Error::Unavailable("registry down".into()))
+        }
+        async fn get_alias(&self, _: &str) -> Result<Option<AliasRef>> {
+            Ok(Some(AliasRef {
+                run_id: "worse".into(),
+                revision: 3,
+            }))
+        }
+        async fn set_alias(&self, _: &str, _: &str, _: i64, _: &str) -> Result<AliasRef> {
+            Err(Error::Unavailable("registry down".into()))
+        }
+        async fn promote(&self, _: &str, _: &str, _: bool, _: &str) -> Result<AliasRef> {
+            Err(Error::Unavailable("registry down".into()))
+        }
+        async fn alias_history(
+            &self,
+            _: &str,
+            _: usize,
+        ) -> Result<Vec<super::super::registry::HistoryEntry>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn run_with(state: DemoState) -> DemoRun {
+        DemoRun {
+            registry: Arc::new(BrokenRegistry),
+            knowledge: KnowledgeConfig::Local,
+            operation_id: Uuid::nil(),
+            params: DemoParams::default(),
+            state,
+            panel: None,
+            fitted: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn safeguard_reports_its_own_failure() {
+        let mut run = run_with(DemoState {
+            winning_run_id: Some("champion".into()),
+            ..Default::default()
+        });
+        let err = run.compensate("safer_promote_flow").await.unwrap_err();
+        assert!(err.to_string().contains("registry down"), "{err}");
+        assert_eq!(run.compensate("briefing").await.unwrap(), None);
+        // Nothing recorded: the run never moved the alias, so there is nothing to undo.
+        let mut fresh = run_with(DemoState::default());
+        assert_eq!(fresh.compensate("register_candidates").await.unwrap(), None);
+        let mut before = run_with(DemoState {
+            alias_before: Some(Some("worse".into())),
+            ..Default::default()
+        });
+        let done = before
+            .compensate("register_candidates")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            done.contains("already on its value before the run"),
+            "{done}"
+        );
+    }
+
     #[test]
     fn default_params_are_valid() {
         DemoParams::default().validate().unwrap();
