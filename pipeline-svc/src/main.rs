@@ -2,7 +2,10 @@ use std::process::ExitCode;
 
 use capstan_server::{auth::TokenArgs, serve, telemetry};
 use clap::{Parser, Subcommand};
-use pipeline_svc::app::{self, PipelineArgs};
+use pipeline_svc::{
+    app::{self, PipelineArgs},
+    cli::{self, DemoArgs},
+};
 
 /// Capstan pipeline: workflows as durable operations, streamed over gRPC.
 #[derive(Parser)]
@@ -18,12 +21,22 @@ struct Cli {
 enum Command {
     /// Print a signed bearer token (HS256) for grpcurl and scripts.
     Token(TokenArgs),
+    /// Run the showcase demo: registry-svc and pipeline-svc in this process on SQLite,
+    /// over gRPC on loopback; exits 0 exactly when the operation succeeded.
+    Demo(DemoArgs),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
-    if let Some(Command::Token(t)) = cli.command {
-        println!("{}", t.mint()?);
-        return Ok(true);
+    match cli.command {
+        Some(Command::Token(t)) => {
+            println!("{}", t.mint()?);
+            return Ok(true);
+        }
+        Some(Command::Demo(d)) => {
+            telemetry::init_tracing(capstan_server::config::LogFormat::Text);
+            return cli::run(d).await;
+        }
+        None => {}
     }
     let args = cli.serve;
     telemetry::init_tracing(args.common.log_format);
@@ -40,6 +53,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Demo(_))) && std::env::var_os("RUST_LOG").is_none() {
+        // The demo's progress display owns stderr; only errors interrupt it. Set before
+        // any thread exists.
+        std::env::set_var("RUST_LOG", "error");
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

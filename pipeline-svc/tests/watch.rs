@@ -21,6 +21,7 @@ on_both_backends!(
     slow_watcher_loses_nothing_and_slows_nothing,
     reconnect_resumes_exactly_once,
     heartbeats_shutdown_and_release,
+    watchers_on_another_replica_follow_live,
 );
 
 fn with_flow(flow: &TestFlow) -> Vec<(String, Arc<dyn Workflow>)> {
@@ -332,5 +333,72 @@ async fn heartbeats_shutdown_and_release(mut db: TestDb) {
         .expect("released job is claimable at once");
     assert_eq!(lease.operation_id, op.id);
     stack.stop().await;
+    db.cleanup().await;
+}
+
+async fn watchers_on_another_replica_follow_live(mut db: TestDb) {
+    let gate = Arc::new(Semaphore::new(0));
+    let flow = TestFlow {
+        progress_per_step: 1,
+        step_delay: Duration::from_millis(5),
+        gate: Some((0, gate.clone())),
+        ..Default::default()
+    };
+    let postgres = db.postgres;
+    let a = Stack::start(&mut db, |_| {}, with_flow(&flow)).await;
+    // Replica B shares A's database. On Postgres its poll is slow on purpose: only
+    // LISTEN/NOTIFY can make it follow A's work promptly. SQLite has no notifications,
+    // so there B relies on the poll.
+    let mut b_args = a.args.clone();
+    b_args.poll_interval_millis = if postgres { 10_000 } else { 50 };
+    let b = pipeline_svc::app::start_with(
+        &b_args,
+        capstan_server::serve::ServeOptions::for_tests(capstan_server::auth::Verifier::hs256(
+            SECRET,
+        )),
+        with_flow(&flow),
+    )
+    .await
+    .unwrap();
+    let op = a
+        .pipeline
+        .engine
+        .start("alice", start_request(10, None))
+        .await
+        .unwrap();
+    let b_url = format!("http://{}", b.addr);
+    let mut client = operations_client(&b_url, &token("alice", Role::User)).await;
+    let mut s = client
+        .watch_operation(pb::WatchOperationRequest {
+            operation_id: op.id.to_string(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = vec![s.message().await.unwrap().unwrap().sequence];
+    // Work starts on A only now that B's watcher is live.
+    let t = Instant::now();
+    gate.add_permits(1);
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(30), s.message())
+        .await
+        .expect("watch on B ends")
+        .unwrap()
+    {
+        if !is_heartbeat(&e) {
+            seen.push(e.sequence);
+        }
+    }
+    let took = t.elapsed();
+    eprintln!("watch on the other replica followed the operation in {took:?}");
+    assert_eq!(seen, (1..=seen.len() as i64).collect::<Vec<_>>());
+    assert_eq!(seen.len(), 2 + 10 * 3 + 1);
+    assert!(
+        took < Duration::from_secs(5),
+        "B followed only by polling: {took:?}"
+    );
+    b.shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), b.task).await;
+    a.stop().await;
     db.cleanup().await;
 }

@@ -233,6 +233,7 @@ impl Engine {
         match self.store.create(&NewOperation { op, job }).await? {
             Created::Existing(op) => Ok(op),
             Created::New { op, event, lease } => {
+                metrics::counter!("capstan_operations_started_total", "kind" => op.kind.clone(), "mode" => mode.as_str()).increment(1);
                 self.hub.publish(event);
                 match lease {
                     Some(lease) => self.spawn_execution(lease, None),
@@ -322,6 +323,7 @@ impl Engine {
                 .await;
             match claimed {
                 Ok(Some(lease)) => {
+                    metrics::counter!("capstan_jobs_claimed_total").increment(1);
                     tracing::info!(operation = %lease.operation_id, attempt = lease.attempts, "claimed job");
                     self.spawn_execution(lease, Some(permit));
                     continue;
@@ -415,8 +417,11 @@ struct Run<'a> {
     lease: &'a Lease,
     cancel: CancellationToken,
     lost: CancellationToken,
+    kind: String,
     steps: Vec<Step>,
     cancel_requested: bool,
+    /// Set once the operation fails or is cancelled.
+    stopping: bool,
 }
 
 enum Stop {
@@ -440,8 +445,10 @@ impl<'a> Run<'a> {
             lease,
             cancel,
             lost,
+            kind: String::new(),
             steps: Vec::new(),
             cancel_requested: false,
+            stopping: false,
         }
     }
 
@@ -451,6 +458,9 @@ impl<'a> Run<'a> {
         }
         let r = self.engine.record(self.lease, &change).await?;
         self.cancel_requested |= r.cancel_requested;
+        if let Some(status) = change.status.filter(|s| s.is_terminal()) {
+            metrics::counter!("capstan_operations_finished_total", "kind" => self.kind.clone(), "status" => status.as_str()).increment(1);
+        }
         Ok(())
     }
 
@@ -463,6 +473,8 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Moves step `i`; a finished step advances the percent unless the operation is
+    /// stopping (steps skipped after a failure are not progress).
     async fn move_step(
         &mut self,
         i: usize,
@@ -473,7 +485,7 @@ impl<'a> Run<'a> {
     ) -> Result<()> {
         let status = update.status;
         let mut percent = None;
-        if status.is_terminal() {
+        if status.is_terminal() && !self.stopping {
             let done = self.steps.iter().filter(|s| s.status.is_terminal()).count() + 1;
             percent = Some((done * 100 / self.steps.len().max(1)) as i64);
         }
@@ -499,6 +511,7 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         self.steps = op.steps.clone();
+        self.kind = op.kind.clone();
         self.cancel_requested = op.cancel_requested;
         let started = Instant::now();
         let done = self.steps.iter().filter(|s| s.status.is_done()).count();
@@ -585,6 +598,7 @@ impl<'a> Run<'a> {
                 lease: self.lease,
                 step: self.step_ref(i),
             };
+            let step_started = Instant::now();
             let outcome = tokio::select! {
                 o = exec.run_step(&name, &cx) => o,
                 _ = self.lost.cancelled() => {
@@ -593,10 +607,17 @@ impl<'a> Run<'a> {
             };
             let outcome = match outcome {
                 Ok(_) if engine.cfg.faults.fail_step.as_deref() == Some(name.as_str()) => Err(
-                    Error::Internal(format!("injected failure (--fail-step {name})")),
+                    Error::FailedPrecondition(format!("injected failure (--fail-step {name})")),
                 ),
                 o => o,
             };
+            let status = match &outcome {
+                Ok(StepOutcome::Passed(_)) => "PASSED",
+                Ok(StepOutcome::Skipped(_)) => "SKIPPED",
+                Err(_) => "FAILED",
+            };
+            metrics::histogram!("capstan_operation_step_duration_seconds", "kind" => self.kind.clone(), "step" => name.clone(), "status" => status)
+                .record(step_started.elapsed().as_secs_f64());
             match outcome {
                 Ok(outcome) => {
                     let (status, detail) = match outcome {
@@ -656,6 +677,7 @@ impl<'a> Run<'a> {
             Stop::Failed { step, message } => (*step, message.clone()),
             Stop::Cancelled => (None, "the operation was cancelled".to_string()),
         };
+        self.stopping = true;
         if let Some(i) = failed {
             let name = self.steps[i].name.clone();
             self.move_step(

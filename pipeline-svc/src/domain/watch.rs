@@ -145,7 +145,11 @@ impl Engine {
             _permit: permit,
         };
         if !finished {
-            tokio::spawn(watcher.run(sub));
+            tokio::spawn(async move {
+                metrics::gauge!("capstan_operation_watchers").increment(1.0);
+                watcher.run(sub).await;
+                metrics::gauge!("capstan_operation_watchers").decrement(1.0);
+            });
         }
         Ok(rx)
     }
