@@ -295,3 +295,24 @@ async fn queued_showcase_and_access(mut db: TestDb) {
     stack.stop().await;
     db.cleanup().await;
 }
+
+/// registry-svc and pipeline-svc may share one Postgres database: the pipeline keeps
+/// its tables and migration history in its own schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_share_one_postgres_database() {
+    let Some(mut db) = TestDb::postgres().await else {
+        return;
+    };
+    let base = Base::start(&mut db).await;
+    let shared = base.registry_args_url.clone();
+    let stack = Stack::on(base, |a| a.common.database_url = Some(shared), Vec::new()).await;
+    let (_, op) = run_demo(
+        &stack.pipeline_url,
+        &token("ci", Role::Service),
+        demo_request("showcase_minimal"),
+    )
+    .await;
+    assert_eq!(op.status, pb::OperationStatus::Succeeded as i32, "{op:#?}");
+    stack.stop().await;
+    db.cleanup().await;
+}

@@ -183,7 +183,8 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Extends the lease; `false` when it is no longer current.
     async fn heartbeat(&self, lease: &Lease, now: Micros, lease_ms: i64) -> Result<bool>;
 
-    /// Gives the job back to the queue (graceful shutdown); `false` when not current.
+    /// Gives the job back to the queue (graceful shutdown), not counting this claim as
+    /// an attempt; `false` when the lease is not current.
     async fn release(&self, lease: &Lease, now: Micros) -> Result<bool>;
 
     /// Other replicas' wake-ups; `None` where only this process writes.

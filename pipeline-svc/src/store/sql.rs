@@ -49,7 +49,32 @@ pub struct SqlStore {
     replica: String,
 }
 
-/// Opens a pool whose every connection gets WAL and a busy timeout (SQLite).
+/// On Postgres the pipeline's tables (and its migration history) live in their own
+/// schema, so that registry-svc and pipeline-svc may share one database.
+pub const POSTGRES_SCHEMA: &str = "capstan_pipeline";
+
+async fn ensure_schema(url: &str) -> Result<()> {
+    let mut conn = <AnyConnection as sqlx::Connection>::connect(url)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))?;
+    match conn
+        .execute(format!("CREATE SCHEMA IF NOT EXISTS {POSTGRES_SCHEMA}").as_str())
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Replicas starting together race on the catalog; the schema exists either way.
+        Err(e)
+            if e.as_database_error()
+                .is_some_and(|d| d.is_unique_violation()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(db_error(e)),
+    }
+}
+
+/// Opens a pool whose every connection gets WAL and a busy timeout (SQLite) or the
+/// pipeline's schema (Postgres).
 async fn pool(url: &str, backend: Backend, max: u32) -> Result<AnyPool> {
     AnyPoolOptions::new()
         .max_connections(max)
@@ -57,14 +82,20 @@ async fn pool(url: &str, backend: Backend, max: u32) -> Result<AnyPool> {
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(move |conn, _| {
             Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    for pragma in [
-                        "PRAGMA journal_mode = WAL",
-                        "PRAGMA busy_timeout = 10000",
-                        "PRAGMA synchronous = NORMAL",
-                        "PRAGMA foreign_keys = ON",
-                    ] {
-                        conn.execute(pragma).await?;
+                match backend {
+                    Backend::Sqlite => {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA busy_timeout = 10000",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA foreign_keys = ON",
+                        ] {
+                            conn.execute(pragma).await?;
+                        }
+                    }
+                    Backend::Postgres => {
+                        conn.execute(format!("SET search_path TO {POSTGRES_SCHEMA}").as_str())
+                            .await?;
                     }
                 }
                 Ok(())
@@ -81,6 +112,9 @@ impl SqlStore {
     pub async fn connect(url: &str, replica: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)?;
+        if backend == Backend::Postgres {
+            ensure_schema(url).await?;
+        }
         let (read, write) = match backend {
             // SQLite allows one writer: a single write connection queues writers in the
             // process instead of failing them with SQLITE_BUSY; WAL lets readers go on.
@@ -115,6 +149,29 @@ impl SqlStore {
             // One write connection: claims are serialized anyway.
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Checks that `lease` is current and keeps it so until the transaction ends: on
+    /// Postgres the job row is share-locked, so a claim cannot slip in between this
+    /// check and the write it fences (SQLite's single writer serializes them anyway).
+    async fn hold_lease(&self, conn: &mut AnyConnection, lease: &Lease) -> Result<()> {
+        let held = sqlx::query(&format!(
+            "SELECT lease_token FROM jobs WHERE operation_id = $1 AND lease_token = $2 \
+             AND state = 'leased'{}",
+            match self.backend {
+                Backend::Sqlite => "",
+                Backend::Postgres => " FOR SHARE",
+            }
+        ))
+        .bind(lease.operation_id.to_string())
+        .bind(lease.token)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        match held {
+            Some(_) => Ok(()),
+            None => Err(self.refusal(conn, lease.operation_id).await?),
         }
     }
 
@@ -179,6 +236,9 @@ impl SqlStore {
                 "operations and steps never move back to PENDING".into(),
             ));
         }
+        if let Some(lease) = fence {
+            self.hold_lease(conn, lease).await?;
+        }
         let sid = id.to_string();
         let row = sqlx::query(
             "UPDATE operations SET \
@@ -193,10 +253,7 @@ impl SqlStore {
                end_time = CASE WHEN COALESCE($2, '') IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN $9 ELSE end_time END, \
                update_time = $9, \
                last_sequence = last_sequence + 1 \
-             WHERE operation_id = $1 \
-               AND status IN ('PENDING', 'RUNNING') \
-               AND ($10 = 0 OR EXISTS (SELECT 1 FROM jobs j WHERE j.operation_id = $1 \
-                    AND j.lease_token = $10 AND j.state = 'leased')) \
+             WHERE operation_id = $1 AND status IN ('PENDING', 'RUNNING') \
              RETURNING last_sequence, status, progress_percent, cancel_requested",
         )
         .bind(&sid)
@@ -208,7 +265,6 @@ impl SqlStore {
         .bind(c.error.as_ref().map(to_json))
         .bind(i64::from(c.cancel_requested))
         .bind(c.time)
-        .bind(fence.map_or(0, |l| l.token))
         .fetch_optional(&mut *conn)
         .await
         .map_err(db_error)?;
@@ -484,19 +540,28 @@ impl OperationStore for SqlStore {
                 .map(Created::Existing)
                 .ok_or_else(|| Error::Internal("existing operation vanished".into()));
         }
-        for s in &op.steps {
-            sqlx::query(
+        if !op.steps.is_empty() {
+            // One statement for every step: creation is on the path to the first event.
+            let rows: Vec<String> = (0..op.steps.len())
+                .map(|i| {
+                    format!(
+                        "($1, ${}, ${}, ${}, 'PENDING', '', 0)",
+                        3 * i + 2,
+                        3 * i + 3,
+                        3 * i + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
                 "INSERT INTO operation_steps (operation_id, step_index, name, phase, status, detail, attempt) \
-                 VALUES ($1, $2, $3, $4, $5, '', 0)",
-            )
-            .bind(&sid)
-            .bind(s.index)
-            .bind(&s.name)
-            .bind(&s.phase)
-            .bind(StepStatus::Pending.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+                 VALUES {}",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(&sid);
+            for s in &op.steps {
+                q = q.bind(s.index).bind(&s.name).bind(&s.phase);
+            }
+            q.execute(&mut *tx).await.map_err(db_error)?;
         }
         let event = Event {
             operation_id: op.id,
@@ -618,15 +683,13 @@ impl OperationStore for SqlStore {
 
     async fn checkpoint(&self, lease: &Lease, state: &serde_json::Value) -> Result<()> {
         let mut tx = self.write.begin().await.map_err(db_error)?;
+        self.hold_lease(&mut tx, lease).await?;
         let n = sqlx::query(
             "UPDATE operations SET state = $2 WHERE operation_id = $1 \
-               AND status IN ('PENDING', 'RUNNING') \
-               AND EXISTS (SELECT 1 FROM jobs j WHERE j.operation_id = $1 \
-                    AND j.lease_token = $3 AND j.state = 'leased')",
+               AND status IN ('PENDING', 'RUNNING')",
         )
         .bind(lease.operation_id.to_string())
         .bind(to_json(state))
-        .bind(lease.token)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?
@@ -761,7 +824,7 @@ impl OperationStore for SqlStore {
         let sid = lease.operation_id.to_string();
         let n = sqlx::query(
             "UPDATE jobs SET state = 'queued', lease_owner = '', lease_expires = 0, \
-               available_time = $3, update_time = $3 \
+               attempts = attempts - 1, available_time = $3, update_time = $3 \
              WHERE operation_id = $1 AND lease_token = $2 AND state = 'leased'",
         )
         .bind(&sid)

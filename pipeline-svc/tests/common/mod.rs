@@ -308,6 +308,8 @@ fn options() -> ServeOptions {
 pub struct Base {
     pub registry: registry_svc::app::Running,
     pub registry_url: String,
+    /// The registry's database URL.
+    pub registry_args_url: String,
     pub pipeline_args: PipelineArgs,
 }
 
@@ -317,13 +319,10 @@ impl Base {
         let dir = db.dir.path().to_path_buf();
         let secret_file = dir.join("jwt.secret");
         std::fs::write(&secret_file, SECRET).unwrap();
+        let registry_db = db.url("registry").await;
         let registry_args = registry_svc::app::RegistryArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
-            common: common_args(
-                db.url("registry").await,
-                &dir.join("registry"),
-                &secret_file,
-            ),
+            common: common_args(registry_db.clone(), &dir.join("registry"), &secret_file),
             artifact_store: "fs".into(),
             reaper_interval_seconds: 5,
             database_wait_seconds: 5,
@@ -360,6 +359,7 @@ impl Base {
         Base {
             registry,
             registry_url,
+            registry_args_url: registry_db,
             pipeline_args,
         }
     }
