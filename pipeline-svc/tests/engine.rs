@@ -179,7 +179,10 @@ async fn store_refuses_backward_and_late_writes(mut db: TestDb) {
     })
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::Internal(_)), "{err}");
+    assert!(
+        matches!(&err, Error::FailedPrecondition(m) if m.contains("from RUNNING to PENDING")),
+        "{err}"
+    );
     rec(Change {
         status: Some(OpStatus::Succeeded),
         percent: Some(100),

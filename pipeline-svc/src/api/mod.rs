@@ -137,7 +137,7 @@ impl PipelineApi {
         Self { engine }
     }
 
-    async fn start_demo(
+    async fn start(
         &self,
         p: &Principal,
         r: pb::StartDemoRequest,
@@ -158,7 +158,7 @@ impl PipelineApi {
 impl PipelineService for PipelineApi {
     async fn start_demo(&self, req: Request<pb::StartDemoRequest>) -> ApiResult<pb::Operation> {
         let p = Principal::of(&req)?;
-        let op = PipelineApi::start_demo(self, &p, req.into_inner()).await?;
+        let op = self.start(&p, req.into_inner()).await?;
         Ok(Response::new(convert::operation_to_pb(op)))
     }
 
@@ -167,7 +167,7 @@ impl PipelineService for PipelineApi {
     async fn run_demo(&self, req: Request<pb::RunDemoRequest>) -> ApiResult<Self::RunDemoStream> {
         let p = Principal::of(&req)?;
         let demo = req.into_inner().demo.unwrap_or_default();
-        let op = PipelineApi::start_demo(self, &p, demo).await?;
+        let op = self.start(&p, demo).await?;
         let rx = self.engine.watch(op.id, Some(&p.subject), 0).await?;
         Ok(Response::new(event_stream(rx)))
     }

@@ -132,10 +132,6 @@ impl Engine {
         &self.store
     }
 
-    pub fn config(&self) -> &EngineConfig {
-        &self.cfg
-    }
-
     /// Starts the job worker and, on Postgres, the listener for other replicas' hints.
     pub fn spawn_background(self: &Arc<Self>) {
         let this = self.clone();

@@ -140,10 +140,6 @@ impl SqlStore {
         })
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     fn skip_locked(&self) -> &'static str {
         match self.backend {
             // One write connection: claims are serialized anyway.
@@ -171,7 +167,7 @@ impl SqlStore {
         .map_err(db_error)?;
         match held {
             Some(_) => Ok(()),
-            None => Err(self.refusal(conn, lease.operation_id).await?),
+            None => Err(self.refusal(conn, lease.operation_id, None).await?),
         }
     }
 
@@ -196,8 +192,14 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Tells why a guarded write touched no row.
-    async fn refusal(&self, conn: &mut AnyConnection, id: Uuid) -> Result<Error> {
+    /// Tells why a guarded write touched no row: the operation is gone, finished, cannot
+    /// make the requested move, or (when none of those) is leased by another worker.
+    async fn refusal(
+        &self,
+        conn: &mut AnyConnection,
+        id: Uuid,
+        requested: Option<OpStatus>,
+    ) -> Result<Error> {
         let row = sqlx::query("SELECT status FROM operations WHERE operation_id = $1")
             .bind(id.to_string())
             .fetch_optional(&mut *conn)
@@ -207,13 +209,17 @@ impl SqlStore {
             return Ok(Error::NotFound(format!("operation {id} does not exist")));
         };
         let status = status_col(&row)?;
-        Ok(if status.is_terminal() {
-            Error::FailedPrecondition(format!(
+        Ok(match requested {
+            _ if status.is_terminal() => Error::FailedPrecondition(format!(
                 "operation {id} is already {}; it cannot change",
                 status.as_str()
-            ))
-        } else {
-            Error::LeaseLost(format!("operation {id} is leased by another worker now"))
+            )),
+            Some(next) if !status.can_move_to(next) => Error::FailedPrecondition(format!(
+                "operation {id} cannot move from {} to {}",
+                status.as_str(),
+                next.as_str()
+            )),
+            _ => Error::LeaseLost(format!("operation {id} is leased by another worker now")),
         })
     }
 
@@ -225,22 +231,19 @@ impl SqlStore {
         fence: Option<&Lease>,
         c: &Change,
     ) -> Result<Recorded> {
-        if c.status == Some(OpStatus::Pending)
-            || c.step
-                .as_ref()
-                .and_then(|s| s.update.as_ref())
-                .map(|u| u.status)
-                == Some(StepStatus::Pending)
-        {
-            return Err(Error::Internal(
-                "operations and steps never move back to PENDING".into(),
-            ));
-        }
         if let Some(lease) = fence {
             self.hold_lease(conn, lease).await?;
         }
         let sid = id.to_string();
-        let row = sqlx::query(
+        // The guards come from the domain's state machines: a row moves only from a
+        // status that may move to the requested one.
+        let from = sql_list(
+            OpStatus::ALL
+                .iter()
+                .filter(|s| c.status.map_or(!s.is_terminal(), |n| s.can_move_to(n)))
+                .map(|s| s.as_str()),
+        );
+        let row = sqlx::query(&format!(
             "UPDATE operations SET \
                status = COALESCE($2, status), \
                progress_percent = CASE WHEN $3 > progress_percent THEN $3 ELSE progress_percent END, \
@@ -253,9 +256,9 @@ impl SqlStore {
                end_time = CASE WHEN COALESCE($2, '') IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN $9 ELSE end_time END, \
                update_time = $9, \
                last_sequence = last_sequence + 1 \
-             WHERE operation_id = $1 AND status IN ('PENDING', 'RUNNING') \
-             RETURNING last_sequence, status, progress_percent, cancel_requested",
-        )
+             WHERE operation_id = $1 AND status IN ({from}) \
+             RETURNING last_sequence, status, progress_percent, cancel_requested"
+        ))
         .bind(&sid)
         .bind(c.status.map(OpStatus::as_str))
         .bind(c.percent)
@@ -269,7 +272,7 @@ impl SqlStore {
         .await
         .map_err(db_error)?;
         let Some(row) = row else {
-            return Err(self.refusal(conn, id).await?);
+            return Err(self.refusal(conn, id, c.status).await?);
         };
         let sequence: i64 = row.try_get("last_sequence").map_err(db_error)?;
         let status = status_col(&row)?;
@@ -281,13 +284,25 @@ impl SqlStore {
             step.clone_from(&s.name);
             phase.clone_from(&s.phase);
             if let Some(u) = &s.update {
-                let n = sqlx::query(
+                let from: Vec<&str> = StepStatus::ALL
+                    .iter()
+                    .filter(|from| from.can_move_to(u.status))
+                    .map(|from| from.as_str())
+                    .collect();
+                if from.is_empty() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "no step ever moves to {}",
+                        u.status.as_str()
+                    )));
+                }
+                let n = sqlx::query(&format!(
                     "UPDATE operation_steps SET status = $3, detail = COALESCE($4, detail), \
                        start_time = CASE WHEN $5 = 1 THEN $7 ELSE start_time END, \
                        attempt = attempt + $5, \
                        end_time = CASE WHEN $6 = 1 THEN $7 ELSE end_time END \
-                     WHERE operation_id = $1 AND step_index = $2 AND status IN ('PENDING', 'RUNNING')",
-                )
+                     WHERE operation_id = $1 AND step_index = $2 AND status IN ({})",
+                    sql_list(from)
+                ))
                 .bind(&sid)
                 .bind(s.index)
                 .bind(u.status.as_str())
@@ -394,6 +409,15 @@ const OP_COLS: &str = "o.operation_id, o.kind, o.status, o.progress_percent, o.m
 const OP_FROM: &str = "operations o LEFT JOIN jobs j ON j.operation_id = o.operation_id";
 const EVENT_COLS: &str =
     "operation_id, sequence, time, type, step, phase, status, step_status, percent, message";
+
+/// `'A', 'B'` from status names (constants of the domain, never user input).
+fn sql_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    items
+        .into_iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|e| {
@@ -695,7 +719,7 @@ impl OperationStore for SqlStore {
         .map_err(db_error)?
         .rows_affected();
         if n == 0 {
-            return Err(self.refusal(&mut tx, lease.operation_id).await?);
+            return Err(self.refusal(&mut tx, lease.operation_id, None).await?);
         }
         tx.commit().await.map_err(db_error)?;
         Ok(())
