@@ -11,6 +11,12 @@ pub mod registry {
     }
 }
 
+pub mod pipeline {
+    pub mod v1 {
+        tonic::include_proto!("capstan.pipeline.v1");
+    }
+}
+
 /// Every Capstan file descriptor (and its imports), for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/capstan_descriptor.bin"));

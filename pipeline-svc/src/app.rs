@@ -1,0 +1,355 @@
+//! Configuration and start-up of a pipeline server.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context};
+use capstan_server::{
+    auth::trim_secret,
+    config::{parse_bool, CommonArgs},
+    serve::{self, ServeOptions},
+};
+use clap::{ArgAction, Args, ValueEnum};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    api::{OperationsApi, OperationsServiceServer, PipelineApi, PipelineServiceServer},
+    clients::registry::GrpcRegistry,
+    domain::{
+        engine::{Engine, EngineConfig, Faults},
+        operation::ExecutionMode,
+        workflow::Workflow,
+        workflows::showcase::{KnowledgeConfig, Scenario, ShowcaseWorkflow, RICH_STEPS},
+    },
+    error::Error,
+    store::{sql::SqlStore, OperationStore},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KnowledgeProvider {
+    /// The built-in local embedder.
+    Local,
+    /// An HTTP embedding provider at `--knowledge-url`.
+    External,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// gRPC address; port 0 picks a free one (the log says which).
+    #[arg(long, env = "CAPSTAN_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Where registry-svc is.
+    #[arg(
+        long,
+        env = "CAPSTAN_REGISTRY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub registry_url: String,
+
+    /// Bearer token (a file holding it) for calls to the registry.
+    #[arg(long, env = "CAPSTAN_REGISTRY_TOKEN_FILE")]
+    pub registry_token_file: Option<PathBuf>,
+
+    /// `true`: run operations on the replica that received them unless a request asks
+    /// otherwise; `false`: queue everything for the workers.
+    #[arg(long, env = "CAPSTAN_DIRECT_EXECUTION", default_value = "true",
+          value_parser = parse_bool, action = ArgAction::Set)]
+    pub direct_execution: bool,
+
+    /// Idle watch streams get a heartbeat event this often.
+    #[arg(long, env = "CAPSTAN_WATCH_HEARTBEAT_SECONDS", default_value_t = 15)]
+    pub watch_heartbeat_seconds: u64,
+
+    /// A worker that stops heartbeating loses its job after this long.
+    #[arg(long, env = "CAPSTAN_LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u64,
+
+    /// Operations this replica runs at once.
+    #[arg(long, env = "CAPSTAN_WORKER_CONCURRENCY", default_value_t = 4)]
+    pub worker_concurrency: usize,
+
+    /// How often idle workers and watchers poll when no notification woke them.
+    #[arg(long, env = "CAPSTAN_POLL_INTERVAL_MILLIS", default_value_t = 1000)]
+    pub poll_interval_millis: u64,
+
+    /// A job claimed more often than this (its workers keep crashing) is failed.
+    #[arg(long, env = "CAPSTAN_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: i64,
+
+    /// Names this replica in leases (default: $HOSTNAME plus a random suffix).
+    #[arg(long, env = "CAPSTAN_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// Embedding provider of the demo's knowledge step.
+    #[arg(
+        long,
+        env = "CAPSTAN_KNOWLEDGE_PROVIDER",
+        value_enum,
+        default_value = "local"
+    )]
+    pub knowledge_provider: KnowledgeProvider,
+
+    /// URL of the external embedding provider.
+    #[arg(long, env = "CAPSTAN_KNOWLEDGE_URL")]
+    pub knowledge_url: Option<String>,
+
+    /// API key (a file holding it) of the external embedding provider.
+    #[arg(long, env = "CAPSTAN_KNOWLEDGE_API_KEY_FILE")]
+    pub knowledge_api_key_file: Option<PathBuf>,
+
+    /// Fault injection (tests, drills): this demo step fails after doing its work.
+    #[arg(long, env = "CAPSTAN_FAIL_STEP")]
+    pub fail_step: Option<String>,
+
+    /// Fault injection (tests, drills): the process aborts when this demo step starts.
+    #[arg(long, env = "CAPSTAN_ABORT_AT_STEP")]
+    pub abort_at_step: Option<String>,
+
+    /// How long start-up waits for the database before giving up.
+    #[arg(long, env = "CAPSTAN_DATABASE_WAIT_SECONDS", default_value_t = 60)]
+    pub database_wait_seconds: u64,
+}
+
+fn read_secret_file(flag: &str, path: &PathBuf) -> anyhow::Result<String> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))?;
+    let text = String::from_utf8(trim_secret(&bytes).to_vec())
+        .with_context(|| format!("{flag} {} is not UTF-8", path.display()))?;
+    if text.is_empty() {
+        bail!("{flag} {} is empty", path.display());
+    }
+    Ok(text)
+}
+
+impl PipelineArgs {
+    /// Checks what clap cannot, with a message that names the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.common.validate()?;
+        if !(self.registry_url.starts_with("http://") || self.registry_url.starts_with("https://"))
+        {
+            bail!(
+                "--registry-url (CAPSTAN_REGISTRY_URL) must start with http:// or https://, got {:?}",
+                self.registry_url
+            );
+        }
+        for (flag, value, min) in [
+            (
+                "--watch-heartbeat-seconds (CAPSTAN_WATCH_HEARTBEAT_SECONDS)",
+                self.watch_heartbeat_seconds,
+                1,
+            ),
+            (
+                "--lease-seconds (CAPSTAN_LEASE_SECONDS)",
+                self.lease_seconds,
+                1,
+            ),
+            (
+                "--worker-concurrency (CAPSTAN_WORKER_CONCURRENCY)",
+                self.worker_concurrency as u64,
+                1,
+            ),
+            (
+                "--poll-interval-millis (CAPSTAN_POLL_INTERVAL_MILLIS)",
+                self.poll_interval_millis,
+                10,
+            ),
+            (
+                "--max-attempts (CAPSTAN_MAX_ATTEMPTS)",
+                self.max_attempts.max(0) as u64,
+                1,
+            ),
+        ] {
+            if value < min {
+                bail!("{flag} must be at least {min}");
+            }
+        }
+        for (flag, step) in [
+            ("--fail-step (CAPSTAN_FAIL_STEP)", &self.fail_step),
+            (
+                "--abort-at-step (CAPSTAN_ABORT_AT_STEP)",
+                &self.abort_at_step,
+            ),
+        ] {
+            if let Some(step) = step {
+                if !RICH_STEPS.iter().any(|s| s.name == step) {
+                    let names: Vec<_> = RICH_STEPS.iter().map(|s| s.name).collect();
+                    bail!("{flag} {step:?} is not a step; steps: {}", names.join(", "));
+                }
+                tracing::warn!(step = %step, "FAULT INJECTION enabled by {flag}");
+            }
+        }
+        if self.knowledge_provider == KnowledgeProvider::External && self.knowledge_url.is_none() {
+            tracing::warn!("--knowledge-provider external without --knowledge-url: the knowledge step will be SKIPPED");
+        }
+        Ok(())
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        let replica_id = self.replica_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pipeline".into());
+            format!("{host}-{}", &Uuid::new_v4().simple().to_string()[..8])
+        });
+        EngineConfig {
+            replica_id,
+            default_mode: if self.direct_execution {
+                ExecutionMode::Direct
+            } else {
+                ExecutionMode::Queued
+            },
+            lease: Duration::from_secs(self.lease_seconds),
+            worker_concurrency: self.worker_concurrency,
+            poll_interval: Duration::from_millis(self.poll_interval_millis),
+            watch_heartbeat: Duration::from_secs(self.watch_heartbeat_seconds),
+            max_attempts: self.max_attempts,
+            faults: Faults {
+                fail_step: self.fail_step.clone(),
+                abort_at_step: self.abort_at_step.clone(),
+            },
+        }
+    }
+
+    fn knowledge(&self) -> anyhow::Result<KnowledgeConfig> {
+        Ok(match self.knowledge_provider {
+            KnowledgeProvider::Local => KnowledgeConfig::Local,
+            KnowledgeProvider::External => KnowledgeConfig::External {
+                url: self.knowledge_url.clone().unwrap_or_default(),
+                api_key: self
+                    .knowledge_api_key_file
+                    .as_ref()
+                    .map(|p| read_secret_file("--knowledge-api-key-file", p))
+                    .transpose()?,
+            },
+        })
+    }
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+    pub engine: Arc<Engine>,
+}
+
+/// Connects the store, retrying while the database is unavailable.
+async fn connect_store(
+    url: &str,
+    replica: &str,
+    wait: Duration,
+) -> anyhow::Result<Arc<dyn OperationStore>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match SqlStore::connect(url, replica).await {
+            Ok(s) => return Ok(Arc::new(s)),
+            Err(Error::Unavailable(msg)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %msg, "database not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!("{e}")).context("cannot open the pipeline database")
+            }
+        }
+    }
+}
+
+/// Starts a server running the showcase workflows.
+pub async fn start(args: &PipelineArgs, options: ServeOptions) -> anyhow::Result<Running> {
+    start_with(args, options, Vec::new()).await
+}
+
+/// Starts a server running the showcase workflows and `extra` ones (tests add theirs).
+/// Binds first and serves health NOT_SERVING until the store is ready.
+pub async fn start_with(
+    args: &PipelineArgs,
+    options: ServeOptions,
+    extra: Vec<(String, Arc<dyn Workflow>)>,
+) -> anyhow::Result<Running> {
+    args.validate()?;
+    let listener = serve::bind(args.listen, "pipeline-svc").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+
+    let (health, health_service) = serve::health_reporter();
+    health
+        .set_not_serving::<OperationsServiceServer<OperationsApi>>()
+        .await;
+    health
+        .set_not_serving::<PipelineServiceServer<PipelineApi>>()
+        .await;
+
+    let cfg = args.engine_config();
+    let url = args.common.database_url_or("pipeline.db");
+    let store = connect_store(
+        &url,
+        &cfg.replica_id,
+        Duration::from_secs(args.database_wait_seconds),
+    )
+    .await?;
+    let token = args
+        .registry_token_file
+        .as_ref()
+        .map(|p| read_secret_file("--registry-token-file", p))
+        .transpose()?;
+    let registry = Arc::new(GrpcRegistry::new(
+        &args.registry_url,
+        token,
+        args.common.max_message_bytes,
+    ));
+    let showcase = ShowcaseWorkflow::new(registry, args.knowledge()?);
+    let mut workflows: Vec<(String, Arc<dyn Workflow>)> = Scenario::ALL
+        .iter()
+        .map(|s| (s.kind(), showcase.clone() as Arc<dyn Workflow>))
+        .collect();
+    workflows.extend(extra);
+    tracing::info!(
+        database = %registry_svc::app::redact(&url),
+        replica = %cfg.replica_id,
+        default_mode = cfg.default_mode.as_str(),
+        registry = %args.registry_url,
+        "pipeline storage ready"
+    );
+    let engine = Engine::new(store, cfg, workflows, shutdown.clone());
+    engine.spawn_background();
+
+    let max = args.common.max_message_bytes;
+    let ops = OperationsServiceServer::new(OperationsApi::new(engine.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let pipeline = PipelineServiceServer::new(PipelineApi::new(engine.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(ops)
+        .add_service(pipeline);
+    health
+        .set_serving::<OperationsServiceServer<OperationsApi>>()
+        .await;
+    health
+        .set_serving::<PipelineServiceServer<PipelineApi>>()
+        .await;
+    let server_shutdown = shutdown.clone();
+    let drain = engine.clone();
+    let task = tokio::spawn(async move {
+        let res = serve::serve(listener, options, routes, server_shutdown).await;
+        health
+            .set_not_serving::<OperationsServiceServer<OperationsApi>>()
+            .await;
+        health
+            .set_not_serving::<PipelineServiceServer<PipelineApi>>()
+            .await;
+        // Running operations stop at their next step boundary and release their leases.
+        drain.drained().await;
+        res
+    });
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+        engine,
+    })
+}
