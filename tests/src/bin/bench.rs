@@ -1,0 +1,711 @@
+//! Load generator for the release registry-svc binary (run by hand, not in CI).
+//!
+//! For each backend it starts `target/release/registry-svc` with auth on against a fresh
+//! SQLite file or a fresh Postgres database, then measures GetAlias, SetAlias, the
+//! CreateRun→UpdateRun lifecycle and artifact upload/download (throughput, latency
+//! percentiles, server RSS), prints a table and writes JSON for `tests/bench/report.py`.
+//! Traffic goes to 127.0.0.1 only and every loop is bounded by time and count.
+
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context};
+use bytes::Bytes;
+use capstan_proto::registry::v1::{self as pb};
+use capstan_server::{
+    auth::{issue_hs256, Role},
+    client::{registry_client, RegistryClient},
+    testing::{self, TestDb},
+};
+use capstan_tests::{binary, Service};
+use clap::{Parser, ValueEnum};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+#[derive(Parser)]
+#[command(about = "Capstan registry benchmark (release build, loopback only)")]
+struct Args {
+    /// Which store the server runs on.
+    #[arg(long, value_enum, default_value = "both")]
+    backend: BackendChoice,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "docs/bench-capstan.json")]
+    out: PathBuf,
+    /// Measured time of each request phase.
+    #[arg(long, default_value_t = 5)]
+    duration_secs: u64,
+    /// Unmeasured time before each request phase.
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
+    /// Artifact sizes to upload and download, in MiB (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "16,256")]
+    artifact_mib: Vec<usize>,
+    /// Upload/download rounds per artifact size (each with distinct content).
+    #[arg(long, default_value_t = 3)]
+    artifact_rounds: usize,
+    /// Upload chunk size in KiB.
+    #[arg(long, default_value_t = 1024)]
+    chunk_kib: usize,
+    /// Concurrent workers sharing one HTTP/2 connection.
+    #[arg(long, default_value_t = 8)]
+    workers_per_connection: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum BackendChoice {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+/// Safety bound on operations per worker and phase, on top of the time bound.
+const MAX_OPS_PER_WORKER: u64 = 10_000_000;
+const MIB: usize = 1 << 20;
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.duration_secs > 0, "--duration-secs must be positive");
+    ensure!(
+        args.chunk_kib > 0 && args.chunk_kib * 1024 <= 4 * MIB,
+        "--chunk-kib must be 1..=4096 (the server's default message limit is 8 MiB)"
+    );
+    ensure!(
+        args.workers_per_connection > 0,
+        "--workers-per-connection must be positive"
+    );
+    ensure!(
+        args.artifact_rounds > 0,
+        "--artifact-rounds must be positive"
+    );
+    let bin = binary("registry-svc");
+    eprintln!("server binary: {}", bin.display());
+    if !bin.to_string_lossy().contains("/release/") {
+        eprintln!(
+            "WARNING: {} is not a release build; run the bench with --release",
+            bin.display()
+        );
+    }
+
+    let backends: &[&str] = match args.backend {
+        BackendChoice::Sqlite => &["sqlite"],
+        BackendChoice::Postgres => &["postgres"],
+        BackendChoice::Both => &["sqlite", "postgres"],
+    };
+    let mut results = serde_json::Map::new();
+    let mut errors = 0;
+    for &backend in backends {
+        let db = match backend {
+            "sqlite" => testing::sqlite(),
+            _ => testing::postgres("bench")
+                .await
+                .context("Postgres at 127.0.0.1:5432 is needed for --backend postgres")?,
+        };
+        eprintln!("\n=== {backend} ===");
+        let result = bench_backend(&args, &bin, &db).await?;
+        errors += result["ops"].as_object().map_or(0, |o| {
+            o.values().map(|v| v["errors"].as_u64().unwrap_or(0)).sum()
+        });
+        print_table(backend, &result);
+        results.insert(backend.to_string(), result);
+    }
+
+    let out = json!({
+        "tool": "capstan-bench",
+        "capstan_version": env!("CARGO_PKG_VERSION"),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+        "host": host_info(),
+        "settings": {
+            "duration_secs": args.duration_secs,
+            "warmup_secs": args.warmup_secs,
+            "artifact_mib": args.artifact_mib,
+            "artifact_rounds": args.artifact_rounds,
+            "chunk_kib": args.chunk_kib,
+            "workers_per_connection": args.workers_per_connection,
+            "server_binary": bin.display().to_string(),
+        },
+        "backends": results,
+    });
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&out)? + "\n")
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("\nwrote {}", args.out.display());
+    ensure!(
+        errors == 0,
+        "{errors} requests failed during measurement (see the `errors` fields)"
+    );
+    Ok(())
+}
+
+struct Bench {
+    url: String,
+    token: String,
+    pid: u32,
+}
+
+impl Bench {
+    async fn client(&self) -> anyhow::Result<RegistryClient> {
+        registry_client(&self.url, Some(&self.token), MAX_MESSAGE_BYTES).await
+    }
+
+    /// One connection per `per_conn` workers.
+    async fn clients(
+        &self,
+        workers: usize,
+        per_conn: usize,
+    ) -> anyhow::Result<Vec<RegistryClient>> {
+        let mut out = Vec::new();
+        for _ in 0..workers.div_ceil(per_conn) {
+            out.push(self.client().await?);
+        }
+        Ok(out)
+    }
+
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
+        proc_status_kib(self.pid, field)
+    }
+}
+
+async fn bench_backend(args: &Args, bin: &Path, db: &TestDb) -> anyhow::Result<Value> {
+    let dir = db.data_dir();
+    let (secret_path, secret) = testing::jwt_secret(&dir);
+    let data_dir = dir.join("data");
+    let mut svc = Service::start(
+        bin,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            path_str(&data_dir)?,
+            "--database-url",
+            &db.url,
+            "--jwt-secret-file",
+            path_str(&secret_path)?,
+        ],
+        // Pinned so that a RUST_LOG in the caller's environment cannot change the cost.
+        &[("RUST_LOG", "info")],
+        dir.join("registry.log"),
+    )?;
+    let bench = Bench {
+        url: svc.url(),
+        token: issue_hs256(&secret, "bench", Role::Admin, 24 * 3600)?,
+        pid: svc.pid(),
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = bench.status_kib("VmRSS")?;
+    eprintln!("idle RSS: {:.1} MiB", kib_mib(idle_rss));
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    let mut setup = bench.client().await?;
+    let run_a = servable_run(&mut setup, "bench-a").await?;
+    let run_b = servable_run(&mut setup, "bench-b").await?;
+    setup
+        .set_alias(pb::SetAliasRequest {
+            alias: "bench-get".into(),
+            run_id: run_a.clone(),
+            ..Default::default()
+        })
+        .await?;
+
+    let warmup = Duration::from_secs(args.warmup_secs);
+    let duration = Duration::from_secs(args.duration_secs);
+    let per_conn = args.workers_per_connection;
+    let mut ops = serde_json::Map::new();
+
+    for c in [1, 16, 64] {
+        let clients = bench.clients(c, per_conn).await?;
+        let phase = load(&clients, c, warmup, duration, |mut client, _, _| {
+            Box::pin(async move {
+                client
+                    .get_alias(pb::GetAliasRequest {
+                        alias: "bench-get".into(),
+                    })
+                    .await
+                    .map(drop)
+            })
+        })
+        .await;
+        report_phase(&format!("get_alias_c{c}"), &phase);
+        ops.insert(format!("get_alias_c{c}"), phase.to_json());
+    }
+
+    let runs = Arc::new([run_a, run_b]);
+    let c = 16;
+    let clients = bench.clients(c, per_conn).await?;
+    let phase = load(
+        &clients,
+        c,
+        warmup,
+        duration,
+        move |mut client, worker, i| {
+            let runs = runs.clone();
+            Box::pin(async move {
+                client
+                    .set_alias(pb::SetAliasRequest {
+                        alias: format!("bench-set-{worker}"),
+                        run_id: runs[(i % 2) as usize].clone(),
+                        reason: "bench".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop)
+            })
+        },
+    )
+    .await;
+    report_phase("set_alias_c16", &phase);
+    ops.insert("set_alias_c16".into(), phase.to_json());
+
+    let phase = load(&clients, c, warmup, duration, |mut client, worker, i| {
+        Box::pin(async move {
+            let run = client
+                .create_run(pb::CreateRunRequest {
+                    name: format!("lifecycle-{worker}-{i}"),
+                    model_type: "seasonal_naive".into(),
+                    status: pb::RunStatus::Running as i32,
+                    params: [("season".to_string(), "7".to_string())].into(),
+                    metrics: [("wape".to_string(), 0.2)].into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            client
+                .update_run(pb::UpdateRunRequest {
+                    run: Some(pb::Run {
+                        run_id: run.run_id,
+                        status: pb::RunStatus::Succeeded as i32,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["status".into()],
+                    }),
+                })
+                .await
+                .map(drop)
+        })
+    })
+    .await;
+    report_phase("lifecycle_c16", &phase);
+    ops.insert("lifecycle_c16".into(), phase.to_json());
+    drop(clients);
+
+    let mut artifacts = Vec::new();
+    for &mib in &args.artifact_mib {
+        artifacts.push(bench_artifacts(&bench, mib, args.artifact_rounds, args.chunk_kib).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = bench.status_kib("VmRSS")?;
+    let status = svc.terminate(Duration::from_secs(30))?;
+    ensure!(
+        status.success(),
+        "registry-svc exited with {status}; log:\n{}",
+        svc.log_text()
+    );
+    Ok(json!({
+        "idle_rss_mib": kib_mib(idle_rss),
+        "rss_after_mib": kib_mib(rss_after),
+        "loadavg_before": load_before.trim(),
+        "ops": ops,
+        "artifacts": artifacts,
+    }))
+}
+
+/// A SUCCEEDED run with a small artifact: what an alias may point at.
+async fn servable_run(c: &mut RegistryClient, name: &str) -> anyhow::Result<String> {
+    let run = create_running(c, name).await?;
+    upload(c, &run, Bytes::from(format!("model of {name}")), 1024, None).await?;
+    c.update_run(pb::UpdateRunRequest {
+        run: Some(pb::Run {
+            run_id: run.clone(),
+            status: pb::RunStatus::Succeeded as i32,
+            ..Default::default()
+        }),
+        update_mask: None,
+    })
+    .await?;
+    Ok(run)
+}
+
+async fn create_running(c: &mut RegistryClient, name: &str) -> anyhow::Result<String> {
+    Ok(c.create_run(pb::CreateRunRequest {
+        name: name.into(),
+        model_type: "seasonal_naive".into(),
+        status: pb::RunStatus::Running as i32,
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .run_id)
+}
+
+/// Streams `content` as a header and `chunk`-sized slices (no copies).
+async fn upload(
+    c: &mut RegistryClient,
+    run_id: &str,
+    content: Bytes,
+    chunk: usize,
+    sha256: Option<String>,
+) -> anyhow::Result<pb::UploadArtifactResponse> {
+    use pb::upload_artifact_request::Payload;
+    let header = pb::UploadArtifactRequest {
+        payload: Some(Payload::Header(pb::ArtifactHeader {
+            run_id: run_id.into(),
+            name: "model.bin".into(),
+            expected_sha256: sha256.unwrap_or_default(),
+            expected_size: Some(content.len() as i64),
+            ..Default::default()
+        })),
+    };
+    let len = content.len();
+    let chunks = (0..len.div_ceil(chunk)).map(move |i| pb::UploadArtifactRequest {
+        payload: Some(Payload::Chunk(
+            content.slice(i * chunk..len.min((i + 1) * chunk)),
+        )),
+    });
+    let msgs = futures::stream::iter(std::iter::once(header).chain(chunks));
+    Ok(c.upload_artifact(msgs).await?.into_inner())
+}
+
+/// Uploads and downloads `rounds` distinct artifacts of `mib` MiB; measures MB/s and the
+/// server's peak RSS over its RSS just before (VmHWM, reset through clear_refs).
+async fn bench_artifacts(
+    bench: &Bench,
+    mib: usize,
+    rounds: usize,
+    chunk_kib: usize,
+) -> anyhow::Result<Value> {
+    let size = mib * MIB;
+    let mut c = bench.client().await?;
+    let base = pseudo_random(size);
+    let rss_before = bench.status_kib("VmRSS")?;
+    let hwm_reset = reset_hwm(bench.pid);
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let (mut up_peak, mut runs) = (0, Vec::new());
+    for round in 0..rounds {
+        // A distinct prefix per round: identical content would be deduplicated, not stored.
+        let mut content = base.clone();
+        content[..8].copy_from_slice(&(round as u64 + 1).to_le_bytes());
+        let content = Bytes::from(content);
+        let sha = hex::encode(Sha256::digest(&content));
+        let run = create_running(&mut c, &format!("artifact-{mib}-{round}")).await?;
+        let start = Instant::now();
+        let resp = upload(&mut c, &run, content, chunk_kib * 1024, Some(sha.clone())).await?;
+        up.push(start.elapsed());
+        ensure!(
+            resp.sha256 == sha && !resp.deduplicated,
+            "upload round {round}: unexpected response {resp:?}"
+        );
+        up_peak = up_peak.max(bench.status_kib("VmHWM")?);
+        runs.push(run);
+    }
+    let rss_mid = bench.status_kib("VmRSS")?;
+    reset_hwm(bench.pid);
+    for run in &runs {
+        let start = Instant::now();
+        let got = download(&mut c, run).await?;
+        down.push(start.elapsed());
+        ensure!(got == size as u64, "downloaded {got} bytes of {size}");
+    }
+    let down_peak = bench.status_kib("VmHWM")?;
+    let mbps = |d: &[Duration]| -> Vec<f64> {
+        d.iter()
+            .map(|d| size as f64 / 1e6 / d.as_secs_f64())
+            .collect()
+    };
+    let (up_mbps, down_mbps) = (mbps(&up), mbps(&down));
+    let growth = up_peak.max(down_peak).saturating_sub(rss_before);
+    eprintln!(
+        "artifact {mib} MiB: upload {:.0} MB/s, download {:.0} MB/s (medians of {rounds}); server RSS {:.1} MiB before, peak +{:.1} MiB",
+        median(&up_mbps),
+        median(&down_mbps),
+        kib_mib(rss_before),
+        kib_mib(growth)
+    );
+    Ok(json!({
+        "size_mib": mib,
+        "rounds": rounds,
+        "chunk_kib": chunk_kib,
+        "upload_mb_s": median(&up_mbps),
+        "download_mb_s": median(&down_mbps),
+        "upload_mb_s_all": up_mbps,
+        "download_mb_s_all": down_mbps,
+        "rss_before_mib": kib_mib(rss_before),
+        "rss_after_upload_mib": kib_mib(rss_mid),
+        "upload_peak_rss_mib": kib_mib(up_peak),
+        "download_peak_rss_mib": kib_mib(down_peak),
+        "rss_growth_mib": kib_mib(growth),
+        "peak_is_per_phase": hwm_reset,
+    }))
+}
+
+/// Bytes received; the stream must start with metadata naming the same size.
+async fn download(c: &mut RegistryClient, run_id: &str) -> anyhow::Result<u64> {
+    use pb::download_artifact_response::Payload;
+    let mut stream = c
+        .download_artifact(pb::DownloadArtifactRequest {
+            run_id: run_id.into(),
+        })
+        .await?
+        .into_inner();
+    let mut expected = None;
+    let mut got = 0u64;
+    while let Some(msg) = stream.next().await {
+        match msg?.payload {
+            Some(Payload::Metadata(m)) => expected = Some(m.size_bytes as u64),
+            Some(Payload::Chunk(b)) => got += b.len() as u64,
+            None => bail!("empty download message"),
+        }
+    }
+    ensure!(
+        expected == Some(got),
+        "metadata said {expected:?} bytes, received {got}"
+    );
+    Ok(got)
+}
+
+/// Incompressible filler (xorshift64), fast enough not to matter next to the transfer.
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+type OpFuture = Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>;
+
+struct Phase {
+    concurrency: usize,
+    connections: usize,
+    duration: Duration,
+    /// Latencies (ns) of operations started after the warm-up and finished in the window.
+    latencies: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Phase {
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.duration.as_secs_f64()
+    }
+
+    fn percentile_us(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        self.latencies[i] as f64 / 1e3
+    }
+
+    fn to_json(&self) -> Value {
+        let mean = self.latencies.iter().sum::<u64>() as f64 / self.latencies.len().max(1) as f64;
+        json!({
+            "concurrency": self.concurrency,
+            "connections": self.connections,
+            "duration_secs": self.duration.as_secs_f64(),
+            "ops": self.latencies.len(),
+            "throughput_per_s": self.throughput(),
+            "p50_us": self.percentile_us(0.50),
+            "p90_us": self.percentile_us(0.90),
+            "p99_us": self.percentile_us(0.99),
+            "max_us": self.latencies.last().map_or(f64::NAN, |&n| n as f64 / 1e3),
+            "mean_us": mean / 1e3,
+            "errors": self.errors,
+            "first_error": self.first_error,
+        })
+    }
+}
+
+/// Runs `concurrency` closed-loop workers over `clients` for `warmup + duration`.
+async fn load<F>(
+    clients: &[RegistryClient],
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: F,
+) -> Phase
+where
+    F: Fn(RegistryClient, usize, u64) -> OpFuture + Send + Sync + 'static,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let (measure_from, end) = (start + warmup, start + warmup + duration);
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let client = clients[worker % clients.len()].clone();
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(4096);
+            let (mut errors, mut first_error) = (0u64, None);
+            for i in 0..MAX_OPS_PER_WORKER {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let res = op(client.clone(), worker, i).await;
+                let t1 = Instant::now();
+                if t0 < measure_from || t1 > end {
+                    continue;
+                }
+                match res {
+                    Ok(()) => lat.push((t1 - t0).as_nanos() as u64),
+                    Err(s) => {
+                        errors += 1;
+                        first_error
+                            .get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        }));
+    }
+    let mut phase = Phase {
+        concurrency,
+        connections: clients.len(),
+        duration,
+        latencies: Vec::new(),
+        errors: 0,
+        first_error: None,
+    };
+    for t in tasks {
+        match t.await {
+            Ok((lat, errors, first)) => {
+                phase.latencies.extend(lat);
+                phase.errors += errors;
+                if phase.first_error.is_none() {
+                    phase.first_error = first;
+                }
+            }
+            Err(e) => {
+                phase.errors += 1;
+                phase
+                    .first_error
+                    .get_or_insert_with(|| format!("worker panicked: {e}"));
+            }
+        }
+    }
+    phase.latencies.sort_unstable();
+    phase
+}
+
+fn report_phase(name: &str, p: &Phase) {
+    eprintln!(
+        "{name:<16} c={:<3} {:>9.0}/s  p50 {:>8.0} µs  p99 {:>8.0} µs  errors {}{}",
+        p.concurrency,
+        p.throughput(),
+        p.percentile_us(0.5),
+        p.percentile_us(0.99),
+        p.errors,
+        p.first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+}
+
+fn print_table(backend: &str, r: &Value) {
+    println!(
+        "\n{backend}: idle RSS {:.1} MiB",
+        r["idle_rss_mib"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "{:<16} {:>5} {:>11} {:>10} {:>10} {:>7}",
+        "operation", "conc", "ops/s", "p50 µs", "p99 µs", "errors"
+    );
+    if let Some(ops) = r["ops"].as_object() {
+        for (name, o) in ops {
+            println!(
+                "{:<16} {:>5} {:>11.0} {:>10.0} {:>10.0} {:>7}",
+                name,
+                o["concurrency"],
+                o["throughput_per_s"].as_f64().unwrap_or(f64::NAN),
+                o["p50_us"].as_f64().unwrap_or(f64::NAN),
+                o["p99_us"].as_f64().unwrap_or(f64::NAN),
+                o["errors"]
+            );
+        }
+    }
+    for a in r["artifacts"].as_array().into_iter().flatten() {
+        println!(
+            "artifact {:>4} MiB: upload {:>6.0} MB/s  download {:>6.0} MB/s  server RSS growth {:.1} MiB",
+            a["size_mib"],
+            a["upload_mb_s"].as_f64().unwrap_or(f64::NAN),
+            a["download_mb_s"].as_f64().unwrap_or(f64::NAN),
+            a["rss_growth_mib"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .strip_suffix(" kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// Resets the process's peak RSS (VmHWM), so that the next reading is the peak of one phase.
+fn reset_hwm(pid: u32) -> bool {
+    match std::fs::write(format!("/proc/{pid}/clear_refs"), "5") {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("cannot reset VmHWM (peak is since start): error = {e}");
+            false
+        }
+    }
+}
+
+fn kib_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .with_context(|| format!("path is not UTF-8: {}", p.display()))
+}
+
+fn host_info() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("model name")?
+            .split_once(':')
+            .map(|(_, m)| m.trim().to_string())
+    });
+    json!({
+        "cpu_model": model,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
+        "mem_total": std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(str::to_string)),
+    })
+}
