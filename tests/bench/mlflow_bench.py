@@ -44,8 +44,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def tree_rss_kib(root):
-    """VmRSS summed over `root` and all its descendants."""
+def tree_pids(root):
+    """`root` and all its descendants."""
     children = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -57,10 +57,18 @@ def tree_rss_kib(root):
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [root]
+    out, todo = [], [root]
     while todo:
         pid = todo.pop()
+        out.append(pid)
         todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_rss_kib(root):
+    """VmRSS summed over `root` and all its descendants."""
+    total = 0
+    for pid in tree_pids(root):
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
@@ -69,6 +77,27 @@ def tree_rss_kib(root):
         except OSError:
             continue
     return total
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(root):
+    """User + system CPU seconds summed over `root` and its live descendants."""
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / CLK_TCK
+
+
+def self_cpu_s():
+    t = os.times()
+    return t.user + t.system
 
 
 class Client:
@@ -115,6 +144,7 @@ class Phase:
         self.latencies = []
         self.errors = 0
         self.first_error = None
+        self.cpu = None  # (server, client) CPU seconds in the measured window
 
     def pct_us(self, p):
         """Nearest rank; None (JSON null) without samples, as the Rust bench writes NaN."""
@@ -137,11 +167,17 @@ class Phase:
             "mean_us": sum(self.latencies) / max(n, 1) / 1e3,
             "errors": self.errors,
             "first_error": self.first_error,
+            "server_cpu_s": self.cpu and self.cpu[0],
+            "client_cpu_s": self.cpu and self.cpu[1],
+            "server_cpu_us_per_op": self.cpu and self.cpu[0] * 1e6 / max(n, 1),
+            "client_cpu_us_per_op": self.cpu and self.cpu[1] * 1e6 / max(n, 1),
         }
 
 
-def load(port, concurrency, warmup, duration, op):
-    """`concurrency` closed-loop threads, each with its own connection; `op(client, worker, i)`."""
+def load(server, concurrency, warmup, duration, op):
+    """`concurrency` closed-loop threads, each with its own connection; `op(client, worker, i)`.
+    Also measures the CPU time of the server's process tree and of this process."""
+    port = server.port
     start = time.perf_counter_ns() + 200_000_000  # after every thread has started
     measure_from = start + int(warmup * 1e9)
     end = measure_from + int(duration * 1e9)
@@ -175,7 +211,15 @@ def load(port, concurrency, warmup, duration, op):
             phase.errors += errors
             phase.first_error = phase.first_error or first
 
+    def cpu_sampler():
+        time.sleep(max(0, (measure_from - time.perf_counter_ns()) / 1e9))
+        before = (server.cpu_s(), self_cpu_s())
+        time.sleep(max(0, (end - time.perf_counter_ns()) / 1e9))
+        after = (server.cpu_s(), self_cpu_s())
+        phase.cpu = (after[0] - before[0], after[1] - before[1])
+
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    threads.append(threading.Thread(target=cpu_sampler))
     for t in threads:
         t.start()
     for t in threads:
@@ -185,8 +229,11 @@ def load(port, concurrency, warmup, duration, op):
 
 
 class MlflowServer:
-    def __init__(self, args, backend, tmp):
+    def __init__(self, args, backend, tmp, job_execution):
         self.backend = backend
+        # MLflow's job runner (7 huey consumers polling, ~0.1 core each while idle) serves
+        # features this benchmark does not use; off unless asked for.
+        self.env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true" if job_execution else "false"}
         self.port = free_port()
         self.db_name = None
         if backend == "sqlite":
@@ -194,8 +241,9 @@ class MlflowServer:
         else:
             self.db_name = f"mlflow_bench_{uuid.uuid4().hex}"
             psql(f"CREATE DATABASE {self.db_name}")
-            base = ADMIN_URL.rsplit("/", 1)[0].replace("postgres://", "postgresql://", 1)
-            self.store_uri = f"{base}/{self.db_name}"
+            # psycopg2 by name: newer SQLAlchemy defaults `postgresql://` to psycopg 3.
+            base = ADMIN_URL.rsplit("/", 1)[0].split("://", 1)[1]
+            self.store_uri = f"postgresql+psycopg2://{base}/{self.db_name}"
         self.cmd = [
             args.mlflow,
             "server",
@@ -215,12 +263,20 @@ class MlflowServer:
             self.cmd += ["--uvicorn-opts", args.uvicorn_opts]
         self.log_path = f"{tmp}/mlflow-server.log"
         self.log = open(self.log_path, "wb")
-        log("starting: " + shlex.join(self.cmd))
+        log("starting: " + " ".join(f"{k}={v}" for k, v in self.env.items()) + " " + shlex.join(self.cmd))
         # Its own session, so that stopping it reaches its worker processes too.
         self.proc = subprocess.Popen(
-            self.cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            self.cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **self.env},
         )
-        self.wait_ready(args.startup_timeout)
+        try:
+            self.wait_ready(args.startup_timeout)
+        except Exception:
+            self.stop()  # also drops the database
+            raise
 
     def wait_ready(self, timeout):
         deadline = time.monotonic() + timeout
@@ -242,6 +298,9 @@ class MlflowServer:
 
     def rss_kib(self):
         return tree_rss_kib(self.proc.pid)
+
+    def cpu_s(self):
+        return tree_cpu_s(self.proc.pid)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -346,6 +405,12 @@ def bench_artifacts(server, exp, mib, rounds):
     sampler = threading.Thread(target=sample)
     sampler.start()
     up, down, runs = [], [], []
+    up_cpu, down_cpu = [0.0, 0.0], [0.0, 0.0]
+
+    def add_cpu(total, before):
+        total[0] += server.cpu_s() - before[0]
+        total[1] += self_cpu_s() - before[1]
+
     try:
         for r in range(rounds):
             content = (r + 1).to_bytes(8, "little") + base[8:]
@@ -354,16 +419,18 @@ def bench_artifacts(server, exp, mib, rounds):
                 "/api/2.0/mlflow/runs/create",
                 {"experiment_id": exp, "run_name": f"artifact-{mib}-{r}", "start_time": now_ms()},
             )["run"]["info"]
-            t0 = time.perf_counter()
+            cpu0, t0 = (server.cpu_s(), self_cpu_s()), time.perf_counter()
             put_artifact(c, run, "model.bin", content)
             up.append(time.perf_counter() - t0)
+            add_cpu(up_cpu, cpu0)
             runs.append(run)
         up_peak = peak[0]
         peak[0] = server.rss_kib()
         for run in runs:
-            t0 = time.perf_counter()
+            cpu0, t0 = (server.cpu_s(), self_cpu_s()), time.perf_counter()
             got = get_artifact(c, run, "model.bin")
             down.append(time.perf_counter() - t0)
+            add_cpu(down_cpu, cpu0)
             if got != size:
                 raise RuntimeError(f"downloaded {got} bytes of {size}")
         down_peak = peak[0]
@@ -372,6 +439,7 @@ def bench_artifacts(server, exp, mib, rounds):
         sampler.join()
     up_mbps = [size / 1e6 / t for t in up]
     down_mbps = [size / 1e6 / t for t in down]
+    gb = size * rounds / 1e9
     result = {
         "size_mib": mib,
         "rounds": rounds,
@@ -385,6 +453,10 @@ def bench_artifacts(server, exp, mib, rounds):
         "rss_growth_mib": max(up_peak, down_peak, rss_before) / 1024 - rss_before / 1024,
         "peak_is_per_phase": True,
         "peak_method": "process-tree VmRSS sampled every 20 ms",
+        "upload_server_cpu_s_per_gb": up_cpu[0] / gb,
+        "upload_client_cpu_s_per_gb": up_cpu[1] / gb,
+        "download_server_cpu_s_per_gb": down_cpu[0] / gb,
+        "download_client_cpu_s_per_gb": down_cpu[1] / gb,
     }
     log(
         f"artifact {mib} MiB: upload {result['upload_mb_s']:.0f} MB/s, download "
@@ -412,14 +484,36 @@ def report(name, p):
     return j
 
 
+def idle_profile(args, backend, tmp, job_execution):
+    """Idle RSS and CPU of a fresh server: (MiB, cores)."""
+    server = MlflowServer(args, backend, tmp, job_execution)
+    try:
+        time.sleep(args.idle_secs)
+        rss = server.rss_kib()
+        cpu0 = server.cpu_s()
+        time.sleep(args.idle_secs)
+        return rss / 1024, (server.cpu_s() - cpu0) / args.idle_secs
+    finally:
+        server.stop()
+
+
 def bench_backend(args, backend):
     with tempfile.TemporaryDirectory(prefix="mlflow-bench-") as tmp:
-        server = MlflowServer(args, backend, tmp)
+        defaults = None
+        if args.job_execution == "off" and args.idle_with_defaults:
+            os.makedirs(f"{tmp}/defaults")
+            rss, cores = idle_profile(args, backend, f"{tmp}/defaults", True)
+            defaults = {"idle_rss_mib": rss, "idle_cpu_cores": cores}
+            log(f"MLflow defaults (job runner on), idle: RSS {rss:.0f} MiB, CPU {cores:.2f} cores")
+        server = MlflowServer(args, backend, tmp, args.job_execution == "on")
         try:
-            time.sleep(2)
+            time.sleep(args.idle_secs)
             load_before = open("/proc/loadavg").read().strip()
             idle = server.rss_kib()
-            log(f"idle RSS (process tree): {idle / 1024:.1f} MiB")
+            cpu0 = server.cpu_s()
+            time.sleep(args.idle_secs)
+            idle_cores = (server.cpu_s() - cpu0) / args.idle_secs
+            log(f"idle: RSS (process tree) {idle / 1024:.1f} MiB, CPU {idle_cores:.2f} cores")
             exp = setup(server.port)
             w, d = args.warmup_secs, args.duration_secs
             alias_path = f"/api/2.0/mlflow/registered-models/alias?name={MODEL}&alias=bench-get"
@@ -428,19 +522,12 @@ def bench_backend(args, backend):
             def get_alias(c, _w, _i):
                 c.ok("GET", alias_path)
 
-            for conc in args.get_alias_concurrency:
-                ops[f"get_alias_c{conc}"] = report(
-                    f"get_alias_c{conc}", load(server.port, conc, w, d, get_alias)
-                )
-
             def set_alias(c, worker, i):
                 c.ok(
                     "POST",
                     "/api/2.0/mlflow/registered-models/alias",
                     {"name": MODEL, "alias": f"bench-set-{worker}", "version": str(i % 2 + 1)},
                 )
-
-            ops["set_alias_c16"] = report("set_alias_c16", load(server.port, 16, w, d, set_alias))
 
             def lifecycle(c, worker, i):
                 run = c.ok(
@@ -458,7 +545,18 @@ def bench_backend(args, backend):
                     {"run_id": run["run_id"], "status": "FINISHED", "end_time": now_ms()},
                 )
 
-            ops["lifecycle_c16"] = report("lifecycle_c16", load(server.port, 16, w, d, lifecycle))
+            # Every worker process imports its handlers lazily on first use: let each of
+            # them serve each route before anything is measured.
+            if args.prewarm_secs > 0:
+                for op in (get_alias, set_alias, lifecycle):
+                    load(server, 16, 0, args.prewarm_secs, op)
+
+            for conc in args.get_alias_concurrency:
+                ops[f"get_alias_c{conc}"] = report(
+                    f"get_alias_c{conc}", load(server, conc, w, d, get_alias)
+                )
+            ops["set_alias_c16"] = report("set_alias_c16", load(server, 16, w, d, set_alias))
+            ops["lifecycle_c16"] = report("lifecycle_c16", load(server, 16, w, d, lifecycle))
 
             artifacts = []
             for mib in args.artifact_mib:
@@ -472,6 +570,9 @@ def bench_backend(args, backend):
             rss_after = server.rss_kib()
             return {
                 "idle_rss_mib": idle / 1024,
+                "idle_cpu_cores": idle_cores,
+                "with_default_settings": defaults,
+                "server_env": server.env,
                 "rss_after_mib": rss_after / 1024,
                 "rss_method": "VmRSS summed over the mlflow server process tree",
                 "loadavg_before": load_before,
@@ -516,6 +617,25 @@ def main():
         help="skip larger artifacts when 4x the slowest transfer exceeds this",
     )
     p.add_argument("--startup-timeout", type=float, default=180)
+    p.add_argument(
+        "--job-execution",
+        choices=["on", "off"],
+        default="off",
+        help="MLflow's job runner (MLFLOW_SERVER_ENABLE_JOB_EXECUTION); off for its best numbers",
+    )
+    p.add_argument(
+        "--idle-with-defaults",
+        type=int,
+        default=1,
+        help="1: also measure idle RSS/CPU of a server with MLflow's default settings",
+    )
+    p.add_argument(
+        "--prewarm-secs",
+        type=float,
+        default=3,
+        help="unmeasured load per operation (16 concurrent) before the phases",
+    )
+    p.add_argument("--idle-secs", type=float, default=3, help="settle, then measure idle CPU")
     args = p.parse_args()
 
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
@@ -535,6 +655,8 @@ def main():
             "artifact_rounds": args.artifact_rounds,
             "workers": args.workers,
             "uvicorn_opts": args.uvicorn_opts,
+            "job_execution": args.job_execution,
+            "prewarm_secs": args.prewarm_secs,
             "client": "Python threads, one keep-alive HTTP/1.1 connection per worker",
         },
         "backends": results,

@@ -102,6 +102,7 @@ def backend_table(name, cap, ml):
             ("throughput_per_s", "req/s", True, 0),
             ("p50_us", "p50 µs", False, 0),
             ("p99_us", "p99 µs", False, 0),
+            ("server_cpu_us_per_op", "server CPU µs/op", False, 0),
         ):
             lines.append(
                 f"| {label}: {unit} | {fmt(c.get(field), digits)} | {fmt(m.get(field), digits)} "
@@ -122,6 +123,8 @@ def backend_table(name, cap, ml):
             ("upload_mb_s", "upload MB/s", True, 0),
             ("download_mb_s", "download MB/s", True, 0),
             ("rss_growth_mib", "server RSS growth MiB", False, 1),
+            ("upload_server_cpu_s_per_gb", "server CPU s/GB uploaded", False, 2),
+            ("download_server_cpu_s_per_gb", "server CPU s/GB downloaded", False, 2),
         ):
             lines.append(
                 f"| Artifact {mib} MiB: {label} | {fmt(ca.get(field), digits)} "
@@ -130,6 +133,17 @@ def backend_table(name, cap, ml):
     for field, label in (("idle_rss_mib", "Idle server RSS MiB"), ("rss_after_mib", "Server RSS after the run MiB")):
         c, m = (cap or {}).get(field), (ml or {}).get(field)
         lines.append(f"| {label} | {fmt(c, 1)} | {fmt(m, 1)} | {ratio(c, m, False)} |")
+    defaults = (ml or {}).get("with_default_settings") or {}
+    if defaults:
+        c, m = (cap or {}).get("idle_rss_mib"), defaults.get("idle_rss_mib")
+        lines.append(
+            f"| Idle server RSS MiB, MLflow with default settings (job runner on) | {fmt(c, 1)} "
+            f"| {fmt(m, 1)} | {ratio(c, m, False)} |"
+        )
+        lines.append(
+            f"| Idle server CPU (cores), MLflow with default settings | — | "
+            f"{fmt(defaults.get('idle_cpu_cores'), 2)} | |"
+        )
     lines.append("")
     loads = [
         f"{who}: `{r['loadavg_before']}`"
@@ -148,7 +162,10 @@ def targets_table(cap_json):
     ]
     backends = (cap_json or {}).get("backends", {})
     failed = 0
-    for name, res in backends.items():
+    for name in ("sqlite", "postgres"):
+        res = backends.get(name)
+        if res is None:
+            continue
         ops = res.get("ops", {})
         for label, only, key, field, op, thr, unit in TARGETS:
             if only and only != name:
@@ -217,7 +234,9 @@ def main():
         f"{run(['rustc', '--version']) or 'rustc ?'}, release profile",
         f"- MLflow: {(ml or {}).get('mlflow_version', 'not run')}, Python {(ml or {}).get('python', '?')}, "
         f"`--workers {(ml or {}).get('settings', {}).get('workers', '?')}`, "
-        f"`--uvicorn-opts \"{(ml or {}).get('settings', {}).get('uvicorn_opts', '')}\"`",
+        f"`--uvicorn-opts \"{(ml or {}).get('settings', {}).get('uvicorn_opts', '')}\"`, "
+        f"job runner {(ml or {}).get('settings', {}).get('job_execution', '?')} "
+        "(`MLFLOW_SERVER_ENABLE_JOB_EXECUTION`; MLflow 3 starts huey consumers that poll even when idle)",
         f"- PostgreSQL {pg or '?'} at 127.0.0.1:5432; SQLite {sqlite or '?'} (Python's; Capstan bundles its own via sqlx)",
         f"- Phases: {settings.get('warmup_secs')} s warm-up, {settings.get('duration_secs')} s measured; "
         f"artifacts: {settings.get('artifact_rounds')} rounds per size, median MB/s (1 MB = 10^6 bytes), "
@@ -251,7 +270,7 @@ def main():
         "- Capstan: gRPC over plaintext HTTP/2 with authentication **on** (an HS256 JWT verified "
         f"on every call); one connection per {settings.get('workers_per_connection', 8)} workers. "
         "MLflow: REST over HTTP/1.1 keep-alive, one connection per worker, **no** authentication "
-        "(MLflow's basic-auth app would add a database lookup per request).",
+        "(its `--app-name basic-auth` is not enabled).",
         "- GetAlias reads one alias; SetAlias unconditionally repoints one alias per worker, "
         "alternating between two runs (MLflow: two model versions); the lifecycle creates a run "
         "and marks it finished (Capstan's CreateRun also carries one param and one metric).",
@@ -263,7 +282,13 @@ def main():
         "`/proc/<pid>/clear_refs` before each transfer phase, so growth = peak − RSS just "
         "before. MLflow's is VmRSS summed over the server's process tree (uvicorn workers), "
         "sampled every 20 ms during transfers.",
-        "- Neither database server's memory is counted.",
+        "- Server CPU: user + system time of the server process (MLflow: its process tree) "
+        "in the measured window, from /proc/<pid>/stat, divided by the requests completed. "
+        "It depends less than throughput on how busy the machine is (other processes still "
+        "inflate it through context switches and cache misses), so it is the better number to "
+        "compare across runs on a shared machine.",
+        "- Neither database server's memory or CPU is counted (PostgreSQL's backends, for "
+        "example); SQLite runs inside the server process and is counted.",
         "",
         "## Reproduce",
         "",
@@ -285,7 +310,11 @@ def main():
     ]
     for name, r in ((ml or {}).get("backends") or {}).items():
         if r.get("server_command"):
-            lines += [f"MLflow server on {name} (temporary paths): `{r['server_command']}`", ""]
+            env = " ".join(f"{k}={v}" for k, v in (r.get("server_env") or {}).items())
+            lines += [
+                f"MLflow server on {name} (temporary paths): `{(env + ' ') if env else ''}{r['server_command']}`",
+                "",
+            ]
     lines += [
         "Postgres needs to be reachable at 127.0.0.1:5432 as user `postgres` (trust auth) or at "
         "`CAPSTAN_TEST_POSTGRES_URL`; each run creates its own database and drops it afterwards.",

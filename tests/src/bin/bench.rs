@@ -52,6 +52,14 @@ struct Args {
     /// Upload chunk size in KiB.
     #[arg(long, default_value_t = 1024)]
     chunk_kib: usize,
+    /// What to measure (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "requests,artifacts"
+    )]
+    phases: Vec<PhaseChoice>,
     /// Concurrent workers sharing one HTTP/2 connection.
     #[arg(long, default_value_t = 8)]
     workers_per_connection: usize,
@@ -62,6 +70,12 @@ enum BackendChoice {
     Sqlite,
     Postgres,
     Both,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum PhaseChoice {
+    Requests,
+    Artifacts,
 }
 
 /// Safety bound on operations per worker and phase, on top of the time bound.
@@ -202,9 +216,48 @@ async fn bench_backend(args: &Args, bin: &Path, db: &TestDb) -> anyhow::Result<V
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = bench.status_kib("VmRSS")?;
-    eprintln!("idle RSS: {:.1} MiB", kib_mib(idle_rss));
+    eprintln!(
+        "server pid {} at {}; idle RSS: {:.1} MiB",
+        bench.pid,
+        bench.url,
+        kib_mib(idle_rss)
+    );
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
+    let ops = if args.phases.contains(&PhaseChoice::Requests) {
+        request_phases(args, &bench).await?
+    } else {
+        serde_json::Map::new()
+    };
+    let mut artifacts = Vec::new();
+    if args.phases.contains(&PhaseChoice::Artifacts) {
+        for &mib in &args.artifact_mib {
+            artifacts
+                .push(bench_artifacts(&bench, mib, args.artifact_rounds, args.chunk_kib).await?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = bench.status_kib("VmRSS")?;
+    let status = svc.terminate(Duration::from_secs(30))?;
+    ensure!(
+        status.success(),
+        "registry-svc exited with {status}; log:\n{}",
+        svc.log_text()
+    );
+    Ok(json!({
+        "idle_rss_mib": kib_mib(idle_rss),
+        "rss_after_mib": kib_mib(rss_after),
+        "loadavg_before": load_before.trim(),
+        "ops": ops,
+        "artifacts": artifacts,
+    }))
+}
+
+/// GetAlias at 1, 16 and 64 concurrent, SetAlias and the run lifecycle at 16.
+async fn request_phases(
+    args: &Args,
+    bench: &Bench,
+) -> anyhow::Result<serde_json::Map<String, Value>> {
     let mut setup = bench.client().await?;
     let run_a = servable_run(&mut setup, "bench-a").await?;
     let run_b = servable_run(&mut setup, "bench-b").await?;
@@ -223,16 +276,23 @@ async fn bench_backend(args: &Args, bin: &Path, db: &TestDb) -> anyhow::Result<V
 
     for c in [1, 16, 64] {
         let clients = bench.clients(c, per_conn).await?;
-        let phase = load(&clients, c, warmup, duration, |mut client, _, _| {
-            Box::pin(async move {
-                client
-                    .get_alias(pb::GetAliasRequest {
-                        alias: "bench-get".into(),
-                    })
-                    .await
-                    .map(drop)
-            })
-        })
+        let phase = load(
+            bench.pid,
+            &clients,
+            c,
+            warmup,
+            duration,
+            |mut client, _, _| {
+                Box::pin(async move {
+                    client
+                        .get_alias(pb::GetAliasRequest {
+                            alias: "bench-get".into(),
+                        })
+                        .await
+                        .map(drop)
+                })
+            },
+        )
         .await;
         report_phase(&format!("get_alias_c{c}"), &phase);
         ops.insert(format!("get_alias_c{c}"), phase.to_json());
@@ -242,6 +302,7 @@ async fn bench_backend(args: &Args, bin: &Path, db: &TestDb) -> anyhow::Result<V
     let c = 16;
     let clients = bench.clients(c, per_conn).await?;
     let phase = load(
+        bench.pid,
         &clients,
         c,
         warmup,
@@ -265,58 +326,45 @@ async fn bench_backend(args: &Args, bin: &Path, db: &TestDb) -> anyhow::Result<V
     report_phase("set_alias_c16", &phase);
     ops.insert("set_alias_c16".into(), phase.to_json());
 
-    let phase = load(&clients, c, warmup, duration, |mut client, worker, i| {
-        Box::pin(async move {
-            let run = client
-                .create_run(pb::CreateRunRequest {
-                    name: format!("lifecycle-{worker}-{i}"),
-                    model_type: "seasonal_naive".into(),
-                    status: pb::RunStatus::Running as i32,
-                    params: [("season".to_string(), "7".to_string())].into(),
-                    metrics: [("wape".to_string(), 0.2)].into(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            client
-                .update_run(pb::UpdateRunRequest {
-                    run: Some(pb::Run {
-                        run_id: run.run_id,
-                        status: pb::RunStatus::Succeeded as i32,
+    let phase = load(
+        bench.pid,
+        &clients,
+        c,
+        warmup,
+        duration,
+        |mut client, worker, i| {
+            Box::pin(async move {
+                let run = client
+                    .create_run(pb::CreateRunRequest {
+                        name: format!("lifecycle-{worker}-{i}"),
+                        model_type: "seasonal_naive".into(),
+                        status: pb::RunStatus::Running as i32,
+                        params: [("season".to_string(), "7".to_string())].into(),
+                        metrics: [("wape".to_string(), 0.2)].into(),
                         ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["status".into()],
-                    }),
-                })
-                .await
-                .map(drop)
-        })
-    })
+                    })
+                    .await?
+                    .into_inner();
+                client
+                    .update_run(pb::UpdateRunRequest {
+                        run: Some(pb::Run {
+                            run_id: run.run_id,
+                            status: pb::RunStatus::Succeeded as i32,
+                            ..Default::default()
+                        }),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["status".into()],
+                        }),
+                    })
+                    .await
+                    .map(drop)
+            })
+        },
+    )
     .await;
     report_phase("lifecycle_c16", &phase);
     ops.insert("lifecycle_c16".into(), phase.to_json());
-    drop(clients);
-
-    let mut artifacts = Vec::new();
-    for &mib in &args.artifact_mib {
-        artifacts.push(bench_artifacts(&bench, mib, args.artifact_rounds, args.chunk_kib).await?);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after = bench.status_kib("VmRSS")?;
-    let status = svc.terminate(Duration::from_secs(30))?;
-    ensure!(
-        status.success(),
-        "registry-svc exited with {status}; log:\n{}",
-        svc.log_text()
-    );
-    Ok(json!({
-        "idle_rss_mib": kib_mib(idle_rss),
-        "rss_after_mib": kib_mib(rss_after),
-        "loadavg_before": load_before.trim(),
-        "ops": ops,
-        "artifacts": artifacts,
-    }))
+    Ok(ops)
 }
 
 /// A SUCCEEDED run with a small artifact: what an alias may point at.
@@ -390,6 +438,8 @@ async fn bench_artifacts(
     let hwm_reset = reset_hwm(bench.pid);
     let (mut up, mut down) = (Vec::new(), Vec::new());
     let (mut up_peak, mut runs) = (0, Vec::new());
+    // CPU seconds (server, client) spent inside the timed transfers.
+    let (mut up_cpu, mut down_cpu) = (Some((0.0, 0.0)), Some((0.0, 0.0)));
     for round in 0..rounds {
         // A distinct prefix per round: identical content would be deduplicated, not stored.
         let mut content = base.clone();
@@ -397,9 +447,10 @@ async fn bench_artifacts(
         let content = Bytes::from(content);
         let sha = hex::encode(Sha256::digest(&content));
         let run = create_running(&mut c, &format!("artifact-{mib}-{round}")).await?;
-        let start = Instant::now();
+        let (cpu0, start) = (cpu_pair(bench.pid), Instant::now());
         let resp = upload(&mut c, &run, content, chunk_kib * 1024, Some(sha.clone())).await?;
         up.push(start.elapsed());
+        up_cpu = add_cpu(up_cpu, cpu0, cpu_pair(bench.pid));
         ensure!(
             resp.sha256 == sha && !resp.deduplicated,
             "upload round {round}: unexpected response {resp:?}"
@@ -410,9 +461,10 @@ async fn bench_artifacts(
     let rss_mid = bench.status_kib("VmRSS")?;
     reset_hwm(bench.pid);
     for run in &runs {
-        let start = Instant::now();
+        let (cpu0, start) = (cpu_pair(bench.pid), Instant::now());
         let got = download(&mut c, run).await?;
         down.push(start.elapsed());
+        down_cpu = add_cpu(down_cpu, cpu0, cpu_pair(bench.pid));
         ensure!(got == size as u64, "downloaded {got} bytes of {size}");
     }
     let down_peak = bench.status_kib("VmHWM")?;
@@ -423,6 +475,7 @@ async fn bench_artifacts(
     };
     let (up_mbps, down_mbps) = (mbps(&up), mbps(&down));
     let growth = up_peak.max(down_peak).saturating_sub(rss_before);
+    let gb = (size * rounds) as f64 / 1e9;
     eprintln!(
         "artifact {mib} MiB: upload {:.0} MB/s, download {:.0} MB/s (medians of {rounds}); server RSS {:.1} MiB before, peak +{:.1} MiB",
         median(&up_mbps),
@@ -444,7 +497,21 @@ async fn bench_artifacts(
         "download_peak_rss_mib": kib_mib(down_peak),
         "rss_growth_mib": kib_mib(growth),
         "peak_is_per_phase": hwm_reset,
+        "upload_server_cpu_s_per_gb": up_cpu.map(|c| c.0 / gb),
+        "upload_client_cpu_s_per_gb": up_cpu.map(|c| c.1 / gb),
+        "download_server_cpu_s_per_gb": down_cpu.map(|c| c.0 / gb),
+        "download_client_cpu_s_per_gb": down_cpu.map(|c| c.1 / gb),
     }))
+}
+
+/// `total` plus the CPU used between `before` and `after`; `None` once a reading failed.
+fn add_cpu(
+    total: Option<(f64, f64)>,
+    before: Option<(f64, f64)>,
+    after: Option<(f64, f64)>,
+) -> Option<(f64, f64)> {
+    let (t, b, a) = (total?, before?, after?);
+    Some((t.0 + a.0 - b.0, t.1 + a.1 - b.1))
 }
 
 /// Bytes received; the stream must start with metadata naming the same size.
@@ -496,6 +563,8 @@ struct Phase {
     latencies: Vec<u64>,
     errors: u64,
     first_error: Option<String>,
+    /// CPU time (user + system) over the measured window: server process, this process.
+    cpu: Option<(f64, f64)>,
 }
 
 impl Phase {
@@ -526,12 +595,22 @@ impl Phase {
             "mean_us": mean / 1e3,
             "errors": self.errors,
             "first_error": self.first_error,
+            "server_cpu_s": self.cpu.map(|c| c.0),
+            "client_cpu_s": self.cpu.map(|c| c.1),
+            "server_cpu_us_per_op": self.cpu.map(|c| per_op_us(c.0, self.latencies.len())),
+            "client_cpu_us_per_op": self.cpu.map(|c| per_op_us(c.1, self.latencies.len())),
         })
     }
 }
 
-/// Runs `concurrency` closed-loop workers over `clients` for `warmup + duration`.
+fn per_op_us(cpu_s: f64, ops: usize) -> f64 {
+    cpu_s * 1e6 / ops.max(1) as f64
+}
+
+/// Runs `concurrency` closed-loop workers over `clients` for `warmup + duration`; also
+/// measures the CPU time `server` and this process use in the measured window.
 async fn load<F>(
+    server: u32,
     clients: &[RegistryClient],
     concurrency: usize,
     warmup: Duration,
@@ -544,6 +623,13 @@ where
     let op = Arc::new(op);
     let start = Instant::now();
     let (measure_from, end) = (start + warmup, start + warmup + duration);
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = cpu_pair(server);
+        tokio::time::sleep_until(end.into()).await;
+        let after = cpu_pair(server);
+        Some((after?.0 - before?.0, after?.1 - before?.1))
+    });
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let client = clients[worker % clients.len()].clone();
@@ -580,6 +666,7 @@ where
         latencies: Vec::new(),
         errors: 0,
         first_error: None,
+        cpu: None,
     };
     for t in tasks {
         match t.await {
@@ -599,6 +686,7 @@ where
         }
     }
     phase.latencies.sort_unstable();
+    phase.cpu = cpu.await.ok().flatten();
     phase
 }
 
@@ -626,16 +714,23 @@ fn print_table(backend: &str, r: &Value) {
         "{:<16} {:>5} {:>11} {:>10} {:>10} {:>7}",
         "operation", "conc", "ops/s", "p50 µs", "p99 µs", "errors"
     );
-    if let Some(ops) = r["ops"].as_object() {
-        for (name, o) in ops {
+    const ORDER: [&str; 5] = [
+        "get_alias_c1",
+        "get_alias_c16",
+        "get_alias_c64",
+        "set_alias_c16",
+        "lifecycle_c16",
+    ];
+    for name in ORDER {
+        if let Some(o) = r["ops"].get(name) {
             println!(
                 "{:<16} {:>5} {:>11.0} {:>10.0} {:>10.0} {:>7}",
                 name,
-                o["concurrency"],
+                o["concurrency"].to_string(),
                 o["throughput_per_s"].as_f64().unwrap_or(f64::NAN),
                 o["p50_us"].as_f64().unwrap_or(f64::NAN),
                 o["p99_us"].as_f64().unwrap_or(f64::NAN),
-                o["errors"]
+                o["errors"].to_string()
             );
         }
     }
@@ -673,6 +768,37 @@ fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
                 .ok()
         })
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// CPU seconds (user + system, finished threads included) of `pid` from /proc/<pid>/stat.
+fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may contain spaces: utime and stime are the
+    // 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    ensure!(f.len() > 12, "short /proc/{pid}/stat");
+    Ok((f[11].parse::<f64>()? + f[12].parse::<f64>()?) / ticks)
+}
+
+/// (server, this process) CPU seconds; `None` (announced) when /proc cannot say.
+fn cpu_pair(server: u32) -> Option<(f64, f64)> {
+    match (cpu_secs(&server.to_string()), cpu_secs("self")) {
+        (Ok(s), Ok(c)) => Some((s, c)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("cannot read CPU time: error = {e}");
+            None
+        }
+    }
 }
 
 /// Resets the process's peak RSS (VmHWM), so that the next reading is the peak of one phase.
