@@ -297,7 +297,7 @@ def main():
         args.commands,
         "",
         "# or step by step",
-        "cargo build --release -p registry-svc -p capstan-tests --bin bench",
+        "cargo build --release -p registry-svc -p capstan-tests --bin registry-svc --bin bench",
         "${CARGO_TARGET_DIR:-target}/release/bench --backend both --out docs/bench-capstan.json "
         f"--duration-secs {settings.get('duration_secs', 5)} "
         f"--artifact-mib {','.join(str(x) for x in settings.get('artifact_mib', [16, 256]))}",

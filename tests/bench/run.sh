@@ -18,7 +18,7 @@ target=${CARGO_TARGET_DIR:-target}
 mkdir -p "$out"
 
 echo "== building release binaries" >&2
-cargo build --release -p registry-svc -p capstan-tests --bin bench
+cargo build --release -p registry-svc -p capstan-tests --bin registry-svc --bin bench
 
 echo "== Capstan ($backend)" >&2
 "$target/release/bench" --backend "$backend" --out "$out/bench-capstan.json" \
