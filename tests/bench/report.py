@@ -62,6 +62,10 @@ def ratio(capstan, mlflow, higher_is_better):
     return f"{r:,.1f}×" if r >= 10 else f"{r:,.2f}×"
 
 
+def with_unit(text, unit):
+    return text if text == "—" else f"{text} {unit}"
+
+
 def passes(value, op, threshold):
     if not num(value):
         return None
@@ -173,20 +177,23 @@ def targets_table(cap_json):
             v = ops.get(key, {}).get(field)
             ok = passes(v, op, thr)
             failed += ok is False
-            lines.append(f"| {label} {op} {thr:,} {unit} | {name} | {fmt(v)} {unit} | {mark(ok)} |")
+            lines.append(f"| {label} {op} {thr:,} {unit} | {name} | {with_unit(fmt(v), unit)} | {mark(ok)} |")
         a = artifact(res, ARTIFACT_TARGET_MIB)
         for label, field, op, thr, unit in ARTIFACT_TARGETS:
             v = (a or {}).get(field)
             ok = passes(v, op, thr)
             failed += ok is False
             lines.append(
-                f"| {label} {op} {thr} {unit} | {name} | {fmt(v, 1 if unit == 'MiB' else 0)} {unit} | {mark(ok)} |"
+                f"| {label} {op} {thr} {unit} | {name} | {with_unit(fmt(v, 1 if unit == 'MiB' else 0), unit)} "
+                f"| {mark(ok)} |"
             )
         idle_mb = res.get("idle_rss_mib")
         idle_mb = idle_mb * 1.048576 if num(idle_mb) else None
         ok = passes(idle_mb, "<", IDLE_RSS_TARGET_MB)
         failed += ok is False
-        lines.append(f"| Idle RSS < {IDLE_RSS_TARGET_MB} MB | {name} | {fmt(idle_mb, 1)} MB | {mark(ok)} |")
+        lines.append(
+            f"| Idle RSS < {IDLE_RSS_TARGET_MB} MB | {name} | {with_unit(fmt(idle_mb, 1), 'MB')} | {mark(ok)} |"
+        )
     return lines, failed
 
 
