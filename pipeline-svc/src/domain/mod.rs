@@ -7,6 +7,7 @@ pub mod demo;
 pub mod engine;
 pub mod operation;
 pub mod paging;
+pub mod provisioning;
 pub mod watch;
 pub mod workflow;
 pub mod workflows;
