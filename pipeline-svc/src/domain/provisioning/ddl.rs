@@ -14,7 +14,9 @@
 //! | `date`      | `DATE`             | `TEXT`, `YYYY-MM-DD`                          |
 //! | `json`      | `JSONB`            | `TEXT`, `CHECK (json_valid(…))`               |
 //!
-//! SQLite tables are STRICT so a declared type is enforced, not a hint. Apply the statements
+//! SQLite tables are STRICT, so a declared type is enforced rather than a hint, and WITHOUT
+//! ROWID, so a key is a key as in Postgres: otherwise an `int64` key would alias the rowid and
+//! SQLite would turn an inserted NULL into a fresh number. Apply the statements
 //! of `generate` in one transaction (both databases have transactional DDL): a schema is
 //! then created entirely or not at all.
 
@@ -82,10 +84,9 @@ pub fn create_namespace(dialect: &Dialect) -> Option<String> {
 pub fn drop_namespace(dialect: &Dialect) -> Option<String> {
     match dialect {
         Dialect::Sqlite => None,
-        Dialect::Postgres { schema } => Some(format!(
-            "DROP SCHEMA IF EXISTS {} CASCADE",
-            quote(schema)
-        )),
+        Dialect::Postgres { schema } => {
+            Some(format!("DROP SCHEMA IF EXISTS {} CASCADE", quote(schema)))
+        }
     }
 }
 
@@ -103,7 +104,10 @@ pub fn column_type(ty: PropertyType, dialect: &Dialect) -> &'static str {
         (Dialect::Sqlite, PropertyType::Float64) => "REAL",
         (
             Dialect::Sqlite,
-            PropertyType::String | PropertyType::Timestamp | PropertyType::Date | PropertyType::Json,
+            PropertyType::String
+            | PropertyType::Timestamp
+            | PropertyType::Date
+            | PropertyType::Json,
         ) => "TEXT",
     }
 }
@@ -123,12 +127,12 @@ fn create_table(table: &TableDef, dialect: &Dialect) -> String {
             quote(ref_column)
         ));
     }
-    let strict = match dialect {
-        Dialect::Sqlite => " STRICT",
+    let options = match dialect {
+        Dialect::Sqlite => " STRICT, WITHOUT ROWID",
         Dialect::Postgres { .. } => "",
     };
     format!(
-        "CREATE TABLE {} ({}){strict}",
+        "CREATE TABLE {} ({}){options}",
         qualified(&table.name, dialect),
         parts.join(", ")
     )
@@ -157,7 +161,11 @@ fn qualified(table: &str, dialect: &Dialect) -> String {
 }
 
 fn quoted_list(names: &[String]) -> String {
-    names.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| quote(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Every name reaching here is already a checked identifier; doubling quotes anyway means
@@ -190,11 +198,13 @@ const DDL_WORDS: &[&str] = &[
     "PRIMARY",
     "REAL",
     "REFERENCES",
+    "ROWID",
     "SCHEMA",
     "STRICT",
     "TABLE",
     "TEXT",
     "TIMESTAMPTZ",
+    "WITHOUT",
     "json_valid",
 ];
 
@@ -220,7 +230,9 @@ pub fn audit(statement: &str) -> Result<(), String> {
             '(' | ')' | ',' | '.' | ' ' | '0' | '1' => {}
             c if c.is_ascii_alphabetic() => {
                 let mut end = start + c.len_utf8();
-                while let Some((i, _)) = chars.next_if(|&(_, c)| c.is_ascii_alphanumeric() || c == '_') {
+                while let Some((i, _)) =
+                    chars.next_if(|&(_, c)| c.is_ascii_alphanumeric() || c == '_')
+                {
                     end = i + 1;
                 }
                 let word = &statement[start..end];
@@ -254,14 +266,14 @@ mod tests {
         assert_eq!(
             ddl[0],
             "CREATE TABLE \"Person\" (\"id\" TEXT NOT NULL, \"name\" TEXT NOT NULL, \"email\" TEXT, \
-             \"born_on\" TEXT, \"created_at\" TEXT, PRIMARY KEY (\"id\")) STRICT"
+             \"born_on\" TEXT, \"created_at\" TEXT, PRIMARY KEY (\"id\")) STRICT, WITHOUT ROWID"
         );
         assert_eq!(
             ddl[2],
             "CREATE TABLE \"FOLLOWS\" (\"from_id\" TEXT NOT NULL, \"to_id\" TEXT NOT NULL, \
              \"since\" TEXT, PRIMARY KEY (\"from_id\", \"to_id\"), \
              FOREIGN KEY (\"from_id\") REFERENCES \"Person\" (\"id\"), \
-             FOREIGN KEY (\"to_id\") REFERENCES \"Person\" (\"id\")) STRICT"
+             FOREIGN KEY (\"to_id\") REFERENCES \"Person\" (\"id\")) STRICT, WITHOUT ROWID"
         );
         assert_eq!(
             drop_statements(&social(), &Dialect::Sqlite),
@@ -278,7 +290,10 @@ mod tests {
     #[test]
     fn postgres_statements_are_schema_qualified() {
         let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
-        assert_eq!(graph_schema_name(&id), "graph_0123456789abcdef0123456789abcdef");
+        assert_eq!(
+            graph_schema_name(&id),
+            "graph_0123456789abcdef0123456789abcdef"
+        );
         let dialect = Dialect::postgres_for_graph(&id);
         let ddl = generate(&social(), &dialect);
         assert_eq!(
@@ -307,7 +322,10 @@ mod tests {
             }
             .validate()
             .expect("valid");
-            for dialect in [Dialect::Sqlite, Dialect::postgres_for_graph(&Uuid::new_v4())] {
+            for dialect in [
+                Dialect::Sqlite,
+                Dialect::postgres_for_graph(&Uuid::new_v4()),
+            ] {
                 let all = generate(&valid, &dialect)
                     .into_iter()
                     .chain(drop_statements(&valid, &dialect))

@@ -8,8 +8,8 @@
 use std::collections::{hash_map::Entry, HashMap};
 
 use super::spec::{
-    shown, CustomSchema, NodeType, Property, PropertyType, RelationshipType, TableDef,
-    Violation, Violations,
+    shown, CustomSchema, NodeType, Property, PropertyType, RelationshipType, TableDef, Violation,
+    Violations,
 };
 
 /// Bumped whenever a built-in extension's tables change; it is the persisted version of an
@@ -47,7 +47,12 @@ pub fn catalog() -> Vec<(&'static str, CustomSchema)> {
                     ),
                 ],
                 vec![
-                    rel("FOLLOWS", "Person", "Person", &[("since", Timestamp, false)]),
+                    rel(
+                        "FOLLOWS",
+                        "Person",
+                        "Person",
+                        &[("since", Timestamp, false)],
+                    ),
                     rel(
                         "WORKS_AT",
                         "Person",
@@ -258,11 +263,7 @@ fn resolve_in(
     Ok((merged, tables))
 }
 
-fn schema(
-    name: &str,
-    nodes: Vec<NodeType>,
-    relationships: Vec<RelationshipType>,
-) -> CustomSchema {
+fn schema(name: &str, nodes: Vec<NodeType>, relationships: Vec<RelationshipType>) -> CustomSchema {
     CustomSchema {
         name: name.to_string(),
         version: CATALOG_VERSION.to_string(),
@@ -320,8 +321,14 @@ mod tests {
             let valid = SchemaSpec::Custom(ext.clone())
                 .validate()
                 .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-            assert!(ext.nodes.len() >= 2 && !ext.relationships.is_empty(), "{name}");
-            assert_eq!(valid.tables().len(), ext.nodes.len() + ext.relationships.len());
+            assert!(
+                ext.nodes.len() >= 2 && !ext.relationships.is_empty(),
+                "{name}"
+            );
+            assert_eq!(
+                valid.tables().len(),
+                ext.nodes.len() + ext.relationships.len()
+            );
         }
     }
 
@@ -336,7 +343,9 @@ mod tests {
             let spec = SchemaSpec::Extensions {
                 extensions: names(&chosen),
             };
-            let valid = spec.validate().unwrap_or_else(|e| panic!("{chosen:?}: {e:?}"));
+            let valid = spec
+                .validate()
+                .unwrap_or_else(|e| panic!("{chosen:?}: {e:?}"));
             assert_eq!(valid.schema_type(), "extensions");
             assert_eq!(valid.name(), chosen.join("+"));
             assert_eq!(valid.version(), CATALOG_VERSION);
@@ -351,7 +360,9 @@ mod tests {
         assert!(errors[0]
             .description
             .contains("available: social, commerce, knowledge"));
-        assert!(errors[1].description.contains("already listed at schema.extensions[0]"));
+        assert!(errors[1]
+            .description
+            .contains("already listed at schema.extensions[0]"));
         let errors = resolve(&[]).expect_err("refused");
         assert_eq!(errors[0].field, "schema.extensions");
     }
@@ -373,7 +384,9 @@ mod tests {
         let errors = resolve_in(&names(&["social", "crm"]), &catalog).expect_err("refused");
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, "schema.extensions[1]");
-        assert!(errors[0].description.contains("\"crm\" defines the table \"PERSON\", and so does \"social\" (schema.extensions[0])"));
+        assert!(errors[0].description.contains(
+            "\"crm\" defines the table \"PERSON\", and so does \"social\" (schema.extensions[0])"
+        ));
         assert!(resolve_in(&names(&["crm", "commerce"]), &catalog).is_ok());
     }
 
@@ -386,6 +399,8 @@ mod tests {
         );
         let errors = resolve_in(&names(&["broken"]), &[("broken", broken)]).expect_err("refused");
         assert_eq!(errors[0].field, "schema.extensions");
-        assert!(errors[0].description.contains("inconsistent (schema.nodes[0].name: \"Lead\" is a reserved word"));
+        assert!(errors[0]
+            .description
+            .contains("inconsistent (schema.nodes[0].name: \"Lead\" is a reserved word"));
     }
 }

@@ -6,8 +6,8 @@
 use serde_json::{Map, Value};
 
 use super::spec::{
-    shown, CustomSchema, NodeType, Property, PropertyType, RelationshipType, SchemaSpec,
-    Violation, Violations, MAX_SPEC_BYTES,
+    shown, CustomSchema, NodeType, Property, PropertyType, RelationshipType, SchemaSpec, Violation,
+    Violations, MAX_SPEC_BYTES,
 };
 
 pub(super) fn schema_spec(text: &str) -> Result<SchemaSpec, Vec<Violation>> {
@@ -181,10 +181,8 @@ impl Reader {
         match value {
             Value::Object(map) => Some(map),
             other => {
-                self.violations.push(
-                    path,
-                    format!("must be a JSON object, not {}", kind(other)),
-                );
+                self.violations
+                    .push(path, format!("must be a JSON object, not {}", kind(other)));
                 None
             }
         }
@@ -279,7 +277,10 @@ mod tests {
         let custom = r#"{"schema_type":"custom","name":"n","version":"1",
             "nodes":[{"name":"A","primary_key":"id","properties":[{"name":"id","type":"int64","required":true}]}]}"#;
         let spec = schema_spec(custom).expect("reads");
-        assert_eq!(spec, serde_json::from_str::<SchemaSpec>(custom).expect("serde"));
+        assert_eq!(
+            spec,
+            serde_json::from_str::<SchemaSpec>(custom).expect("serde")
+        );
         let ext = r#"{"schema_type":"extensions","extensions":["social"]}"#;
         assert_eq!(
             schema_spec(ext).expect("reads"),
@@ -313,7 +314,9 @@ mod tests {
             "{got:?}"
         );
         assert!(got[0].1.contains("unknown field \"ddl\""));
-        assert!(got[3].1.contains("\"varchar\" is not a property type; use one of string, int64"));
+        assert!(got[3]
+            .1
+            .contains("\"varchar\" is not a property type; use one of string, int64"));
     }
 
     #[test]

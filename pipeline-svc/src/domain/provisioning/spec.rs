@@ -351,7 +351,10 @@ impl CustomSchema {
             return None;
         };
         // A missing key is reported on the node itself.
-        let key = node.properties.iter().find(|p| p.name == node.primary_key)?;
+        let key = node
+            .properties
+            .iter()
+            .find(|p| p.name == node.primary_key)?;
         let column = format!("{end}_{}", key.name);
         if let Err(e) = ident::check(&column) {
             v.push(
@@ -593,7 +596,9 @@ mod tests {
             to: "Person".into(),
             properties: vec![prop("since", PropertyType::Date)],
         };
-        let valid = custom(vec![person()], vec![follows]).validate().expect("valid");
+        let valid = custom(vec![person()], vec![follows])
+            .validate()
+            .expect("valid");
         assert_eq!(valid.schema_type(), "custom");
         assert_eq!((valid.name(), valid.version()), ("people", "1.0"));
         let tables = valid.tables();
@@ -662,9 +667,13 @@ mod tests {
             to: "Person".into(),
             properties: vec![prop("TO_id", PropertyType::Bool)],
         };
-        let errors = custom(vec![node], vec![rel]).validate().expect_err("refused");
+        let errors = custom(vec![node], vec![rel])
+            .validate()
+            .expect_err("refused");
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors.iter().all(|e| e.description.contains("generated column")));
+        assert!(errors
+            .iter()
+            .all(|e| e.description.contains("generated column")));
         assert_eq!(errors[0].field, "schema.relationships[0].from");
         assert_eq!(errors[1].field, "schema.relationships[0].to");
     }
@@ -677,8 +686,13 @@ mod tests {
             to: "Person".into(),
             properties: vec![prop("TO_ID", PropertyType::Bool)],
         };
-        let errors = custom(vec![person()], vec![rel]).validate().expect_err("refused");
-        assert_eq!(errors[0].field, "schema.relationships[0].properties[0].name");
+        let errors = custom(vec![person()], vec![rel])
+            .validate()
+            .expect_err("refused");
+        assert_eq!(
+            errors[0].field,
+            "schema.relationships[0].properties[0].name"
+        );
         assert!(errors[0].description.contains("generated column \"to_id\""));
     }
 
@@ -687,7 +701,10 @@ mod tests {
         for ty in [PropertyType::Float64, PropertyType::Json] {
             let mut node = person();
             node.properties[0].ty = ty;
-            assert_eq!(fields(&custom(vec![node], vec![])), ["schema.nodes[0].primary_key"]);
+            assert_eq!(
+                fields(&custom(vec![node], vec![])),
+                ["schema.nodes[0].primary_key"]
+            );
         }
     }
 
@@ -708,7 +725,9 @@ mod tests {
             .collect();
         let errors = custom(hostile, vec![]).validate().expect_err("refused");
         assert_eq!(errors.len(), MAX_VIOLATIONS);
-        assert!(errors[MAX_VIOLATIONS - 1].description.contains("more violations"));
+        assert!(errors[MAX_VIOLATIONS - 1]
+            .description
+            .contains("more violations"));
     }
 
     #[test]
@@ -724,7 +743,17 @@ mod tests {
         for ok in ["1", "1.2", "1.2.3", "10.0.20"] {
             assert_eq!(check_version(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "v1", "1.", ".1", "1.2.3.4", "1..2", "1.a", "１", &"1".repeat(33)] {
+        for bad in [
+            "",
+            "v1",
+            "1.",
+            ".1",
+            "1.2.3.4",
+            "1..2",
+            "1.a",
+            "１",
+            &"1".repeat(33),
+        ] {
             assert!(check_version(bad).is_err(), "{bad}");
         }
     }
