@@ -66,10 +66,6 @@ pub fn check_table(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn is_identifier(name: &str) -> bool {
-    check(name).is_ok()
-}
-
 /// Which word list `upper` (already upper-cased) is on, if any.
 fn reserved_in(upper: &str) -> Option<&'static str> {
     [
@@ -809,7 +805,7 @@ mod tests {
         #[test]
         fn agrees_with_the_spec_regex(name in "\\PC{0,3}[A-Za-z_0-9]{0,70}\\PC{0,2}") {
             let re = regex::Regex::new("^[A-Za-z][A-Za-z0-9_]{0,62}$").expect("valid regex");
-            if is_identifier(&name) {
+            if check(&name).is_ok() {
                 proptest::prop_assert!(re.is_match(&name));
             } else if re.is_match(&name) {
                 let upper = name.to_ascii_uppercase();
