@@ -298,7 +298,8 @@ impl BlobStore for ObjectBlobStore {
     }
 }
 
-/// Regroups a stream of small network reads into messages of about `size` bytes.
+/// Regroups network reads (of any size) into messages of exactly `size` bytes, the last
+/// one shorter: message sizes stay bounded whatever the storage client delivers.
 fn rechunk(
     input: BoxStream<'static, Result<Bytes>>,
     size: usize,
@@ -306,21 +307,47 @@ fn rechunk(
     futures::stream::unfold(
         (input, BytesMut::new(), false),
         move |(mut input, mut buf, ended)| async move {
-            if ended {
-                return None;
-            }
-            while buf.len() < size {
+            loop {
+                if buf.len() >= size {
+                    return Some((Ok(buf.split_to(size).freeze()), (input, buf, ended)));
+                }
+                if ended {
+                    return (!buf.is_empty())
+                        .then(|| (Ok(buf.split().freeze()), (input, BytesMut::new(), true)));
+                }
                 match input.next().await {
                     Some(Ok(b)) => buf.extend_from_slice(&b),
-                    Some(Err(e)) => return Some((Err(e), (input, buf, true))),
-                    None if buf.is_empty() => return None,
-                    None => return Some((Ok(buf.split().freeze()), (input, buf, true))),
+                    Some(Err(e)) => return Some((Err(e), (input, BytesMut::new(), true))),
+                    None => {
+                        return (!buf.is_empty())
+                            .then(|| (Ok(buf.split().freeze()), (input, BytesMut::new(), true)))
+                    }
                 }
             }
-            Some((Ok(buf.split().freeze()), (input, buf, false)))
         },
     )
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rechunk_bounds_every_message() {
+        let reads: Vec<Result<Bytes>> = [1usize, 700, 3, 2000, 0, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Ok(Bytes::from(vec![i as u8; *n])))
+            .collect();
+        let out: Vec<Bytes> = rechunk(futures::stream::iter(reads).boxed(), 256)
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        assert!(out.iter().all(|b| b.len() <= 256 && !b.is_empty()));
+        assert!(out[..out.len() - 1].iter().all(|b| b.len() == 256));
+        assert_eq!(out.iter().map(Bytes::len).sum::<usize>(), 2709);
+    }
 }
 
 /// Opens the blob store named by `--artifact-store`: `fs` (under `data_dir/artifacts`) or
