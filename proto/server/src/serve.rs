@@ -105,8 +105,10 @@ pub async fn serve(
         .tcp_nodelay(true)
         .max_concurrent_streams(options.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .initial_connection_window_size(Some(4 * 1024 * 1024))
-        .initial_stream_window_size(Some(2 * 1024 * 1024));
+        // Large uploads stall on HTTP/2 flow control with small windows; the connection
+        // window caps what one client can make the server buffer.
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .initial_stream_window_size(Some(8 * 1024 * 1024));
     if let Some(age) = options.max_connection_age {
         builder = builder.max_connection_age(age);
     }

@@ -4,6 +4,7 @@
 
 pub mod alias;
 pub mod artifacts;
+pub mod cache;
 pub mod paging;
 pub mod registry;
 pub mod run;

@@ -9,6 +9,7 @@ use super::{
     alias::{
         decide_promotion, Alias, AliasAction, AliasHistoryEntry, AliasWrite, PromotionDecision,
     },
+    cache::{AliasCache, ServableRuns},
     now_micros, paging,
     run::{NewRun, Run, RunPatch, RunStatus},
     validate,
@@ -26,6 +27,9 @@ pub struct Registry {
     pub(crate) store: Arc<dyn RegistryStore>,
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) watch: AliasWatch,
+    /// Only with a single writer: across replicas a cached read could miss a change.
+    aliases: Option<AliasCache>,
+    servable: ServableRuns,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -108,9 +112,11 @@ fn validate_filter(f: &RunFilter) -> Result<()> {
 impl Registry {
     pub fn new(store: Arc<dyn RegistryStore>, blobs: Arc<dyn BlobStore>) -> Arc<Self> {
         Arc::new(Self {
-            store,
             blobs,
             watch: AliasWatch::new(),
+            aliases: store.single_writer().then(AliasCache::default),
+            servable: ServableRuns::default(),
+            store,
         })
     }
 
@@ -228,9 +234,28 @@ impl Registry {
         Ok(run)
     }
 
-    async fn write_alias(&self, w: &AliasWrite) -> Result<AliasHistoryEntry> {
-        let entry = self.store.write_alias(w).await?;
+    /// An alias changed here or on another replica: drop cached reads, wake watchers.
+    pub(crate) fn alias_changed(&self) {
+        if let Some(cache) = &self.aliases {
+            cache.invalidate();
+        }
         self.watch.notify();
+    }
+
+    /// Marks the run servable after checking it once; terminal runs never change.
+    async fn ensure_servable(&self, id: Uuid, field: &str) -> Result<()> {
+        if !self.servable.contains(&id) {
+            self.servable_run(id, field).await?;
+            self.servable.insert(id);
+        }
+        Ok(())
+    }
+
+    async fn write_alias(&self, w: &AliasWrite) -> Result<AliasHistoryEntry> {
+        let written = self.store.write_alias(w).await;
+        // Even a failed write may have committed (a lost reply), so always invalidate.
+        self.alias_changed();
+        let entry = written?;
         metrics::counter!("capstan_alias_writes_total", "action" => w.action.as_str()).increment(1);
         Ok(entry)
     }
@@ -284,7 +309,7 @@ impl Registry {
             &req.reason,
             req.expected_revision,
         )?;
-        self.servable_run(req.run_id, "run").await?;
+        self.ensure_servable(req.run_id, "run").await?;
         let entry = self
             .write_alias_retrying(&AliasWrite {
                 alias: req.alias,
@@ -304,10 +329,19 @@ impl Registry {
         let mut v = Validator::default();
         validate::alias(&mut v, "alias", alias);
         v.finish()?;
-        self.store
-            .get_alias(alias)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("alias {alias:?} does not exist")))
+        let found = match &self.aliases {
+            None => self.store.get_alias(alias).await?,
+            Some(cache) => match cache.get(alias) {
+                Some(hit) => hit,
+                None => {
+                    let generation = cache.generation();
+                    let read = self.store.get_alias(alias).await?;
+                    cache.put(alias, read.clone(), generation);
+                    read
+                }
+            },
+        };
+        found.ok_or_else(|| Error::NotFound(format!("alias {alias:?} does not exist")))
     }
 
     pub async fn list_aliases(
@@ -403,7 +437,7 @@ impl Registry {
                 "revision {to_revision} of alias {alias:?} is a deletion"
             ))
         })?;
-        self.servable_run(run_id, "run of that revision").await?;
+        self.ensure_servable(run_id, "run of that revision").await?;
         let entry = self
             .write_alias_retrying(&AliasWrite {
                 alias: alias.into(),

@@ -92,7 +92,7 @@ impl Registry {
                 loop {
                     tokio::select! {
                         h = hints.next() => match h {
-                            Some(()) => this.watch.notify(),
+                            Some(()) => this.alias_changed(),
                             None => {
                                 tracing::warn!("alias notification stream ended; watchers fall back to polling");
                                 return;

@@ -47,6 +47,10 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// Succeeds once the database answers.
     async fn ping(&self) -> Result<()>;
 
+    /// Whether this process is the only writer (embedded SQLite), so that reads may be
+    /// served from memory without missing another replica's change.
+    fn single_writer(&self) -> bool;
+
     /// Inserts `run`; when its `request_id` was used before, returns that earlier run and
     /// `false` instead.
     async fn insert_run(&self, run: &Run) -> Result<(Run, bool)>;

@@ -309,6 +309,10 @@ async fn write_run_indexes(conn: &mut sqlx::AnyConnection, run: &Run, replace: b
 
 #[async_trait]
 impl RegistryStore for SqlStore {
+    fn single_writer(&self) -> bool {
+        self.backend == Backend::Sqlite
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.read)
