@@ -68,7 +68,7 @@ async fn connect_store(url: &str, wait: Duration) -> anyhow::Result<Arc<dyn Regi
 
 /// Binds, serves health (NOT_SERVING until the store is ready) and reflection, opens
 /// storage, then serves the registry.
-pub async fn start(args: &RegistryArgs, options: ServeOptions) -> anyhow::Result<Running> {
+pub async fn start(args: &RegistryArgs, mut options: ServeOptions) -> anyhow::Result<Running> {
     args.common.validate()?;
     let listener = serve::bind(args.listen, "registry-svc").await?;
     let addr = listener.local_addr()?;
@@ -97,6 +97,8 @@ pub async fn start(args: &RegistryArgs, options: ServeOptions) -> anyhow::Result
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let routes = tonic::service::Routes::new(health_service).add_service(api);
+    options.advertise =
+        vec![<RegistryServiceServer<RegistryApi> as tonic::server::NamedService>::NAME.to_string()];
     health
         .set_serving::<RegistryServiceServer<RegistryApi>>()
         .await;

@@ -43,6 +43,31 @@ fn readme_grpcurl_examples_work_when_pasted() {
         "README's address line changed"
     );
     let script = script.replace("R=127.0.0.1:50051", &format!("R={}", svc.addr));
+    let pipeline_script = block_after(&readme, "## The pipeline with grpcurl");
+    assert!(
+        pipeline_script.contains("P=127.0.0.1:50052"),
+        "README's pipeline address line changed"
+    );
+    let pipeline = Service::start(
+        &binary("pipeline-svc"),
+        &[
+            "--auth",
+            "disabled",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("pipeline").to_str().unwrap(),
+            "--registry-url",
+            &svc.url(),
+        ],
+        &[],
+        dir.path().join("pipeline.log"),
+    )
+    .unwrap();
+    let script = format!(
+        "{script}\n{}",
+        pipeline_script.replace("P=127.0.0.1:50052", &format!("P={}", pipeline.addr))
+    );
     let out = std::process::Command::new("bash")
         .arg("-c")
         .arg(&script)
@@ -64,6 +89,9 @@ fn readme_grpcurl_examples_work_when_pasted() {
         "only the documented errors:\n{text}"
     );
     for expected in [
+        "OPERATION_STATUS_SUCCEEDED",
+        "EVENT_TYPE_",
+        "winningRunId",
         "ALIAS_EVENT_TYPE_SNAPSHOT",
         "\"metadata\"",
         "\"chunk\"",

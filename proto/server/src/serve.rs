@@ -35,6 +35,9 @@ pub struct ServeOptions {
     pub max_connection_age: Option<Duration>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub shutdown_deadline: Duration,
+    /// Services reflection advertises (with health); empty: every service described in
+    /// the descriptor sets, which include the other service's packages.
+    pub advertise: Vec<String>,
 }
 
 impl ServeOptions {
@@ -51,6 +54,7 @@ impl ServeOptions {
                 .then(|| Duration::from_secs(args.max_connection_age_seconds)),
             tls: args.tls_cert_file.clone().zip(args.tls_key_file.clone()),
             shutdown_deadline: args.shutdown_deadline(),
+            advertise: Vec::new(),
         })
     }
 
@@ -62,6 +66,7 @@ impl ServeOptions {
             max_connection_age: None,
             tls: None,
             shutdown_deadline: Duration::from_secs(5),
+            advertise: Vec::new(),
         }
     }
 }
@@ -78,17 +83,30 @@ pub async fn bind(addr: SocketAddr, service: &str) -> anyhow::Result<TcpListener
 
 /// Reflection needs every descriptor a client may meet: ours, health, and the
 /// `google.rpc` error details that carry field violations.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+fn reflection(advertise: &[String]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(capstan_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+    if !advertise.is_empty() {
+        for always in [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            builder = builder.with_service_name(always);
+        }
+        for name in advertise {
+            builder = builder.with_service_name(name.clone());
+        }
+    }
+    builder
 }
 
 /// Adds reflection (v1 and v1alpha, since grpcurl and other tools differ) to `routes`.
-pub fn with_reflection(routes: Routes) -> anyhow::Result<Routes> {
-    let v1 = reflection().build_v1()?;
-    let v1alpha = reflection().build_v1alpha()?;
+pub fn with_reflection(routes: Routes, advertise: &[String]) -> anyhow::Result<Routes> {
+    let v1 = reflection(advertise).build_v1()?;
+    let v1alpha = reflection(advertise).build_v1alpha()?;
     Ok(routes.add_service(v1).add_service(v1alpha))
 }
 
@@ -100,7 +118,7 @@ pub async fn serve(
     routes: Routes,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let routes = with_reflection(routes)?;
+    let routes = with_reflection(routes, &options.advertise)?;
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(options.max_concurrent_streams)
