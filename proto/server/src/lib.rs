@@ -6,6 +6,7 @@
 //!   metrics, message limits, TLS, and graceful shutdown under a deadline.
 //! - [`client`]: typed-client channels that carry a bearer token.
 //! - [`telemetry`]: `tracing` subscriber and the Prometheus exporter.
+//! - [`violations`]: field violations of bad requests and their `google.rpc` details.
 
 pub mod auth;
 pub mod client;
@@ -14,3 +15,4 @@ pub mod serve;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod violations;

@@ -106,7 +106,7 @@ fn validate_filter(f: &RunFilter) -> Result<()> {
         );
     }
     validate::string_map(&mut v, "tags", &f.tags);
-    v.finish()
+    Ok(v.finish()?)
 }
 
 impl Registry {
@@ -284,7 +284,7 @@ impl Registry {
         v.check(expected.is_none_or(|e| e >= 0), "expected_revision", || {
             "must not be negative".into()
         });
-        v.finish()
+        Ok(v.finish()?)
     }
 
     /// An unconditional write retries when a concurrent writer won the race.

@@ -139,7 +139,7 @@ impl NewRun {
             "heartbeat_timeout",
             || "must be between 0 and 7 days".into(),
         );
-        v.finish()
+        Ok(v.finish()?)
     }
 
     pub fn into_run(self, id: Uuid, now: Micros) -> Run {
@@ -213,7 +213,7 @@ impl RunPatch {
                 "must not be negative".into()
             });
         }
-        v.finish()
+        Ok(v.finish()?)
     }
 
     pub fn is_empty(&self) -> bool {
