@@ -14,16 +14,27 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    api::{OperationsApi, OperationsServiceServer, PipelineApi, PipelineServiceServer},
+    api::{
+        OperationsApi, OperationsServiceServer, PipelineApi, PipelineServiceServer,
+        ProvisioningApi, ProvisioningServiceServer,
+    },
     clients::registry::GrpcRegistry,
     domain::{
         engine::{Engine, EngineConfig, Faults},
         operation::ExecutionMode,
+        provisioning::service::ProvisioningService,
         workflow::Workflow,
-        workflows::showcase::{KnowledgeConfig, Scenario, ShowcaseWorkflow, RICH_STEPS},
+        workflows::{
+            all_step_names,
+            provisioning::{
+                DeprovisionWorkflow, ProvisionWorkflow, DEPROVISION_KIND, PROVISION_KIND,
+                REPOSITORY_ACCESS_KIND,
+            },
+            showcase::{KnowledgeConfig, Scenario, ShowcaseWorkflow},
+        },
     },
     error::Error,
-    store::{sql::SqlStore, OperationStore},
+    store::{sql::SqlStore, GraphDatabases, ProvisioningStore},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,6 +84,12 @@ pub struct PipelineArgs {
     #[arg(long, env = "CAPSTAN_WORKER_CONCURRENCY", default_value_t = 4)]
     pub worker_concurrency: usize,
 
+    /// `false`: this replica claims no queued jobs (an API-only replica; it still runs
+    /// its own DIRECT work).
+    #[arg(long, env = "CAPSTAN_QUEUE_WORKERS", default_value = "true",
+          value_parser = parse_bool, action = ArgAction::Set)]
+    pub queue_workers: bool,
+
     /// How often idle workers and watchers poll when no notification woke them.
     #[arg(long, env = "CAPSTAN_POLL_INTERVAL_MILLIS", default_value_t = 1000)]
     pub poll_interval_millis: u64,
@@ -102,11 +119,12 @@ pub struct PipelineArgs {
     #[arg(long, env = "CAPSTAN_KNOWLEDGE_API_KEY_FILE")]
     pub knowledge_api_key_file: Option<PathBuf>,
 
-    /// Fault injection (tests, drills): this demo step fails after doing its work.
+    /// Fault injection (tests, drills): this step (of any workflow) fails after doing its
+    /// work.
     #[arg(long, env = "CAPSTAN_FAIL_STEP")]
     pub fail_step: Option<String>,
 
-    /// Fault injection (tests, drills): the process aborts when this demo step starts.
+    /// Fault injection (tests, drills): the process aborts when this step starts.
     #[arg(long, env = "CAPSTAN_ABORT_AT_STEP")]
     pub abort_at_step: Option<String>,
 
@@ -176,8 +194,8 @@ impl PipelineArgs {
             ),
         ] {
             if let Some(step) = step {
-                if !RICH_STEPS.iter().any(|s| s.name == step) {
-                    let names: Vec<_> = RICH_STEPS.iter().map(|s| s.name).collect();
+                let names = all_step_names();
+                if !names.contains(&step.as_str()) {
                     bail!("{flag} {step:?} is not a step; steps: {}", names.join(", "));
                 }
                 tracing::warn!(step = %step, "FAULT INJECTION enabled by {flag}");
@@ -203,6 +221,7 @@ impl PipelineArgs {
             },
             lease: Duration::from_secs(self.lease_seconds),
             worker_concurrency: self.worker_concurrency,
+            queue_workers: self.queue_workers,
             poll_interval: Duration::from_millis(self.poll_interval_millis),
             watch_heartbeat: Duration::from_secs(self.watch_heartbeat_seconds),
             max_attempts: self.max_attempts,
@@ -237,11 +256,7 @@ pub struct Running {
 }
 
 /// Connects the store, retrying while the database is unavailable.
-async fn connect_store(
-    url: &str,
-    replica: &str,
-    wait: Duration,
-) -> anyhow::Result<Arc<dyn OperationStore>> {
+async fn connect_store(url: &str, replica: &str, wait: Duration) -> anyhow::Result<Arc<SqlStore>> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match SqlStore::connect(url, replica).await {
@@ -281,6 +296,9 @@ pub async fn start_with(
     health
         .set_not_serving::<PipelineServiceServer<PipelineApi>>()
         .await;
+    health
+        .set_not_serving::<ProvisioningServiceServer<ProvisioningApi>>()
+        .await;
 
     let cfg = args.engine_config();
     let url = args.common.database_url_or("pipeline.db");
@@ -305,6 +323,15 @@ pub async fn start_with(
         .iter()
         .map(|s| (s.kind(), showcase.clone() as Arc<dyn Workflow>))
         .collect();
+    let databases: Arc<dyn GraphDatabases> = Arc::new(store.graph_databases(&args.common.data_dir));
+    let records: Arc<dyn ProvisioningStore> = store.clone();
+    let provision = ProvisionWorkflow::new(records.clone(), databases.clone());
+    workflows.push((PROVISION_KIND.into(), provision.clone()));
+    workflows.push((REPOSITORY_ACCESS_KIND.into(), provision));
+    workflows.push((
+        DEPROVISION_KIND.into(),
+        DeprovisionWorkflow::new(records.clone(), databases.clone()),
+    ));
     workflows.extend(extra);
     tracing::info!(
         database = %registry_svc::app::redact(&url),
@@ -315,6 +342,7 @@ pub async fn start_with(
     );
     let engine = Engine::new(store, cfg, workflows, shutdown.clone());
     engine.spawn_background();
+    let provisioning = Arc::new(ProvisioningService::new(engine.clone(), records));
 
     let max = args.common.max_message_bytes;
     let ops = OperationsServiceServer::new(OperationsApi::new(engine.clone()))
@@ -323,14 +351,21 @@ pub async fn start_with(
     let pipeline = PipelineServiceServer::new(PipelineApi::new(engine.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let provisioning = ProvisioningServiceServer::new(ProvisioningApi::new(provisioning))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let routes = tonic::service::Routes::new(health_service)
         .add_service(ops)
-        .add_service(pipeline);
+        .add_service(pipeline)
+        .add_service(provisioning);
     health
         .set_serving::<OperationsServiceServer<OperationsApi>>()
         .await;
     health
         .set_serving::<PipelineServiceServer<PipelineApi>>()
+        .await;
+    health
+        .set_serving::<ProvisioningServiceServer<ProvisioningApi>>()
         .await;
     let server_shutdown = shutdown.clone();
     let drain = engine.clone();
@@ -341,6 +376,9 @@ pub async fn start_with(
             .await;
         health
             .set_not_serving::<PipelineServiceServer<PipelineApi>>()
+            .await;
+        health
+            .set_not_serving::<ProvisioningServiceServer<ProvisioningApi>>()
             .await;
         // Running operations stop at their next step boundary and release their leases.
         drain.drained().await;

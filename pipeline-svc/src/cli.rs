@@ -259,6 +259,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         watch_heartbeat_seconds: 15,
         lease_seconds: 30,
         worker_concurrency: 4,
+        queue_workers: true,
         poll_interval_millis: 1000,
         max_attempts: 5,
         replica_id: Some("demo".into()),

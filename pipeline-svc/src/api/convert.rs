@@ -12,6 +12,7 @@ use crate::{
             Event, EventType, ExecutionMode, OpStatus, Operation, OperationError, OperationResult,
             Step, StepStatus,
         },
+        provisioning::ProvisioningResult,
         workflows::showcase::{DemoModel, DemoParams, DemoResult, Scenario},
         Micros,
     },
@@ -147,6 +148,19 @@ fn demo_to_pb(d: DemoResult) -> pb::DemoResult {
     }
 }
 
+fn provisioning_to_pb(p: ProvisioningResult) -> pb::ProvisioningResult {
+    pb::ProvisioningResult {
+        graph_id: p.graph_id,
+        subscription_id: p.subscription_id,
+        credit_pool_id: p.credit_pool_id,
+        schema_type: p.schema_type,
+        database_backend: p.database_backend,
+        database_location: p.database_location,
+        tables: p.tables,
+        deprovisioned: p.deprovisioned,
+    }
+}
+
 fn error_to_pb(e: OperationError) -> pb::OperationError {
     pb::OperationError {
         step: e.step.unwrap_or_default(),
@@ -166,6 +180,9 @@ pub fn operation_to_pb(op: Operation) -> pb::Operation {
         result: op.result.map(|r| pb::OperationResult {
             result: Some(match r {
                 OperationResult::Demo(d) => pb::operation_result::Result::Demo(demo_to_pb(d)),
+                OperationResult::Provisioning(p) => {
+                    pb::operation_result::Result::Provisioning(provisioning_to_pb(p))
+                }
             }),
         }),
         error: op.error.map(error_to_pb),

@@ -2,6 +2,7 @@
 //! rule lives in `domain`.
 
 mod convert;
+mod provisioning;
 mod status;
 
 use std::{pin::Pin, sync::Arc};
@@ -26,6 +27,7 @@ pub use capstan_proto::pipeline::v1::{
     operations_service_server::OperationsServiceServer,
     pipeline_service_server::PipelineServiceServer,
 };
+pub use provisioning::{ProvisioningApi, ProvisioningServiceServer};
 
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

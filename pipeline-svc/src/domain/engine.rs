@@ -18,7 +18,7 @@ use super::{
     operation::{EventType, ExecutionMode, OpStatus, Operation, OperationError, Step, StepStatus},
     paging,
     watch::Hub,
-    workflow::{Execution, StepCx, StepOutcome, Workflow},
+    workflow::{Execution, StepCx, StepOutcome, StopReason, Workflow},
     Micros,
 };
 use crate::{
@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// Operations this replica runs at once (DIRECT ones count too).
     pub worker_concurrency: usize,
+    /// Whether this replica claims queued jobs; `false` makes an API-only replica that
+    /// runs only its own DIRECT work.
+    pub queue_workers: bool,
     /// How often idle workers look for jobs and watchers re-read the store when no
     /// notification woke them.
     pub poll_interval: Duration,
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
             default_mode: ExecutionMode::Direct,
             lease: Duration::from_secs(30),
             worker_concurrency: 4,
+            queue_workers: true,
             poll_interval: Duration::from_secs(1),
             watch_heartbeat: Duration::from_secs(15),
             max_attempts: 5,
@@ -134,8 +138,10 @@ impl Engine {
 
     /// Starts the job worker and, on Postgres, the listener for other replicas' hints.
     pub fn spawn_background(self: &Arc<Self>) {
-        let this = self.clone();
-        self.tasks.spawn(async move { this.worker_loop().await });
+        if self.cfg.queue_workers {
+            let this = self.clone();
+            self.tasks.spawn(async move { this.worker_loop().await });
+        }
         let this = self.clone();
         self.tasks.spawn(async move {
             let Some(mut hints) = this.store.hints().await else {
@@ -165,6 +171,14 @@ impl Engine {
     }
 
     pub async fn start(self: &Arc<Self>, owner: &str, req: StartOperation) -> Result<Operation> {
+        let new = self.prepare(owner, req)?;
+        let created = self.store.create(&new).await?;
+        Ok(self.launch(created))
+    }
+
+    /// The operation `req` would create, checked and planned but not stored yet: callers
+    /// that store other rows with it (atomically) use this, then [`Engine::launch`].
+    pub fn prepare(&self, owner: &str, req: StartOperation) -> Result<NewOperation> {
         let mut v = Validator::default();
         v.check(self.workflows.contains_key(&req.kind), "kind", || {
             format!("unknown operation kind {:?}", req.kind)
@@ -226,16 +240,22 @@ impl Engine {
             },
             ExecutionMode::Queued => JobStart::Queued,
         };
-        match self.store.create(&NewOperation { op, job }).await? {
-            Created::Existing(op) => Ok(op),
+        Ok(NewOperation { op, job })
+    }
+
+    /// Runs (DIRECT) or announces (QUEUED) what a store created from
+    /// [`Engine::prepare`]; an operation that existed already is returned as it is.
+    pub fn launch(self: &Arc<Self>, created: Created) -> Operation {
+        match created {
+            Created::Existing(op) => op,
             Created::New { op, event, lease } => {
-                metrics::counter!("capstan_operations_started_total", "kind" => op.kind.clone(), "mode" => mode.as_str()).increment(1);
+                metrics::counter!("capstan_operations_started_total", "kind" => op.kind.clone(), "mode" => op.execution_mode.as_str()).increment(1);
                 self.hub.publish(event);
                 match lease {
                     Some(lease) => self.spawn_execution(lease, None),
                     None => self.jobs_wake.notify_one(),
                 }
-                Ok(op)
+                op
             }
         }
     }
@@ -538,6 +558,24 @@ impl<'a> Run<'a> {
             ..Change::new(EventType::Started, message, now_micros())
         })
         .await?;
+        // A worker crashed while this operation was failing: finish the failure (its
+        // compensations are idempotent, so those already done run again harmlessly).
+        if let Some(i) = self
+            .steps
+            .iter()
+            .position(|s| s.status == StepStatus::Failed)
+        {
+            let message = self.steps[i].detail.clone();
+            return self
+                .stop(
+                    &mut *exec,
+                    Stop::Failed {
+                        step: Some(i),
+                        message,
+                    },
+                )
+                .await;
+        }
         if self.lease.attempts > engine.cfg.max_attempts {
             let message = format!(
                 "given up after {} attempts (the workers running it kept crashing)",
@@ -674,7 +712,13 @@ impl<'a> Run<'a> {
             Stop::Cancelled => (None, "the operation was cancelled".to_string()),
         };
         self.stopping = true;
-        if let Some(i) = failed {
+        exec.stopping(&StopReason {
+            cancelled: matches!(stop, Stop::Cancelled),
+            step: failed.map(|i| self.steps[i].name.as_str()),
+            message: &reason,
+        });
+        // A resumed failure has its failed step recorded already.
+        if let Some(i) = failed.filter(|&i| self.steps[i].status != StepStatus::Failed) {
             let name = self.steps[i].name.clone();
             self.move_step(
                 i,

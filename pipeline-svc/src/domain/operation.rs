@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{workflows::showcase::DemoResult, Micros};
+use super::{provisioning::ProvisioningResult, workflows::showcase::DemoResult, Micros};
 
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
@@ -25,6 +25,7 @@ macro_rules! string_enum {
         }
     };
 }
+pub(crate) use string_enum;
 
 string_enum!(
     /// `PENDING → RUNNING → SUCCEEDED | FAILED | CANCELLED`; PENDING may end CANCELLED.
@@ -122,6 +123,7 @@ pub struct OperationError {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OperationResult {
     Demo(DemoResult),
+    Provisioning(ProvisioningResult),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -56,6 +56,27 @@ pub trait Execution: Send {
 
     /// The operation's result so far.
     fn result(&self) -> Option<OperationResult>;
+
+    /// Told why the operation stops, before its compensations run (which may record it).
+    fn stopping(&mut self, _why: &StopReason<'_>) {}
+}
+
+/// Why an operation stops: cancelled, or failed (at `step`, when a step failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopReason<'a> {
+    pub cancelled: bool,
+    pub step: Option<&'a str>,
+    pub message: &'a str,
+}
+
+impl std::fmt::Display for StopReason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.cancelled, self.step) {
+            (true, _) => write!(f, "cancelled: {}", self.message),
+            (false, Some(step)) => write!(f, "step {step} failed: {}", self.message),
+            (false, None) => write!(f, "failed: {}", self.message),
+        }
+    }
 }
 
 /// What a running step may do besides returning: report progress and save its state.
@@ -66,6 +87,12 @@ pub struct StepCx<'a> {
 }
 
 impl StepCx<'_> {
+    /// The lease the step runs under: writes that fence on it fail once another worker
+    /// has taken the operation over.
+    pub fn lease(&self) -> &Lease {
+        self.lease
+    }
+
     /// Records a PROGRESS event for watchers.
     pub async fn progress(&self, message: impl Into<String>) -> Result<()> {
         let change = Change {

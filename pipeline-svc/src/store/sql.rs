@@ -2,7 +2,9 @@
 //! both accept. Dialect differences (row locks, SKIP LOCKED, notifications, pool shape)
 //! are switched on [`Backend`], shared with registry-svc.
 
-use std::time::Duration;
+mod provisioning;
+
+use std::{path::Path, time::Duration};
 
 use async_trait::async_trait;
 use futures::{stream::BoxStream, StreamExt};
@@ -14,6 +16,7 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
+    graphs::{graphs_dir, SqlGraphDatabases},
     Change, Created, Hint, JobStart, Lease, NewOperation, OpCursor, OpFilter, OperationStore,
     Recorded,
 };
@@ -138,6 +141,19 @@ impl SqlStore {
             url: url.to_string(),
             replica: replica.to_string(),
         })
+    }
+
+    /// The graphs' databases that go with this store: SQLite files under
+    /// `{data_dir}/graphs`, or one schema per graph in this Postgres database.
+    pub fn graph_databases(&self, data_dir: &Path) -> SqlGraphDatabases {
+        match self.backend {
+            Backend::Sqlite => SqlGraphDatabases::Sqlite {
+                dir: graphs_dir(data_dir),
+            },
+            Backend::Postgres => SqlGraphDatabases::Postgres {
+                pool: self.write.clone(),
+            },
+        }
     }
 
     fn skip_locked(&self) -> &'static str {
@@ -351,6 +367,138 @@ impl SqlStore {
         })
     }
 
+    /// Inserts the operation, its steps, its CREATED event and its job inside the caller's
+    /// transaction; `None` when the owner used the request id before (nothing inserted).
+    pub(super) async fn insert_operation(
+        &self,
+        conn: &mut AnyConnection,
+        new: &NewOperation,
+    ) -> Result<Option<Created>> {
+        let op = &new.op;
+        let sid = op.id.to_string();
+        let inserted = sqlx::query(
+            "INSERT INTO operations (operation_id, kind, status, progress_percent, message, owner, \
+             execution_mode, request_id, params, state, result, cancel_requested, last_sequence, \
+             create_time, update_time) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9, $10, 0, 1, $11, $11) \
+             ON CONFLICT (owner, request_id) DO NOTHING",
+        )
+        .bind(&sid)
+        .bind(&op.kind)
+        .bind(OpStatus::Pending.as_str())
+        .bind(&op.message)
+        .bind(&op.owner)
+        .bind(op.execution_mode.as_str())
+        .bind(op.request_id.as_deref())
+        .bind(to_json(&op.params))
+        .bind(to_json(&op.state))
+        .bind(op.result.as_ref().map(to_json))
+        .bind(op.create_time)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(None);
+        }
+        if !op.steps.is_empty() {
+            // One statement for every step: creation is on the path to the first event.
+            let rows: Vec<String> = (0..op.steps.len())
+                .map(|i| {
+                    format!(
+                        "($1, ${}, ${}, ${}, 'PENDING', '', 0)",
+                        3 * i + 2,
+                        3 * i + 3,
+                        3 * i + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO operation_steps (operation_id, step_index, name, phase, status, detail, attempt) \
+                 VALUES {}",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(&sid);
+            for s in &op.steps {
+                q = q.bind(s.index).bind(&s.name).bind(&s.phase);
+            }
+            q.execute(&mut *conn).await.map_err(db_error)?;
+        }
+        let event = Event {
+            operation_id: op.id,
+            sequence: 1,
+            time: op.create_time,
+            kind: EventType::Created,
+            step: String::new(),
+            phase: String::new(),
+            status: OpStatus::Pending,
+            step_status: None,
+            percent: 0,
+            message: op.message.clone(),
+        };
+        insert_event(conn, &event).await?;
+        let (state, owner, token, expires, attempts) = match &new.job {
+            JobStart::Queued => ("queued", "", 0, 0, 0),
+            JobStart::Leased { owner, expires } => ("leased", owner.as_str(), 1, *expires, 1),
+        };
+        sqlx::query(
+            "INSERT INTO jobs (job_id, idempotency_key, operation_id, state, lease_owner, lease_token, \
+             lease_expires, attempts, available_time, update_time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(format!("operation:{sid}"))
+        .bind(&sid)
+        .bind(state)
+        .bind(owner)
+        .bind(token)
+        .bind(expires)
+        .bind(attempts)
+        .bind(op.create_time)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        if new.job == JobStart::Queued {
+            self.notify(conn, JOBS_CHANNEL, &sid).await?;
+        }
+        let lease = match &new.job {
+            JobStart::Queued => None,
+            JobStart::Leased { owner, .. } => Some(Lease {
+                operation_id: op.id,
+                token,
+                owner: owner.clone(),
+                attempts,
+            }),
+        };
+        let mut created = op.clone();
+        created.last_sequence = 1;
+        created.attempts = attempts;
+        Ok(Some(Created::New {
+            op: created,
+            event,
+            lease,
+        }))
+    }
+
+    /// The operation the owner created with `request_id` before.
+    pub(super) async fn existing(
+        &self,
+        owner: &str,
+        request_id: Option<&str>,
+    ) -> Result<Operation> {
+        let row = sqlx::query(&format!(
+            "SELECT {OP_COLS} FROM {OP_FROM} WHERE o.owner = $1 AND o.request_id = $2"
+        ))
+        .bind(owner)
+        .bind(request_id)
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_error)?;
+        self.with_steps(&[row])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal("existing operation vanished".into()))
+    }
+
     async fn steps_of(&self, ids: &[String]) -> Result<Vec<(String, Step)>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -525,123 +673,19 @@ impl OperationStore for SqlStore {
     }
 
     async fn create(&self, new: &NewOperation) -> Result<Created> {
-        let op = &new.op;
-        let sid = op.id.to_string();
         let mut tx = self.write.begin().await.map_err(db_error)?;
-        let inserted = sqlx::query(
-            "INSERT INTO operations (operation_id, kind, status, progress_percent, message, owner, \
-             execution_mode, request_id, params, state, cancel_requested, last_sequence, create_time, \
-             update_time) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9, 0, 1, $10, $10) \
-             ON CONFLICT (owner, request_id) DO NOTHING",
-        )
-        .bind(&sid)
-        .bind(&op.kind)
-        .bind(OpStatus::Pending.as_str())
-        .bind(&op.message)
-        .bind(&op.owner)
-        .bind(op.execution_mode.as_str())
-        .bind(op.request_id.as_deref())
-        .bind(to_json(&op.params))
-        .bind(to_json(&op.state))
-        .bind(op.create_time)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await.map_err(db_error)?;
-            let row = sqlx::query(&format!(
-                "SELECT {OP_COLS} FROM {OP_FROM} WHERE o.owner = $1 AND o.request_id = $2"
-            ))
-            .bind(&op.owner)
-            .bind(op.request_id.as_deref())
-            .fetch_one(&self.read)
-            .await
-            .map_err(db_error)?;
-            let mut ops = self.with_steps(&[row]).await?;
-            return ops
-                .pop()
-                .map(Created::Existing)
-                .ok_or_else(|| Error::Internal("existing operation vanished".into()));
-        }
-        if !op.steps.is_empty() {
-            // One statement for every step: creation is on the path to the first event.
-            let rows: Vec<String> = (0..op.steps.len())
-                .map(|i| {
-                    format!(
-                        "($1, ${}, ${}, ${}, 'PENDING', '', 0)",
-                        3 * i + 2,
-                        3 * i + 3,
-                        3 * i + 4
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO operation_steps (operation_id, step_index, name, phase, status, detail, attempt) \
-                 VALUES {}",
-                rows.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(&sid);
-            for s in &op.steps {
-                q = q.bind(s.index).bind(&s.name).bind(&s.phase);
+        match self.insert_operation(&mut tx, new).await? {
+            Some(created) => {
+                tx.commit().await.map_err(db_error)?;
+                Ok(created)
             }
-            q.execute(&mut *tx).await.map_err(db_error)?;
+            None => {
+                tx.rollback().await.map_err(db_error)?;
+                self.existing(&new.op.owner, new.op.request_id.as_deref())
+                    .await
+                    .map(Created::Existing)
+            }
         }
-        let event = Event {
-            operation_id: op.id,
-            sequence: 1,
-            time: op.create_time,
-            kind: EventType::Created,
-            step: String::new(),
-            phase: String::new(),
-            status: OpStatus::Pending,
-            step_status: None,
-            percent: 0,
-            message: op.message.clone(),
-        };
-        insert_event(&mut tx, &event).await?;
-        let (state, owner, token, expires, attempts) = match &new.job {
-            JobStart::Queued => ("queued", "", 0, 0, 0),
-            JobStart::Leased { owner, expires } => ("leased", owner.as_str(), 1, *expires, 1),
-        };
-        sqlx::query(
-            "INSERT INTO jobs (job_id, idempotency_key, operation_id, state, lease_owner, lease_token, \
-             lease_expires, attempts, available_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-        )
-        .bind(Uuid::new_v4().to_string())
-        .bind(format!("operation:{sid}"))
-        .bind(&sid)
-        .bind(state)
-        .bind(owner)
-        .bind(token)
-        .bind(expires)
-        .bind(attempts)
-        .bind(op.create_time)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        if new.job == JobStart::Queued {
-            self.notify(&mut tx, JOBS_CHANNEL, &sid).await?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        let lease = match &new.job {
-            JobStart::Queued => None,
-            JobStart::Leased { owner, .. } => Some(Lease {
-                operation_id: op.id,
-                token,
-                owner: owner.clone(),
-                attempts,
-            }),
-        };
-        let mut created = op.clone();
-        created.last_sequence = 1;
-        created.attempts = attempts;
-        Ok(Created::New {
-            op: created,
-            event,
-            lease,
-        })
     }
 
     async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<Option<Operation>> {

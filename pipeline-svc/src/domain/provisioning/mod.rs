@@ -1,6 +1,9 @@
-//! Graph provisioning, the pure part: what a graph's schema may be (a custom set of node and
-//! relationship types, or built-in extensions), how a spec is checked, and the DDL that
-//! creates it — one SQLite file or one Postgres schema per graph. No I/O here.
+//! Graph provisioning. The pure part: what a graph's schema may be (a custom set of node
+//! and relationship types, or built-in extensions), how a spec is checked, and the DDL that
+//! creates it — one SQLite file or one Postgres schema per graph (no I/O in `spec`, `ddl`,
+//! `ident`, `extensions`). `model` holds the records provisioning creates and their state
+//! machines; `service` is what the gRPC layer calls, and `workflows::provisioning` the
+//! durable steps that do the work.
 //!
 //! A client's spec is refused field by field (`Violation`s with paths such as
 //! `schema.nodes[2].properties[0].name`); only a `ValidSchema` reaches the DDL generator,
@@ -9,9 +12,12 @@
 pub mod ddl;
 pub mod extensions;
 pub mod ident;
+pub mod model;
 mod read;
+pub mod service;
 pub mod spec;
 
+pub use model::ProvisioningResult;
 pub use spec::{
     CustomSchema, NodeType, Property, PropertyType, RelationshipType, SchemaSpec, TableDef,
     ValidSchema, Violation,
