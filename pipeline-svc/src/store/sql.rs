@@ -819,6 +819,18 @@ impl OperationStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+            // No step ran, so no compensation will: what the operation was to provision
+            // ends with it, in this transaction.
+            sqlx::query(
+                "UPDATE subscriptions SET status = 'CANCELLED', reason = $2, update_time = $3 \
+                 WHERE operation_id = $1 AND status = 'PENDING'",
+            )
+            .bind(&sid)
+            .bind(format!("provisioning {message}"))
+            .bind(time)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
             Change {
                 status: Some(OpStatus::Cancelled),
                 error: Some(OperationError {
