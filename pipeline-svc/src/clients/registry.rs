@@ -1,16 +1,22 @@
 //! [`ModelRegistry`] over registry-svc's gRPC API, with the typed client of
 //! `capstan_server::client`. Connects on first use, so the pipeline starts even while the
 //! registry is still coming up.
+//!
+//! With several registry replicas (comma-separated URLs or a headless Service) a replica
+//! that dies takes the calls in flight on it down, and until the balanced channel's probe
+//! drops it (within about a second) new calls may still pick it. Such transport failures
+//! are retried with backoff, which is safe because every call here is idempotent or checks
+//! on a replay whether the lost attempt took effect.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, future::Future, time::Duration};
 
 use async_trait::async_trait;
 use capstan_proto::registry::v1 as pb;
-use capstan_server::client::{self, RegistryClient};
+use capstan_server::client::{self, AuthedChannel, RegistryClient};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
-use tonic::Code;
+use tonic::{Code, Response, Status};
 
 use crate::{
     domain::workflows::registry::{
@@ -22,11 +28,16 @@ use crate::{
 /// Upload chunk size: far below every message limit.
 const CHUNK: usize = 256 * 1024;
 
+/// Attempts per call, and the first backoff (doubled after each failure): about 3 s in
+/// all, well past the channel's probe interval.
+const ATTEMPTS: u32 = 6;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
 pub struct GrpcRegistry {
     url: String,
     token: Option<String>,
     max_message_bytes: usize,
-    client: OnceCell<RegistryClient>,
+    channel: OnceCell<AuthedChannel>,
 }
 
 impl GrpcRegistry {
@@ -35,14 +46,14 @@ impl GrpcRegistry {
             url: url.to_string(),
             token,
             max_message_bytes,
-            client: OnceCell::new(),
+            channel: OnceCell::new(),
         }
     }
 
-    async fn client(&self) -> Result<RegistryClient> {
-        self.client
+    async fn channel(&self) -> Result<AuthedChannel> {
+        self.channel
             .get_or_try_init(|| async {
-                client::registry_client(&self.url, self.token.as_deref(), self.max_message_bytes)
+                client::connect(&self.url, self.token.as_deref())
                     .await
                     .map_err(|e| {
                         Error::Unavailable(format!(
@@ -54,6 +65,44 @@ impl GrpcRegistry {
             .await
             .cloned()
     }
+
+    fn registry(&self, channel: AuthedChannel) -> RegistryClient {
+        RegistryClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes)
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or [`ATTEMPTS`] transport failures
+    /// in a row. Its flag says that an earlier attempt failed in transit and so may have
+    /// taken effect: a call that a replay would apply twice checks that first.
+    async fn call<T, F, Fut>(&self, name: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(AuthedChannel, bool) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        let mut n = 1;
+        loop {
+            match attempt(self.channel().await?, n > 1).await {
+                Ok(v) => return Ok(v),
+                Err(s) if n < ATTEMPTS && in_transit(&s) => {
+                    tracing::warn!(call = name, attempt = n, error = %s, "registry call failed in transit; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    n += 1;
+                }
+                Err(s) => return Err(upstream(name, s)),
+            }
+        }
+    }
+}
+
+/// A failure of the connection rather than an answer of the registry: refused or reset
+/// connections (UNAVAILABLE), and a stream cut mid-call, which tonic reports as UNKNOWN
+/// with the transport error as its source (statuses a server sends carry no source).
+fn in_transit(s: &Status) -> bool {
+    use std::error::Error as _;
+    s.code() == Code::Unavailable || (s.code() == Code::Unknown && s.source().is_some())
 }
 
 /// Maps a registry status to this crate's error, keeping its code and naming the call.
@@ -68,6 +117,7 @@ fn upstream(call: &str, s: tonic::Status) -> Error {
         Code::PermissionDenied | Code::Unauthenticated => Error::PermissionDenied(m),
         Code::ResourceExhausted => Error::ResourceExhausted(m),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(m),
+        _ if in_transit(&s) => Error::Unavailable(m),
         _ => Error::Internal(m),
     }
 }
@@ -97,19 +147,15 @@ impl ModelRegistry for GrpcRegistry {
         use tonic_health::pb::{
             health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
         };
-        let channel = client::endpoint(&self.url)
-            .map_err(|e| Error::Unavailable(format!("registry url {}: {e}", self.url)))?
-            .connect()
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!("cannot reach the registry at {}: {e}", self.url))
-            })?;
-        let status = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: "capstan.registry.v1.RegistryService".into(),
+        // Over the balanced channel, as every call: one URL of a list is no address alone.
+        let status = self
+            .call("health check", |ch, _| async move {
+                let request = HealthCheckRequest {
+                    service: "capstan.registry.v1.RegistryService".into(),
+                };
+                HealthClient::new(ch).check(request).await
             })
-            .await
-            .map_err(|s| upstream("health check", s))?
+            .await?
             .into_inner()
             .status;
         Ok(ServingStatus::try_from(status)
@@ -118,34 +164,38 @@ impl ModelRegistry for GrpcRegistry {
     }
 
     async fn create_run(&self, run: NewRun) -> Result<RunRef> {
+        let request = pb::CreateRunRequest {
+            request_id: run.request_id,
+            name: run.name,
+            model_type: run.model_type,
+            params: run.params.into_iter().collect(),
+            tags: run.tags.into_iter().collect(),
+            metrics: Default::default(),
+            status: pb::RunStatus::Running as i32,
+            heartbeat_timeout: None,
+        };
+        // Idempotent on request_id: a replay returns the run the lost attempt created.
         let r = self
-            .client()
-            .await?
-            .create_run(pb::CreateRunRequest {
-                request_id: run.request_id,
-                name: run.name,
-                model_type: run.model_type,
-                params: run.params.into_iter().collect(),
-                tags: run.tags.into_iter().collect(),
-                metrics: Default::default(),
-                status: pb::RunStatus::Running as i32,
-                heartbeat_timeout: None,
+            .call("CreateRun", |ch, _| {
+                let mut c = self.registry(ch);
+                let request = request.clone();
+                async move { c.create_run(request).await.map(Response::into_inner) }
             })
-            .await
-            .map_err(|s| upstream("CreateRun", s))?;
-        Ok(run_ref(r.into_inner()))
+            .await?;
+        Ok(run_ref(r))
     }
 
     async fn get_run(&self, run_id: &str) -> Result<RunRef> {
         let r = self
-            .client()
-            .await?
-            .get_run(pb::GetRunRequest {
-                run_id: run_id.into(),
+            .call("GetRun", |ch, _| {
+                let mut c = self.registry(ch);
+                let request = pb::GetRunRequest {
+                    run_id: run_id.into(),
+                };
+                async move { c.get_run(request).await.map(Response::into_inner) }
             })
-            .await
-            .map_err(|s| upstream("GetRun", s))?;
-        Ok(run_ref(r.into_inner()))
+            .await?;
+        Ok(run_ref(r))
     }
 
     async fn upload_artifact(
@@ -174,34 +224,48 @@ impl ModelRegistry for GrpcRegistry {
                 )),
             })
             .collect();
-        let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
+        // A replay attaches the same content-addressed blob again: the run is still RUNNING.
         let r = self
-            .client()
-            .await?
-            .upload_artifact(stream)
-            .await
-            .map_err(|s| upstream("UploadArtifact", s))?;
-        Ok(r.into_inner().artifact_uri)
+            .call("UploadArtifact", |ch, _| {
+                let mut c = self.registry(ch);
+                let stream =
+                    futures::stream::iter(std::iter::once(header.clone()).chain(chunks.clone()));
+                async move { c.upload_artifact(stream).await.map(Response::into_inner) }
+            })
+            .await?;
+        Ok(r.artifact_uri)
     }
 
     async fn finish_run(&self, run_id: &str, metrics: BTreeMap<String, f64>) -> Result<RunRef> {
+        let request = pb::UpdateRunRequest {
+            run: Some(pb::Run {
+                run_id: run_id.into(),
+                metrics: metrics.into_iter().collect(),
+                status: pb::RunStatus::Succeeded as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["metrics".into(), "status".into()],
+            }),
+        };
         let r = self
-            .client()
-            .await?
-            .update_run(pb::UpdateRunRequest {
-                run: Some(pb::Run {
-                    run_id: run_id.into(),
-                    metrics: metrics.into_iter().collect(),
-                    status: pb::RunStatus::Succeeded as i32,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["metrics".into(), "status".into()],
-                }),
+            .call("UpdateRun", |ch, replay| {
+                let mut c = self.registry(ch);
+                let (request, run_id) = (request.clone(), run_id.to_string());
+                async move {
+                    // A terminal run refuses a second update: if the lost attempt landed,
+                    // its outcome is the answer.
+                    if replay {
+                        let run = c.get_run(pb::GetRunRequest { run_id }).await?.into_inner();
+                        if run.status == pb::RunStatus::Succeeded as i32 {
+                            return Ok(run);
+                        }
+                    }
+                    c.update_run(request).await.map(Response::into_inner)
+                }
             })
-            .await
-            .map_err(|s| upstream("UpdateRun", s))?;
-        Ok(run_ref(r.into_inner()))
+            .await?;
+        Ok(run_ref(r))
     }
 
     async fn download_artifact(
@@ -209,74 +273,21 @@ impl ModelRegistry for GrpcRegistry {
         run_id: &str,
         max_bytes: usize,
     ) -> Result<(ArtifactMeta, Vec<u8>)> {
-        use pb::download_artifact_response::Payload;
-        let mut stream = self
-            .client()
-            .await?
-            .download_artifact(pb::DownloadArtifactRequest {
-                run_id: run_id.into(),
-            })
-            .await
-            .map_err(|s| upstream("DownloadArtifact", s))?
-            .into_inner();
-        let meta = match stream.next().await {
-            Some(Ok(pb::DownloadArtifactResponse {
-                payload: Some(Payload::Metadata(m)),
-            })) => m,
-            Some(Err(s)) => return Err(upstream("DownloadArtifact", s)),
-            _ => {
-                return Err(Error::DataLoss(
-                    "registry DownloadArtifact: the stream did not start with metadata".into(),
-                ))
-            }
-        };
-        if meta.size_bytes < 0 || meta.size_bytes as u64 > max_bytes as u64 {
-            return Err(Error::ResourceExhausted(format!(
-                "artifact of run {run_id} has {} bytes; at most {max_bytes} are loaded",
-                meta.size_bytes
-            )));
-        }
-        let mut content = Vec::with_capacity(meta.size_bytes as usize);
-        while let Some(msg) = stream.next().await {
-            match msg.map_err(|s| upstream("DownloadArtifact", s))?.payload {
-                Some(Payload::Chunk(c)) => {
-                    if content.len() + c.len() > max_bytes {
-                        return Err(Error::ResourceExhausted(format!(
-                            "artifact of run {run_id} exceeds {max_bytes} bytes"
-                        )));
-                    }
-                    content.extend_from_slice(&c);
-                }
-                _ => {
-                    return Err(Error::DataLoss(
-                        "registry DownloadArtifact: unexpected message after the metadata".into(),
-                    ))
-                }
-            }
-        }
-        Ok((
-            ArtifactMeta {
-                uri: meta.artifact_uri,
-                sha256: meta.sha256,
-                size_bytes: meta.size_bytes,
-            },
-            content,
-        ))
+        // A stream cut midway starts over: the outer result is the transport's, the inner
+        // one what this side makes of the bytes.
+        self.call("DownloadArtifact", |ch, _| {
+            download(self.registry(ch), run_id.to_string(), max_bytes)
+        })
+        .await?
     }
 
     async fn get_alias(&self, alias: &str) -> Result<Option<AliasRef>> {
-        match self
-            .client()
-            .await?
-            .get_alias(pb::GetAliasRequest {
-                alias: alias.into(),
+        let a = self
+            .call("GetAlias", |ch, _| {
+                lookup_alias(self.registry(ch), alias.to_string())
             })
-            .await
-        {
-            Ok(a) => Ok(Some(alias_ref(Some(a.into_inner()), "GetAlias")?)),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(upstream("GetAlias", s)),
-        }
+            .await?;
+        a.map(|a| alias_ref(Some(a), "GetAlias")).transpose()
     }
 
     async fn set_alias(
@@ -286,19 +297,23 @@ impl ModelRegistry for GrpcRegistry {
         expected_revision: i64,
         reason: &str,
     ) -> Result<AliasRef> {
+        let request = pb::SetAliasRequest {
+            alias: alias.into(),
+            run_id: run_id.into(),
+            description: String::new(),
+            expected_revision: Some(expected_revision),
+            reason: reason.into(),
+        };
+        // Compare-and-swap: a replay of a write that landed is refused (ABORTED), never
+        // applied twice; the caller re-reads the alias.
         let a = self
-            .client()
-            .await?
-            .set_alias(pb::SetAliasRequest {
-                alias: alias.into(),
-                run_id: run_id.into(),
-                description: String::new(),
-                expected_revision: Some(expected_revision),
-                reason: reason.into(),
+            .call("SetAlias", |ch, _| {
+                let mut c = self.registry(ch);
+                let request = request.clone();
+                async move { c.set_alias(request).await.map(Response::into_inner) }
             })
-            .await
-            .map_err(|s| upstream("SetAlias", s))?;
-        alias_ref(Some(a.into_inner()), "SetAlias")
+            .await?;
+        alias_ref(Some(a), "SetAlias")
     }
 
     async fn promote(
@@ -308,22 +323,36 @@ impl ModelRegistry for GrpcRegistry {
         force: bool,
         reason: &str,
     ) -> Result<AliasRef> {
-        let r = self
-            .client()
-            .await?
-            .promote_run(pb::PromoteRunRequest {
-                alias: alias.into(),
-                run_id: run_id.into(),
-                metric: "wape".into(),
-                higher_is_better: false,
-                force,
-                dry_run: false,
-                reason: reason.into(),
-                expected_revision: None,
+        let request = pb::PromoteRunRequest {
+            alias: alias.into(),
+            run_id: run_id.into(),
+            metric: "wape".into(),
+            higher_is_better: false,
+            force,
+            dry_run: false,
+            reason: reason.into(),
+            expected_revision: None,
+        };
+        let a = self
+            .call("PromoteRun", |ch, replay| {
+                let mut c = self.registry(ch);
+                let (request, alias, run_id) =
+                    (request.clone(), alias.to_string(), run_id.to_string());
+                async move {
+                    // The lost attempt took effect when the alias points at the run now;
+                    // sending it again would add a second revision.
+                    if replay {
+                        if let Some(a) = lookup_alias(c.clone(), alias).await? {
+                            if a.run_id == run_id {
+                                return Ok(Some(a));
+                            }
+                        }
+                    }
+                    c.promote_run(request).await.map(|r| r.into_inner().alias)
+                }
             })
-            .await
-            .map_err(|s| upstream("PromoteRun", s))?;
-        alias_ref(r.into_inner().alias, "PromoteRun")
+            .await?;
+        alias_ref(a, "PromoteRun")
     }
 
     async fn alias_history(&self, alias: &str, limit: usize) -> Result<Vec<HistoryEntry>> {
@@ -331,16 +360,20 @@ impl ModelRegistry for GrpcRegistry {
         let mut token = String::new();
         loop {
             let r = self
-                .client()
-                .await?
-                .list_alias_history(pb::ListAliasHistoryRequest {
-                    alias: alias.into(),
-                    page_size: 500,
-                    page_token: token,
+                .call("ListAliasHistory", |ch, _| {
+                    let mut c = self.registry(ch);
+                    let request = pb::ListAliasHistoryRequest {
+                        alias: alias.into(),
+                        page_size: 500,
+                        page_token: token.clone(),
+                    };
+                    async move {
+                        c.list_alias_history(request)
+                            .await
+                            .map(Response::into_inner)
+                    }
                 })
-                .await
-                .map_err(|s| upstream("ListAliasHistory", s))?
-                .into_inner();
+                .await?;
             out.extend(r.entries.into_iter().map(|e| HistoryEntry {
                 revision: e.revision,
                 run_id: e.run_id,
@@ -354,4 +387,74 @@ impl ModelRegistry for GrpcRegistry {
             token = r.next_page_token;
         }
     }
+}
+
+/// The alias, or `None` when it does not exist.
+async fn lookup_alias(
+    mut c: RegistryClient,
+    alias: String,
+) -> std::result::Result<Option<pb::Alias>, Status> {
+    match c.get_alias(pb::GetAliasRequest { alias }).await {
+        Ok(a) => Ok(Some(a.into_inner())),
+        Err(s) if s.code() == Code::NotFound => Ok(None),
+        Err(s) => Err(s),
+    }
+}
+
+/// One download: metadata first, then at most `max_bytes` of chunks.
+async fn download(
+    mut c: RegistryClient,
+    run_id: String,
+    max_bytes: usize,
+) -> std::result::Result<Result<(ArtifactMeta, Vec<u8>)>, Status> {
+    use pb::download_artifact_response::Payload;
+    let mut stream = c
+        .download_artifact(pb::DownloadArtifactRequest {
+            run_id: run_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let meta = match stream.next().await {
+        Some(Ok(pb::DownloadArtifactResponse {
+            payload: Some(Payload::Metadata(m)),
+        })) => m,
+        Some(Err(s)) => return Err(s),
+        _ => {
+            return Ok(Err(Error::DataLoss(
+                "registry DownloadArtifact: the stream did not start with metadata".into(),
+            )))
+        }
+    };
+    if meta.size_bytes < 0 || meta.size_bytes as u64 > max_bytes as u64 {
+        return Ok(Err(Error::ResourceExhausted(format!(
+            "artifact of run {run_id} has {} bytes; at most {max_bytes} are loaded",
+            meta.size_bytes
+        ))));
+    }
+    let mut content = Vec::with_capacity(meta.size_bytes as usize);
+    while let Some(msg) = stream.next().await {
+        match msg?.payload {
+            Some(Payload::Chunk(c)) => {
+                if content.len() + c.len() > max_bytes {
+                    return Ok(Err(Error::ResourceExhausted(format!(
+                        "artifact of run {run_id} exceeds {max_bytes} bytes"
+                    ))));
+                }
+                content.extend_from_slice(&c);
+            }
+            _ => {
+                return Ok(Err(Error::DataLoss(
+                    "registry DownloadArtifact: unexpected message after the metadata".into(),
+                )))
+            }
+        }
+    }
+    Ok(Ok((
+        ArtifactMeta {
+            uri: meta.artifact_uri,
+            sha256: meta.sha256,
+            size_bytes: meta.size_bytes,
+        },
+        content,
+    )))
 }
