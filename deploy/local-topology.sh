@@ -72,6 +72,15 @@ running_pid() {
   fi
 }
 
+# alive PID: the process exists and has not exited. An exited process that nobody has reaped
+# yet (a zombie: our instances are reparented to init once `up` returns, and some inits
+# reap late) is gone: it holds no port, lease or connection any more.
+alive() {
+  local state
+  state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)"
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 find_bin_dir() {
   if [ -n "${BIN_DIR:-}" ]; then
     [ -x "$BIN_DIR/registry-svc" ] || die "BIN_DIR=$BIN_DIR has no registry-svc"
@@ -272,7 +281,7 @@ stop_instance() {
   fi
   kill "-$signal" "$pid"
   # SIGTERM: the drain may take CAPSTAN_SHUTDOWN_DEADLINE_SECONDS (20) and a little more.
-  while kill -0 "$pid" 2>/dev/null; do
+  while alive "$pid"; do
     if [ "$waited" -ge 300 ]; then
       log "$name (pid $pid) still running 30 s after SIG$signal; sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
