@@ -119,12 +119,14 @@ impl ProvisioningService {
             Err(Error::InvalidArgument(list)) => list,
             Err(e) => return Err(e),
         };
+        // Descriptions name other fields too ("clashes with schema.nodes[0]").
+        let rebase = |text: &str| text.replace("schema.", &format!("{}.", graph.schema_field));
         violations.extend(spec_errors.into_iter().map(|e| {
             let field = match e.field.strip_prefix("schema") {
                 Some(rest) => format!("{}{rest}", graph.schema_field),
                 None => e.field,
             };
-            FieldViolation::new(field, e.description)
+            FieldViolation::new(field, rebase(&e.description))
         }));
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
