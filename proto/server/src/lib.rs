@@ -1,5 +1,6 @@
 //! What both Capstan services share at run time.
 //!
+//! - [`db`]: SQLite/Postgres pools set up alike on every connection.
 //! - [`config`]: the common flags of SPEC §6, each with its environment twin.
 //! - [`auth`]: bearer-JWT verification as a tower layer, roles, token minting.
 //! - [`serve`]: server bootstrap — health, reflection v1 + v1alpha, request tracing and
@@ -11,6 +12,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod db;
 pub mod serve;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -2,14 +2,9 @@
 //! driver: the SQL uses `$n` placeholders, which both accept, and the few dialect
 //! differences (row locks, notifications, pool shape) are switched on [`Backend`].
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use futures::{stream::BoxStream, StreamExt};
-use sqlx::{
-    any::{AnyPoolOptions, AnyRow},
-    AnyPool, Executor, Row,
-};
+use sqlx::{any::AnyRow, AnyPool, Row};
 use uuid::Uuid;
 
 use super::{RegistryStore, RunCursor, RunFilter, RunOrder};
@@ -23,32 +18,12 @@ use crate::{
 };
 use capstan_proto::artifact_uri::ArtifactUri;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+use capstan_server::db::is_unique_violation;
+pub use capstan_server::db::Backend;
 
-impl Backend {
-    pub fn of_url(url: &str) -> Result<Self> {
-        if url.starts_with("sqlite:") {
-            Ok(Self::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres)
-        } else {
-            Err(Error::invalid(
-                "database_url",
-                "must start with sqlite: or postgres://",
-            ))
-        }
-    }
-
-    fn for_update(self) -> &'static str {
-        match self {
-            Self::Sqlite => "",
-            Self::Postgres => " FOR UPDATE",
-        }
-    }
+fn backend_of(url: &str) -> Result<Backend> {
+    Backend::of_url(url)
+        .ok_or_else(|| Error::invalid("database_url", "must start with sqlite: or postgres://"))
 }
 
 /// Maps a database error, logging it where it becomes a status.
@@ -65,11 +40,6 @@ pub fn db_error(e: sqlx::Error) -> Error {
     }
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
-}
-
 pub struct SqlStore {
     read: AnyPool,
     write: AnyPool,
@@ -77,28 +47,8 @@ pub struct SqlStore {
     url: String,
 }
 
-/// Opens a pool whose every connection gets WAL and a busy timeout (SQLite).
 async fn pool(url: &str, backend: Backend, max: u32) -> Result<AnyPool> {
-    AnyPoolOptions::new()
-        .max_connections(max)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    for pragma in [
-                        "PRAGMA journal_mode = WAL",
-                        "PRAGMA busy_timeout = 10000",
-                        "PRAGMA synchronous = NORMAL",
-                        "PRAGMA foreign_keys = ON",
-                    ] {
-                        conn.execute(pragma).await?;
-                    }
-                }
-                Ok(())
-            })
-        })
-        .connect(url)
+    capstan_server::db::pool(url, backend, max, None)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))
 }
@@ -107,8 +57,7 @@ impl SqlStore {
     /// Connects and applies the embedded migrations of the backend. Safe when several
     /// replicas start at once: Postgres migrations run under sqlx's advisory lock.
     pub async fn connect(url: &str) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let backend = Backend::of_url(url)?;
+        let backend = backend_of(url)?;
         let (read, write) = match backend {
             // SQLite allows one writer: a single write connection queues writers in the
             // process instead of failing them with SQLITE_BUSY; WAL lets readers go on.

@@ -1,0 +1,77 @@
+//! Database connections both services open the same way (sqlx `Any`: one SQL text with
+//! `$n` placeholders serves SQLite and Postgres).
+
+use std::time::Duration;
+
+use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// The row-lock clause for read-modify-write transactions (SQLite has a single writer).
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// Opens a pool whose every connection is set up alike: WAL, a busy timeout and foreign
+/// keys on SQLite; the service's own schema on Postgres when `search_path` is given.
+pub async fn pool(
+    url: &str,
+    backend: Backend,
+    max: u32,
+    search_path: Option<&'static str>,
+) -> Result<AnyPool, sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                match backend {
+                    Backend::Sqlite => {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA busy_timeout = 10000",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA foreign_keys = ON",
+                        ] {
+                            conn.execute(pragma).await?;
+                        }
+                    }
+                    Backend::Postgres => {
+                        if let Some(schema) = search_path {
+                            conn.execute(format!("SET search_path TO {schema}").as_str())
+                                .await?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+}
+
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
