@@ -197,9 +197,12 @@ wait_serving() {
   local name="$1" service="$2" port="$3" probe deadline status pid
   probe="$(readiness_service "$service")"
   deadline=$((SECONDS + READY_TIMEOUT))
+  # The pid just recorded (or checked by running_pid): while it execs from the pyenv shim
+  # through manifest_env.py to the binary, its /proc cmdline is briefly empty, so only
+  # whether the process is still alive counts here.
+  pid="$(cat "$(pid_file "$name")")"
   while :; do
-    pid="$(running_pid "$name" "$service")"
-    if [ -z "$pid" ]; then
+    if ! alive "$pid"; then
       tail -n 20 "$STATE_DIR/logs/$name.log" | sed 's/^/    /' >&2
       die "$name exited before reporting SERVING (log: $STATE_DIR/logs/$name.log)"
     fi
