@@ -114,8 +114,9 @@ impl SqlStore {
     /// replicas start at once: Postgres migrations run under sqlx's advisory lock.
     pub async fn connect(url: &str, replica: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        let backend = Backend::of_url(url)
-            .ok_or_else(|| Error::invalid("database_url", "must start with sqlite: or postgres://"))?;
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            Error::invalid("database_url", "must start with sqlite: or postgres://")
+        })?;
         if backend == Backend::Postgres {
             ensure_schema(url).await?;
         }
