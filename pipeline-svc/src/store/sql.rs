@@ -4,15 +4,12 @@
 
 mod provisioning;
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use async_trait::async_trait;
 use futures::{stream::BoxStream, StreamExt};
 use registry_svc::store::sql::Backend;
-use sqlx::{
-    any::{AnyPoolOptions, AnyRow},
-    AnyConnection, AnyPool, Executor, Row,
-};
+use sqlx::{any::AnyRow, AnyConnection, AnyPool, Executor, Row};
 use uuid::Uuid;
 
 use super::{
@@ -79,32 +76,7 @@ async fn ensure_schema(url: &str) -> Result<()> {
 /// Opens a pool whose every connection gets WAL and a busy timeout (SQLite) or the
 /// pipeline's schema (Postgres).
 async fn pool(url: &str, backend: Backend, max: u32) -> Result<AnyPool> {
-    AnyPoolOptions::new()
-        .max_connections(max)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                match backend {
-                    Backend::Sqlite => {
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA busy_timeout = 10000",
-                            "PRAGMA synchronous = NORMAL",
-                            "PRAGMA foreign_keys = ON",
-                        ] {
-                            conn.execute(pragma).await?;
-                        }
-                    }
-                    Backend::Postgres => {
-                        conn.execute(format!("SET search_path TO {POSTGRES_SCHEMA}").as_str())
-                            .await?;
-                    }
-                }
-                Ok(())
-            })
-        })
-        .connect(url)
+    capstan_server::db::pool(url, backend, max, Some(POSTGRES_SCHEMA))
         .await
         .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))
 }
