@@ -197,6 +197,23 @@ def targets_table(cap_json):
     return lines, failed
 
 
+# The pipeline bench (tests/src/bin/pipeline_bench.rs) owns the text between these markers.
+KEEP_BEGIN, KEEP_END = "<!-- pipeline:begin -->", "<!-- pipeline:end -->"
+
+
+def kept_section(path):
+    """The pipeline section of the existing file, markers included, or None."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return None
+    b, e = old.find(KEEP_BEGIN), old.find(KEEP_END)
+    if b < 0 or e < b:
+        return None
+    return old[b : e + len(KEEP_END)]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--capstan", default="docs/bench-capstan.json")
@@ -328,8 +345,12 @@ def main():
         "",
     ]
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    text = "\n".join(lines)
+    kept = kept_section(args.out)
+    if kept:
+        text = text.rstrip("\n") + "\n\n" + kept + "\n"
     with open(args.out, "w") as f:
-        f.write("\n".join(lines))
+        f.write(text)
     print(f"wrote {args.out} ({failed} target(s) missed)")
 
 

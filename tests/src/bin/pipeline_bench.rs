@@ -1,0 +1,1010 @@
+//! Pipeline benchmark (issue 3, "Must show 5"), run by hand on a release build, never in
+//! CI. For each backend it starts the release `registry-svc` (SQLite) and `pipeline-svc`
+//! binaries with auth on and measures, over gRPC on loopback:
+//!
+//! - `showcase_rich` wall time with the default parameters (RunDemo → terminal event);
+//! - StartDemo → first event (StartDemo, then WatchOperation from 0), and RunDemo → first
+//!   event;
+//! - QUEUED enqueue-to-start: the CREATED → STARTED gap of the stored events (server
+//!   clocks) and StartDemo → STARTED received by a watcher (client side); on Postgres
+//!   with two replicas, so the job may be claimed by the other process;
+//!
+//! and, in process through the engine library, an operation of N no-op durable steps
+//! (every step start and end is a committed event) against Dagster's in-process run of an
+//! N-step linear job, measured by `tests/bench/dagster_bench.py` in the same session.
+//! Writes JSON, and with `--docs` the "Pipeline" section of docs/benchmarks.md (between
+//! its markers; the rest of the file is left alone).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context};
+use async_trait::async_trait;
+use capstan_proto::pipeline::v1::{
+    self as pb, operations_service_client::OperationsServiceClient,
+    pipeline_service_client::PipelineServiceClient,
+};
+use capstan_server::{
+    auth::{issue_hs256, Role},
+    client::{connect, AuthedChannel},
+    testing::{self, TestDb},
+};
+use capstan_tests::{binary, Service};
+use clap::{Parser, ValueEnum};
+use pipeline_svc::{
+    domain::{
+        engine::{Engine, EngineConfig, StartOperation},
+        operation::{EventType, ExecutionMode, OpStatus, Operation, OperationResult},
+        workflow::{Execution, StepCx, StepOutcome, StepSpec, Workflow},
+    },
+    store::sql::SqlStore,
+};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(about = "Capstan pipeline benchmark (release build, loopback only)")]
+struct Args {
+    /// Which store pipeline-svc runs on (the registry always uses SQLite).
+    #[arg(long, value_enum, default_value = "both")]
+    backend: BackendChoice,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "docs/bench-pipeline.json")]
+    out: PathBuf,
+    /// Measured showcase_rich runs with the default parameters (after one warm-up run).
+    #[arg(long, default_value_t = 10)]
+    showcase_runs: usize,
+    /// Measured StartDemo → first event samples.
+    #[arg(long, default_value_t = 50)]
+    first_event_runs: usize,
+    /// Measured QUEUED enqueue-to-start samples.
+    #[arg(long, default_value_t = 200)]
+    queued_runs: usize,
+    /// Measured no-op operations.
+    #[arg(long, default_value_t = 100)]
+    noop_runs: usize,
+    /// Steps of each no-op operation (and of the Dagster job).
+    #[arg(long, default_value_t = 20)]
+    noop_steps: usize,
+    /// Results of tests/bench/dagster_bench.py from the same session, for the ratio.
+    #[arg(long)]
+    dagster: Option<PathBuf>,
+    /// Markdown file whose pipeline section (between the markers) is written.
+    #[arg(long)]
+    docs: Option<PathBuf>,
+    /// How this run was started (printed under "Reproduce").
+    #[arg(long, default_value = "tests/bench/run_pipeline.sh")]
+    commands: String,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum BackendChoice {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+const BEGIN: &str = "<!-- pipeline:begin -->";
+const END: &str = "<!-- pipeline:end -->";
+/// Targets of issue 3 on 2 cores, in milliseconds.
+const SHOWCASE_TARGET_MS: f64 = 2000.0;
+const FIRST_EVENT_TARGET_MS: f64 = 5.0;
+const NOOP_TARGET_MS: f64 = 25.0;
+const QUEUED_P50_TARGET_MS: f64 = 50.0;
+const NOOP_KIND: &str = "bench.noop";
+/// Bounds every wait for an operation.
+const OP_LIMIT: Duration = Duration::from_secs(120);
+
+type PipelineClient = PipelineServiceClient<AuthedChannel>;
+type OperationsClient = OperationsServiceClient<AuthedChannel>;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.showcase_runs > 0
+            && args.first_event_runs > 0
+            && args.queued_runs > 0
+            && args.noop_runs > 0,
+        "every --*-runs must be positive"
+    );
+    ensure!(
+        (1..=200).contains(&args.noop_steps),
+        "--noop-steps must be 1-200"
+    );
+    let registry_bin = binary("registry-svc");
+    let pipeline_bin = binary("pipeline-svc");
+    for b in [&registry_bin, &pipeline_bin] {
+        if !b.to_string_lossy().contains("/release/") {
+            eprintln!("WARNING: {} is not a release build", b.display());
+        }
+    }
+    let dagster = match &args.dagster {
+        Some(p) => Some(
+            serde_json::from_str::<Value>(
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not JSON", p.display()))?,
+        ),
+        None => None,
+    };
+
+    let backends: &[&str] = match args.backend {
+        BackendChoice::Sqlite => &["sqlite"],
+        BackendChoice::Postgres => &["postgres"],
+        BackendChoice::Both => &["sqlite", "postgres"],
+    };
+    let mut results = serde_json::Map::new();
+    for &backend in backends {
+        eprintln!("\n=== {backend} ===");
+        let result = bench_backend(&args, backend, &registry_bin, &pipeline_bin).await?;
+        results.insert(backend.to_string(), result);
+    }
+    let out = json!({
+        "tool": "capstan-pipeline-bench",
+        "capstan_version": env!("CARGO_PKG_VERSION"),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+        "host": host_info(),
+        "commit": git_commit(),
+        "settings": {
+            "showcase_runs": args.showcase_runs,
+            "first_event_runs": args.first_event_runs,
+            "queued_runs": args.queued_runs,
+            "noop_runs": args.noop_runs,
+            "noop_steps": args.noop_steps,
+            "pipeline_binary": pipeline_bin.display().to_string(),
+        },
+        "backends": results,
+        "dagster": dagster,
+    });
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&out)? + "\n")
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("\nwrote {}", args.out.display());
+    if let Some(docs) = &args.docs {
+        let section = markdown(&out, &args.commands);
+        splice(docs, &section)?;
+        eprintln!("wrote the pipeline section of {}", docs.display());
+    }
+    Ok(())
+}
+
+// ---- statistics ----------------------------------------------------------------------
+
+/// Milliseconds, sorted.
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn new(mut v: Vec<f64>) -> Self {
+        v.sort_by(f64::total_cmp);
+        Self(v)
+    }
+
+    /// Nearest rank.
+    fn pct(&self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        self.0[((self.0.len() - 1) as f64 * p).round() as usize]
+    }
+
+    fn to_json(&self) -> Value {
+        let mean = self.0.iter().sum::<f64>() / self.0.len().max(1) as f64;
+        json!({
+            "n": self.0.len(),
+            "min_ms": self.0.first(),
+            "p50_ms": self.pct(0.5),
+            "p99_ms": self.pct(0.99),
+            "max_ms": self.0.last(),
+            "mean_ms": mean,
+        })
+    }
+
+    fn line(&self, label: &str) {
+        eprintln!(
+            "{label:<44} p50 {:>9.2} ms  p99 {:>9.2} ms  min {:>9.2} ms  max {:>9.2} ms  (n={})",
+            self.pct(0.5),
+            self.pct(0.99),
+            self.0.first().copied().unwrap_or(f64::NAN),
+            self.0.last().copied().unwrap_or(f64::NAN),
+            self.0.len()
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn micros(t: Option<&prost_types::Timestamp>) -> anyhow::Result<i64> {
+    let t = t.context("event without a time")?;
+    Ok(t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+// ---- servers -------------------------------------------------------------------------
+
+struct Servers {
+    _registry: Service,
+    pipelines: Vec<Service>,
+    user: String,
+}
+
+impl Servers {
+    async fn start(
+        registry_bin: &Path,
+        pipeline_bin: &Path,
+        db: &TestDb,
+        replicas: usize,
+    ) -> anyhow::Result<Servers> {
+        let dir = db.data_dir();
+        let (secret_path, secret) = testing::jwt_secret(&dir);
+        let secret_arg = path_str(&secret_path)?;
+        let registry_db = format!("sqlite://{}?mode=rwc", dir.join("registry.db").display());
+        // Pinned so that a RUST_LOG in the caller's environment cannot change the cost.
+        let env = [("RUST_LOG", "info")];
+        let registry = Service::start(
+            registry_bin,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                path_str(&dir.join("registry"))?,
+                "--database-url",
+                &registry_db,
+                "--jwt-secret-file",
+                secret_arg,
+            ],
+            &env,
+            dir.join("registry.log"),
+        )?;
+        let token_file = dir.join("registry.token");
+        std::fs::write(
+            &token_file,
+            issue_hs256(&secret, "pipeline-svc", Role::Service, 24 * 3600)?,
+        )?;
+        let mut pipelines = Vec::new();
+        for i in 0..replicas {
+            let data_dir = dir.join(format!("pipeline-{i}"));
+            let replica = format!("bench-{i}");
+            pipelines.push(Service::start(
+                pipeline_bin,
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    path_str(&data_dir)?,
+                    "--database-url",
+                    &db.url,
+                    "--jwt-secret-file",
+                    secret_arg,
+                    "--registry-url",
+                    &registry.url(),
+                    "--registry-token-file",
+                    path_str(&token_file)?,
+                    "--replica-id",
+                    &replica,
+                ],
+                &env,
+                dir.join(format!("pipeline-{i}.log")),
+            )?);
+        }
+        Ok(Servers {
+            _registry: registry,
+            pipelines,
+            user: issue_hs256(&secret, "bench", Role::User, 24 * 3600)?,
+        })
+    }
+
+    async fn clients(&self) -> anyhow::Result<(PipelineClient, OperationsClient)> {
+        let channel = connect(&self.pipelines[0].url(), Some(&self.user)).await?;
+        Ok((
+            PipelineServiceClient::new(channel.clone()),
+            OperationsServiceClient::new(channel),
+        ))
+    }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+fn small_demo(mode: pb::ExecutionMode) -> pb::StartDemoRequest {
+    // Enough history for the three backtest folds; the latencies measured with it do not
+    // depend on the workflow's size.
+    pb::StartDemoRequest {
+        scenario: "showcase_rich".into(),
+        series_count: 4,
+        days: 200,
+        horizon: 14,
+        execution_mode: mode as i32,
+        ..Default::default()
+    }
+}
+
+/// Reads `stream` to its end; returns the events (heartbeats dropped) with the instant
+/// the first arrived.
+async fn drain(
+    mut stream: tonic::Streaming<pb::OperationEvent>,
+) -> anyhow::Result<(Vec<pb::OperationEvent>, Option<Instant>)> {
+    let mut events = Vec::new();
+    let mut first = None;
+    let deadline = tokio::time::Instant::now() + OP_LIMIT;
+    while let Some(e) = tokio::time::timeout_at(deadline, stream.message())
+        .await
+        .context("the operation did not finish in time")??
+    {
+        first.get_or_insert_with(Instant::now);
+        if e.r#type != pb::OperationEventType::Heartbeat as i32 {
+            events.push(e);
+        }
+    }
+    Ok((events, first))
+}
+
+fn expect_succeeded(events: &[pb::OperationEvent]) -> anyhow::Result<()> {
+    match events.last() {
+        Some(e) if e.status == pb::OperationStatus::Succeeded as i32 => Ok(()),
+        Some(e) => bail!("operation {} ended: {}", e.operation_id, e.message),
+        None => bail!("no events"),
+    }
+}
+
+fn event_of(events: &[pb::OperationEvent], t: pb::OperationEventType) -> anyhow::Result<usize> {
+    events
+        .iter()
+        .position(|e| e.r#type == t as i32)
+        .with_context(|| format!("no {} event", t.as_str_name()))
+}
+
+// ---- phases --------------------------------------------------------------------------
+
+async fn bench_backend(
+    args: &Args,
+    backend: &str,
+    registry_bin: &Path,
+    pipeline_bin: &Path,
+) -> anyhow::Result<Value> {
+    let db = match backend {
+        "sqlite" => testing::sqlite(),
+        _ => testing::postgres("pipeline-bench")
+            .await
+            .context("Postgres at 127.0.0.1:5432 is needed for --backend postgres")?,
+    };
+    // Two replicas on Postgres: queued jobs may be claimed by either process.
+    let replicas = if backend == "postgres" { 2 } else { 1 };
+    let servers = Servers::start(registry_bin, pipeline_bin, &db, replicas).await?;
+    let (mut pipe, mut ops) = servers.clients().await?;
+    let load_before = load_average();
+    eprintln!("load average before: {load_before}");
+
+    // showcase_rich, default parameters, DIRECT (the default).
+    let mut wall = Vec::new();
+    let mut server_side = Vec::new();
+    let mut run_first = Vec::new();
+    for i in 0..=args.showcase_runs {
+        let request = pb::RunDemoRequest {
+            demo: Some(pb::StartDemoRequest {
+                scenario: "showcase_rich".into(),
+                ..Default::default()
+            }),
+        };
+        let t0 = Instant::now();
+        let stream = pipe.run_demo(request).await?.into_inner();
+        let (events, first) = drain(stream).await?;
+        let elapsed = t0.elapsed();
+        expect_succeeded(&events)?;
+        if i == 0 {
+            continue; // warm-up: first connections, page cache
+        }
+        wall.push(ms(elapsed));
+        run_first.push(ms(first.context("no event")? - t0));
+        let created = &events[event_of(&events, pb::OperationEventType::Created)?];
+        let end = events.last().context("no events")?;
+        server_side
+            .push((micros(end.time.as_ref())? - micros(created.time.as_ref())?) as f64 / 1e3);
+    }
+    let wall = Samples::new(wall);
+    wall.line("showcase_rich wall time (RunDemo → end)");
+    let server_side = Samples::new(server_side);
+    server_side.line("showcase_rich CREATED → FINISHED (server)");
+    let run_first = Samples::new(run_first);
+    run_first.line("RunDemo → first event");
+
+    // StartDemo → first event, DIRECT.
+    let mut start_first = Vec::new();
+    let mut start_rpc = Vec::new();
+    for i in 0..=args.first_event_runs {
+        let t0 = Instant::now();
+        let op = pipe
+            .start_demo(small_demo(pb::ExecutionMode::Direct))
+            .await?
+            .into_inner();
+        let t_rpc = t0.elapsed();
+        let stream = ops
+            .watch_operation(pb::WatchOperationRequest {
+                operation_id: op.operation_id,
+                after_sequence: 0,
+            })
+            .await?
+            .into_inner();
+        let (events, first) = drain(stream).await?;
+        expect_succeeded(&events)?;
+        if i > 0 {
+            start_first.push(ms(first.context("no event")? - t0));
+            start_rpc.push(ms(t_rpc));
+        }
+    }
+    let start_first = Samples::new(start_first);
+    start_first.line("StartDemo → first event (WatchOperation)");
+    let start_rpc = Samples::new(start_rpc);
+    start_rpc.line("StartDemo reply");
+
+    // QUEUED enqueue-to-start, one operation at a time.
+    let mut queued_server = Vec::new();
+    let mut queued_client = Vec::new();
+    let mut claimed_elsewhere = 0;
+    for i in 0..=args.queued_runs {
+        let t0 = Instant::now();
+        let op = pipe
+            .start_demo(small_demo(pb::ExecutionMode::Queued))
+            .await?
+            .into_inner();
+        ensure!(op.execution_mode == pb::ExecutionMode::Queued as i32);
+        let mut stream = ops
+            .watch_operation(pb::WatchOperationRequest {
+                operation_id: op.operation_id,
+                after_sequence: 0,
+            })
+            .await?
+            .into_inner();
+        let mut started_at = None;
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + OP_LIMIT;
+        while let Some(e) = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .context("the queued operation did not finish in time")??
+        {
+            if e.r#type == pb::OperationEventType::Started as i32 && started_at.is_none() {
+                started_at = Some(t0.elapsed());
+            }
+            if e.r#type != pb::OperationEventType::Heartbeat as i32 {
+                events.push(e);
+            }
+        }
+        expect_succeeded(&events)?;
+        if i == 0 {
+            continue;
+        }
+        let created = &events[event_of(&events, pb::OperationEventType::Created)?];
+        let started = &events[event_of(&events, pb::OperationEventType::Started)?];
+        queued_server
+            .push((micros(started.time.as_ref())? - micros(created.time.as_ref())?) as f64 / 1e3);
+        queued_client.push(ms(started_at.context("no STARTED event")?));
+        claimed_elsewhere += usize::from(!started.message.contains("bench-0"));
+    }
+    let queued_server = Samples::new(queued_server);
+    queued_server.line("QUEUED enqueue → start (CREATED → STARTED)");
+    let queued_client = Samples::new(queued_client);
+    queued_client.line("QUEUED StartDemo → STARTED received");
+    eprintln!(
+        "queued operations claimed by the other replica: {claimed_elsewhere} of {}",
+        args.queued_runs
+    );
+    let load_after = load_average();
+    drop(servers);
+
+    let noop = bench_noop(args, backend).await?;
+
+    Ok(json!({
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "pipeline_replicas": replicas,
+        "showcase_rich_wall": wall.to_json(),
+        "showcase_rich_server": server_side.to_json(),
+        "run_demo_first_event": run_first.to_json(),
+        "start_demo_first_event": start_first.to_json(),
+        "start_demo_reply": start_rpc.to_json(),
+        "queued_enqueue_to_start_server": queued_server.to_json(),
+        "queued_enqueue_to_start_client": queued_client.to_json(),
+        "queued_claimed_by_other_replica": claimed_elsewhere,
+        "noop": noop,
+    }))
+}
+
+// ---- no-op durable steps, in process ---------------------------------------------------
+
+/// `n` no-op steps; each start and end is still a committed event with the state.
+struct Noop;
+
+fn noop_plan() -> &'static [StepSpec] {
+    static PLAN: OnceLock<Vec<StepSpec>> = OnceLock::new();
+    PLAN.get_or_init(|| {
+        (0..200)
+            .map(|i| StepSpec {
+                // Step names are 'static in workflows; 200 short names, once.
+                name: Box::leak(format!("noop_{i:03}").into_boxed_str()),
+                phase: "noop",
+            })
+            .collect()
+    })
+}
+
+impl Workflow for Noop {
+    fn plan(&self, params: &Value) -> pipeline_svc::error::Result<Vec<StepSpec>> {
+        let n = params["steps"].as_u64().unwrap_or(0) as usize;
+        let plan = noop_plan();
+        if !(1..=plan.len()).contains(&n) {
+            return Err(pipeline_svc::error::Error::invalid(
+                "steps",
+                "must be 1-200",
+            ));
+        }
+        Ok(plan[..n].to_vec())
+    }
+
+    fn resume(&self, _op: &Operation) -> pipeline_svc::error::Result<Box<dyn Execution>> {
+        Ok(Box::new(NoopRun))
+    }
+}
+
+struct NoopRun;
+
+#[async_trait]
+impl Execution for NoopRun {
+    async fn run_step(
+        &mut self,
+        _step: &str,
+        _cx: &StepCx<'_>,
+    ) -> pipeline_svc::error::Result<StepOutcome> {
+        Ok(StepOutcome::Passed(String::new()))
+    }
+
+    async fn compensate(&mut self, _step: &str) -> pipeline_svc::error::Result<Option<String>> {
+        Ok(None)
+    }
+
+    fn state(&self) -> Value {
+        Value::Null
+    }
+
+    fn result(&self) -> Option<OperationResult> {
+        None
+    }
+}
+
+/// Start → terminal event received by a watcher, DIRECT, on a fresh store.
+async fn bench_noop(args: &Args, backend: &str) -> anyhow::Result<Value> {
+    let db = match backend {
+        "sqlite" => testing::sqlite(),
+        _ => testing::postgres("pipeline-bench-noop")
+            .await
+            .context("Postgres at 127.0.0.1:5432 is needed for --backend postgres")?,
+    };
+    let store = SqlStore::connect(&db.url, "bench-noop").await?;
+    let shutdown = CancellationToken::new();
+    let engine = Engine::new(
+        Arc::new(store),
+        EngineConfig {
+            replica_id: "bench-noop".into(),
+            default_mode: ExecutionMode::Direct,
+            ..Default::default()
+        },
+        [(NOOP_KIND.to_string(), Arc::new(Noop) as Arc<dyn Workflow>)],
+        shutdown.clone(),
+    );
+    engine.spawn_background();
+    let mut wall = Vec::new();
+    let mut server = Vec::new();
+    let load_before = load_average();
+    for i in 0..args.noop_runs + 3 {
+        let t0 = Instant::now();
+        let op = engine
+            .start(
+                "bench",
+                StartOperation {
+                    kind: NOOP_KIND.into(),
+                    params: json!({ "steps": args.noop_steps }),
+                    request_id: None,
+                    mode: Some(ExecutionMode::Direct),
+                },
+            )
+            .await?;
+        let mut rx = engine.watch(op.id, None, 0).await?;
+        let (mut created, mut finished) = (None, None);
+        while let Some(e) = tokio::time::timeout(OP_LIMIT, rx.recv())
+            .await
+            .context("the no-op operation did not finish in time")?
+        {
+            match e.kind {
+                EventType::Created => created = Some(e.time),
+                EventType::Finished => {
+                    ensure!(e.status == OpStatus::Succeeded, "{}", e.message);
+                    finished = Some(e.time);
+                }
+                _ => {}
+            }
+        }
+        let elapsed = t0.elapsed();
+        if i < 3 {
+            continue; // warm-up: pool connections, statement caches
+        }
+        wall.push(ms(elapsed));
+        let (c, f) = (
+            created.context("no CREATED")?,
+            finished.context("no FINISHED")?,
+        );
+        server.push((f - c) as f64 / 1e3);
+    }
+    shutdown.cancel();
+    engine.drained().await;
+    let wall = Samples::new(wall);
+    wall.line(&format!(
+        "{} no-op durable steps (start → end)",
+        args.noop_steps
+    ));
+    let server = Samples::new(server);
+    server.line(&format!(
+        "{} no-op durable steps CREATED → FINISHED",
+        args.noop_steps
+    ));
+    Ok(json!({
+        "steps": args.noop_steps,
+        "loadavg_before": load_before,
+        "wall": wall.to_json(),
+        "server": server.to_json(),
+    }))
+}
+
+// ---- report --------------------------------------------------------------------------
+
+fn host_info() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("model name")?
+            .split_once(':')
+            .map(|(_, m)| m.trim().to_string())
+    });
+    json!({
+        "cpu_model": model,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string()),
+    })
+}
+
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time (civil-from-days, proleptic Gregorian).
+fn utc(unix: u64) -> String {
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+fn f(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+        None => "—".into(),
+    }
+}
+
+fn verdict(value: Option<f64>, target: f64) -> &'static str {
+    match value {
+        Some(v) if v < target => "PASS",
+        Some(_) => "**FAIL**",
+        None => "not measured",
+    }
+}
+
+/// The "Pipeline" section, markers included.
+fn markdown(out: &Value, commands: &str) -> String {
+    let mut l = vec![BEGIN.to_string(), "## Pipeline".into(), String::new()];
+    let host = &out["host"];
+    l.push(format!(
+        "Run by hand, never in CI (`{commands}`): release builds of `registry-svc` (SQLite) and \
+         `pipeline-svc` at commit `{}`, started by `tests/src/bin/pipeline_bench.rs` and driven \
+         over gRPC on loopback with authentication on; the no-op steps run in process through \
+         the engine library. {} ({} cores), Linux {}, {}. Client and servers share the cores, \
+         and other work may run on the machine: each block gives the load average (1, 5, \
+         15 min) before → after it.",
+        out["commit"].as_str().unwrap_or("?"),
+        host["cpu_model"].as_str().unwrap_or("?"),
+        host["cores"],
+        host["kernel"].as_str().unwrap_or("?"),
+        utc(out["unix_time"].as_u64().unwrap_or(0)),
+    ));
+    l.push(String::new());
+    let backends = &out["backends"];
+    let noop_steps = out["settings"]["noop_steps"].as_u64().unwrap_or(20);
+
+    l.push("### Targets (2 cores)".into());
+    l.push(String::new());
+    l.push("| target | backend | measured | result |".into());
+    l.push("|---|---|---:|---|".into());
+    let mut row = |label: &str, backend: &str, v: &Value, target: f64| {
+        l.push(format!(
+            "| {label} < {target} ms | {backend} | {} ms | {} |",
+            f(v),
+            verdict(v.as_f64(), target)
+        ));
+    };
+    let sqlite = &backends["sqlite"];
+    row(
+        "showcase_rich, default parameters, wall time p50",
+        "sqlite",
+        &sqlite["showcase_rich_wall"]["p50_ms"],
+        SHOWCASE_TARGET_MS,
+    );
+    row(
+        "StartDemo → first event p50",
+        "sqlite",
+        &sqlite["start_demo_first_event"]["p50_ms"],
+        FIRST_EVENT_TARGET_MS,
+    );
+    row(
+        &format!("{noop_steps} no-op durable steps p50"),
+        "sqlite",
+        &sqlite["noop"]["wall"]["p50_ms"],
+        NOOP_TARGET_MS,
+    );
+    for name in ["sqlite", "postgres"] {
+        if backends.get(name).is_some() {
+            row(
+                "QUEUED enqueue-to-start p50",
+                name,
+                &backends[name]["queued_enqueue_to_start_server"]["p50_ms"],
+                QUEUED_P50_TARGET_MS,
+            );
+        }
+    }
+    l.push(String::new());
+
+    for (name, title) in [("sqlite", "SQLite"), ("postgres", "PostgreSQL")] {
+        let b = &backends[name];
+        if b.is_null() {
+            continue;
+        }
+        l.push(format!(
+            "### {title} ({} pipeline-svc replica{}; load average {} → {})",
+            b["pipeline_replicas"],
+            if b["pipeline_replicas"] == 1 { "" } else { "s" },
+            b["loadavg_before"].as_str().unwrap_or("?"),
+            b["loadavg_after"].as_str().unwrap_or("?"),
+        ));
+        l.push(String::new());
+        l.push("| measurement | n | p50 ms | p99 ms | min ms | max ms |".into());
+        l.push("|---|---:|---:|---:|---:|---:|".into());
+        for (label, key) in [
+            (
+                "showcase_rich, default parameters: RunDemo → terminal event",
+                &b["showcase_rich_wall"],
+            ),
+            (
+                "showcase_rich: CREATED → FINISHED (server clocks)",
+                &b["showcase_rich_server"],
+            ),
+            ("RunDemo → first event", &b["run_demo_first_event"]),
+            (
+                "StartDemo → first event (then WatchOperation from 0)",
+                &b["start_demo_first_event"],
+            ),
+            ("StartDemo reply", &b["start_demo_reply"]),
+            (
+                "QUEUED enqueue-to-start: CREATED → STARTED (server clocks)",
+                &b["queued_enqueue_to_start_server"],
+            ),
+            (
+                "QUEUED: StartDemo → STARTED received by a watcher",
+                &b["queued_enqueue_to_start_client"],
+            ),
+            (
+                &*format!("{noop_steps} no-op durable steps: start → terminal event watched"),
+                &b["noop"]["wall"],
+            ),
+            (
+                &*format!("{noop_steps} no-op durable steps: CREATED → FINISHED (server clocks)"),
+                &b["noop"]["server"],
+            ),
+        ] {
+            l.push(format!(
+                "| {label} | {} | {} | {} | {} | {} |",
+                key["n"],
+                f(&key["p50_ms"]),
+                f(&key["p99_ms"]),
+                f(&key["min_ms"]),
+                f(&key["max_ms"])
+            ));
+        }
+        l.push(String::new());
+        if b["pipeline_replicas"].as_u64() > Some(1) {
+            l.push(format!(
+                "Queued operations are started one at a time; {} of {} were claimed by the \
+                 replica that did not receive the request (woken by Postgres NOTIFY), the \
+                 others by the receiving replica's own worker.",
+                b["queued_claimed_by_other_replica"], b["queued_enqueue_to_start_server"]["n"]
+            ));
+        } else {
+            l.push(
+                "Queued operations are started one at a time and claimed by the replica's own \
+                 worker (SQLite serves one replica)."
+                    .into(),
+            );
+        }
+        l.push(String::new());
+    }
+
+    l.push(format!(
+        "### Peer: a {noop_steps}-step linear job in Dagster (same session)"
+    ));
+    l.push(String::new());
+    let dagster = &out["dagster"];
+    if dagster.is_null() {
+        l.push("Not measured in this run (`--dagster` not given).".into());
+    } else {
+        l.push(format!(
+            "Dagster {} on Python {}: `execute_in_process` of a job of {} chained no-op ops, \
+             {} runs after {} warm-up runs each way (`tests/bench/dagster_bench.py`; load \
+             average {} before). Ephemeral: a new in-memory instance per run, as \
+             `execute_in_process()` does by default. SQLite: one `DagsterInstance.local_temp()` \
+             (Dagster's default local instance: SQLite run and event storage). Both with values \
+             passed in memory, console logging at ERROR and telemetry off. Capstan: the engine \
+             running an operation of {noop_steps} no-op steps, each start and end a committed \
+             event, from the start call to the terminal event received by a watcher.",
+            dagster["dagster_version"].as_str().unwrap_or("?"),
+            dagster["python"].as_str().unwrap_or("?"),
+            dagster["steps"],
+            dagster["runs"]["ephemeral"]["n"],
+            dagster["warmup"],
+            dagster["loadavg_before"].as_str().unwrap_or("?"),
+        ));
+        l.push(String::new());
+        l.push("| run | Dagster p50 ms | Capstan p50 ms | Capstan faster by |".into());
+        l.push("|---|---:|---:|---:|".into());
+        for (label, key) in [
+            ("in-memory (ephemeral) instance", "ephemeral"),
+            ("SQLite instance (durable run and event storage)", "sqlite"),
+        ] {
+            let d = &dagster["runs"][key]["p50_ms"];
+            for name in ["sqlite", "postgres"] {
+                let c = &backends[name]["noop"]["wall"]["p50_ms"];
+                if c.is_null() {
+                    continue;
+                }
+                let ratio = match (d.as_f64(), c.as_f64()) {
+                    (Some(d), Some(c)) if c > 0.0 && d / c >= 10.0 => format!("{:.0}×", d / c),
+                    (Some(d), Some(c)) if c > 0.0 => format!("{:.1}×", d / c),
+                    _ => "—".into(),
+                };
+                l.push(format!(
+                    "| Dagster {label} vs Capstan on {name} | {} | {} | {ratio} |",
+                    f(d),
+                    f(c)
+                ));
+            }
+        }
+    }
+    l.push(String::new());
+    l.push("### Reproduce".into());
+    l.push(String::new());
+    l.push("```sh".into());
+    l.push("# everything: release build, Dagster venv if missing, Capstan on both backends, this section".into());
+    l.push(commands.to_string());
+    l.push(String::new());
+    l.push("# or step by step".into());
+    l.push("cargo build --release -p registry-svc -p pipeline-svc -p capstan-tests --bin registry-svc --bin pipeline-svc --bin pipeline_bench".into());
+    l.push("python3 -m venv /tmp/capstan-dagster-venv && /tmp/capstan-dagster-venv/bin/pip install dagster".into());
+    l.push(format!(
+        "/tmp/capstan-dagster-venv/bin/python tests/bench/dagster_bench.py --steps {noop_steps} --out docs/bench-dagster.json"
+    ));
+    l.push(format!(
+        "${{CARGO_TARGET_DIR:-target}}/release/pipeline_bench --backend both --noop-steps {noop_steps} \
+         --dagster docs/bench-dagster.json --out docs/bench-pipeline.json --docs docs/benchmarks.md"
+    ));
+    l.push("```".into());
+    l.push(String::new());
+    l.push(
+        "Postgres must be reachable at 127.0.0.1:5432 as user `postgres` (or at \
+         `CAPSTAN_TEST_POSTGRES_URL`); each run creates its own databases and drops them."
+            .into(),
+    );
+    l.push(END.to_string());
+    l.join("\n") + "\n"
+}
+
+/// Replaces the text between the markers of `path` with `section` (or appends it).
+fn splice(path: &Path, section: &str) -> anyhow::Result<()> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if b < e => {
+            let rest = old[e + END.len()..].trim_start_matches('\n');
+            format!("{}{section}{rest}", &old[..b])
+        }
+        (None, None) if old.trim().is_empty() => section.to_string(),
+        (None, None) => format!("{}\n\n{section}", old.trim_end()),
+        _ => bail!(
+            "{} has a broken pipeline section (markers {BEGIN} / {END})",
+            path.display()
+        ),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_civil_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_795_294_919), "2026-11-21 21:01 UTC");
+    }
+
+    #[test]
+    fn splice_replaces_only_the_pipeline_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("benchmarks.md");
+        let section = |x: &str| format!("{BEGIN}\n## Pipeline\n{x}\n{END}\n");
+        splice(&path, &section("one")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), section("one"));
+        std::fs::write(
+            &path,
+            format!("# Registry\n\ntext\n\n{}tail\n", section("one")),
+        )
+        .unwrap();
+        splice(&path, &section("two")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("# Registry\n\ntext\n\n{}tail\n", section("two"))
+        );
+        std::fs::write(&path, "# Registry only\n").unwrap();
+        splice(&path, &section("three")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("# Registry only\n\n{}", section("three"))
+        );
+        std::fs::write(&path, format!("x {END} y {BEGIN}")).unwrap();
+        assert!(splice(&path, &section("four")).is_err());
+    }
+}
