@@ -114,11 +114,7 @@ impl ProvisioningService {
             Some(Err(read)) => (None, read.clone()),
             Some(Ok(spec)) => (Some(spec), spec.validate().err().unwrap_or_default()),
         };
-        let mut violations = match v.finish() {
-            Ok(()) => Vec::new(),
-            Err(Error::InvalidArgument(list)) => list,
-            Err(e) => return Err(e),
-        };
+        let mut violations = v.finish().err().unwrap_or_default();
         // Descriptions name other fields too ("clashes with schema.nodes[0]").
         let rebase = |text: &str| text.replace("schema.", &format!("{}.", graph.schema_field));
         violations.extend(spec_errors.into_iter().map(|e| {

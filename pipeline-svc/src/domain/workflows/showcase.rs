@@ -155,7 +155,7 @@ impl DemoParams {
                 )
             },
         );
-        v.finish()
+        Ok(v.finish()?)
     }
 }
 
