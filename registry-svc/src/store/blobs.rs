@@ -329,6 +329,23 @@ fn rechunk(
     .boxed()
 }
 
+/// Opens the blob store named by `--artifact-store`: `fs` (under `data_dir/artifacts`) or
+/// `s3://bucket[/prefix]`.
+pub async fn open(spec: &str, data_dir: &Path) -> Result<Arc<dyn BlobStore>> {
+    if spec == "fs" {
+        Ok(Arc::new(
+            FsBlobStore::open(&data_dir.join("artifacts")).await?,
+        ))
+    } else if spec.starts_with("s3://") {
+        Ok(Arc::new(ObjectBlobStore::s3(spec)?))
+    } else {
+        Err(Error::invalid(
+            "artifact_store",
+            format!("{spec:?} is neither `fs` nor `s3://bucket[/prefix]`"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,22 +364,5 @@ mod tests {
         assert!(out.iter().all(|b| b.len() <= 256 && !b.is_empty()));
         assert!(out[..out.len() - 1].iter().all(|b| b.len() == 256));
         assert_eq!(out.iter().map(Bytes::len).sum::<usize>(), 2709);
-    }
-}
-
-/// Opens the blob store named by `--artifact-store`: `fs` (under `data_dir/artifacts`) or
-/// `s3://bucket[/prefix]`.
-pub async fn open(spec: &str, data_dir: &Path) -> Result<Arc<dyn BlobStore>> {
-    if spec == "fs" {
-        Ok(Arc::new(
-            FsBlobStore::open(&data_dir.join("artifacts")).await?,
-        ))
-    } else if spec.starts_with("s3://") {
-        Ok(Arc::new(ObjectBlobStore::s3(spec)?))
-    } else {
-        Err(Error::invalid(
-            "artifact_store",
-            format!("{spec:?} is neither `fs` nor `s3://bucket[/prefix]`"),
-        ))
     }
 }
