@@ -85,13 +85,20 @@ fn readme_grpcurl_examples_work_when_pasted() {
         .collect();
     assert_eq!(
         codes,
-        ["FailedPrecondition", "Aborted", "InvalidArgument"],
+        [
+            "FailedPrecondition",
+            "Aborted",
+            "InvalidArgument",
+            "InvalidArgument"
+        ],
         "only the documented errors:\n{text}"
     );
     for expected in [
         "OPERATION_STATUS_SUCCEEDED",
         "EVENT_TYPE_",
         "winningRunId",
+        "GRAPH_STATUS_ACTIVE",
+        "PurchaseOrder",
         "ALIAS_EVENT_TYPE_SNAPSHOT",
         "\"metadata\"",
         "\"chunk\"",
