@@ -309,6 +309,18 @@ impl Engine {
         self.cfg.lease.as_micros() as Micros
     }
 
+    /// Records changes under `lease` in one transaction and tells local watchers.
+    async fn record_all(&self, lease: &Lease, changes: &[Change]) -> Result<Vec<Recorded>> {
+        let recorded = self
+            .store
+            .record_all(lease.operation_id, Some(lease), changes)
+            .await?;
+        for r in &recorded {
+            self.hub.publish(r.event.clone());
+        }
+        Ok(recorded)
+    }
+
     /// Records a change under `lease` and tells local watchers.
     pub(super) async fn record(&self, lease: &Lease, change: &Change) -> Result<Recorded> {
         let recorded = self
@@ -438,6 +450,10 @@ struct Run<'a> {
     cancel_requested: bool,
     /// Set once the operation fails or is cancelled.
     stopping: bool,
+    /// A finished step's change, written with the next change (the next step's start or
+    /// the end) in one transaction: a commit fewer per step. A crash in between re-runs
+    /// the step, as a crash before its end was recorded always did.
+    deferred: Vec<Change>,
 }
 
 enum Stop {
@@ -465,17 +481,24 @@ impl<'a> Run<'a> {
             steps: Vec::new(),
             cancel_requested: false,
             stopping: false,
+            deferred: Vec::new(),
         }
     }
 
+    /// Records the deferred changes and `change`, in one transaction.
     async fn record(&mut self, change: Change) -> Result<()> {
         if self.lost.is_cancelled() {
             return Err(Error::LeaseLost("the lease heartbeat was refused".into()));
         }
-        let r = self.engine.record(self.lease, &change).await?;
-        self.cancel_requested |= r.cancel_requested;
-        if let Some(status) = change.status.filter(|s| s.is_terminal()) {
-            metrics::counter!("capstan_operations_finished_total", "kind" => self.kind.clone(), "status" => status.as_str()).increment(1);
+        let mut changes = std::mem::take(&mut self.deferred);
+        changes.push(change);
+        for r in self.engine.record_all(self.lease, &changes).await? {
+            self.cancel_requested |= r.cancel_requested;
+        }
+        for status in changes.iter().filter_map(|c| c.status) {
+            if status.is_terminal() {
+                metrics::counter!("capstan_operations_finished_total", "kind" => self.kind.clone(), "status" => status.as_str()).increment(1);
+            }
         }
         Ok(())
     }
@@ -489,8 +512,33 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Moves step `i`; a finished step advances the percent unless the operation is
-    /// stopping (steps skipped after a failure are not progress).
+    /// The change moving step `i`; a finished step advances the percent unless the
+    /// operation is stopping (steps skipped after a failure are not progress).
+    fn step_change(
+        &self,
+        i: usize,
+        event: EventType,
+        update: StepUpdate,
+        message: String,
+        state: Option<serde_json::Value>,
+    ) -> Change {
+        let mut percent = None;
+        if update.status.is_terminal() && !self.stopping {
+            let done = self.steps.iter().filter(|s| s.status.is_terminal()).count() + 1;
+            percent = Some((done * 100 / self.steps.len().max(1)) as i64);
+        }
+        Change {
+            step: Some(StepChange {
+                update: Some(update),
+                ..self.step_ref(i)
+            }),
+            percent,
+            state,
+            ..Change::new(event, message, now_micros())
+        }
+    }
+
+    /// Moves step `i` (see `step_change`).
     async fn move_step(
         &mut self,
         i: usize,
@@ -500,20 +548,7 @@ impl<'a> Run<'a> {
         state: Option<serde_json::Value>,
     ) -> Result<()> {
         let status = update.status;
-        let mut percent = None;
-        if status.is_terminal() && !self.stopping {
-            let done = self.steps.iter().filter(|s| s.status.is_terminal()).count() + 1;
-            percent = Some((done * 100 / self.steps.len().max(1)) as i64);
-        }
-        let change = Change {
-            step: Some(StepChange {
-                update: Some(update),
-                ..self.step_ref(i)
-            }),
-            percent,
-            state,
-            ..Change::new(event, message, now_micros())
-        };
+        let change = self.step_change(i, event, update, message, state);
         self.record(change).await?;
         self.steps[i].status = status;
         Ok(())
@@ -553,11 +588,10 @@ impl<'a> Run<'a> {
         } else {
             format!("started on {replica}")
         };
-        self.record(Change {
+        self.deferred.push(Change {
             status: Some(OpStatus::Running),
             ..Change::new(EventType::Started, message, now_micros())
-        })
-        .await?;
+        });
         // A worker crashed while this operation was failing: finish the failure (its
         // compensations are idempotent, so those already done run again harmlessly).
         if let Some(i) = self
@@ -621,6 +655,10 @@ impl<'a> Run<'a> {
                 None,
             )
             .await?;
+            // A cancellation seen while recording the start stops the step before it runs.
+            if self.cancel_requested {
+                return self.stop(&mut *exec, Stop::Cancelled).await;
+            }
             // After the start is recorded: the crash leaves the step RUNNING, as a real
             // one mid-step would.
             if engine.cfg.faults.abort_at_step.as_deref() == Some(name.as_str()) {
@@ -659,7 +697,7 @@ impl<'a> Run<'a> {
                         StepOutcome::Skipped(d) => (StepStatus::Skipped, d),
                     };
                     let message = format!("{name} {}: {detail}", status.as_str().to_lowercase());
-                    self.move_step(
+                    let change = self.step_change(
                         i,
                         EventType::StepFinished,
                         StepUpdate {
@@ -670,8 +708,9 @@ impl<'a> Run<'a> {
                         },
                         message,
                         Some(exec.state()),
-                    )
-                    .await?;
+                    );
+                    self.steps[i].status = status;
+                    self.deferred.push(change);
                 }
                 Err(Error::LeaseLost(m)) => return Err(Error::LeaseLost(m)),
                 Err(e) => {

@@ -174,6 +174,15 @@ pub trait OperationStore: Send + Sync + 'static {
     /// current (else `LeaseLost`). A terminal status also finishes the job.
     async fn record(&self, id: Uuid, fence: Option<&Lease>, change: &Change) -> Result<Recorded>;
 
+    /// `record` for several changes in order, in one transaction (one commit where the
+    /// engine would otherwise wait for several).
+    async fn record_all(
+        &self,
+        id: Uuid,
+        fence: Option<&Lease>,
+        changes: &[Change],
+    ) -> Result<Vec<Recorded>>;
+
     /// Saves workflow state mid-step (no event: nothing visible changed).
     async fn checkpoint(&self, lease: &Lease, state: &serde_json::Value) -> Result<()>;
 

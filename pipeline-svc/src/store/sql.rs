@@ -723,6 +723,23 @@ impl OperationStore for SqlStore {
         Ok(recorded)
     }
 
+    async fn record_all(
+        &self,
+        id: Uuid,
+        fence: Option<&Lease>,
+        changes: &[Change],
+    ) -> Result<Vec<Recorded>> {
+        let mut tx = self.write.begin().await.map_err(db_error)?;
+        let mut recorded = Vec::with_capacity(changes.len());
+        for (i, change) in changes.iter().enumerate() {
+            // The lease is held (share-locked) from the first check to the commit.
+            let fence = if i == 0 { fence } else { None };
+            recorded.push(self.record_in(&mut tx, id, fence, change).await?);
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(recorded)
+    }
+
     async fn checkpoint(&self, lease: &Lease, state: &serde_json::Value) -> Result<()> {
         let mut tx = self.write.begin().await.map_err(db_error)?;
         self.hold_lease(&mut tx, lease).await?;
