@@ -103,11 +103,14 @@ impl SqlStore {
             // write their progress.
             Backend::Postgres => (pool(url, backend, 12).await?, pool(url, backend, 8).await?),
         };
-        let migrated = match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&write).await,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&write).await,
-        };
-        migrated.map_err(|e| Error::Unavailable(format!("database migration failed: {e}")))?;
+        capstan_server::db::migrate(
+            &write,
+            backend,
+            &sqlx::migrate!("./migrations/sqlite"),
+            &sqlx::migrate!("./migrations/postgres"),
+        )
+        .await
+        .map_err(|e| Error::Unavailable(format!("database migration failed: {e}")))?;
         Ok(Self {
             read,
             write,

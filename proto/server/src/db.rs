@@ -75,3 +75,30 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
 }
+
+/// Applies `sqlite` or `postgres` migrations as the backend requires. Postgres runs them
+/// under sqlx's advisory lock; SQLite has no such lock, so a process that loses the race to
+/// another one starting on the same file (its migration fails on what the winner created,
+/// and rolls back) tries again and finds the migrations applied.
+pub async fn migrate(
+    pool: &AnyPool,
+    backend: Backend,
+    sqlite: &sqlx::migrate::Migrator,
+    postgres: &sqlx::migrate::Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut attempt = 0;
+    loop {
+        let result = match backend {
+            Backend::Sqlite => sqlite.run(pool).await,
+            Backend::Postgres => postgres.run(pool).await,
+        };
+        match result {
+            Err(e) if backend == Backend::Sqlite && attempt < 20 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "SQLite migration raced another process; retrying");
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -70,11 +70,14 @@ impl SqlStore {
                 (p.clone(), p)
             }
         };
-        let migrated = match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&write).await,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&write).await,
-        };
-        migrated.map_err(|e| Error::Unavailable(format!("database migration failed: {e}")))?;
+        capstan_server::db::migrate(
+            &write,
+            backend,
+            &sqlx::migrate!("./migrations/sqlite"),
+            &sqlx::migrate!("./migrations/postgres"),
+        )
+        .await
+        .map_err(|e| Error::Unavailable(format!("database migration failed: {e}")))?;
         Ok(Self {
             read,
             write,
