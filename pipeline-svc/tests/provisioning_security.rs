@@ -258,7 +258,7 @@ async fn hostile_specs_are_refused_and_change_nothing(db: TestDb) {
     let server = env.server(&[]).await;
     let long = "x".repeat(5000);
     #[rustfmt::skip]
-    let cases: Vec<(pb::GraphSpec, &str, &str)> = vec![
+    let mut cases: Vec<(pb::GraphSpec, &str, &str)> = vec![
         (node("Person\"; DROP TABLE graphs; --", "name"), "graph.custom.nodes[0].name", "'\"'"),
         (node("Person", "name'); DROP SCHEMA capstan_pipeline CASCADE; --"), "graph.custom.nodes[0].properties[1].name", "'''"),
         (node("select", "name"), "graph.custom.nodes[0].name", "reserved word"),
@@ -282,6 +282,18 @@ async fn hostile_specs_are_refused_and_change_nothing(db: TestDb) {
         (pb::GraphSpec { name: "bell\u{7}".into(), ..extensions_graph("", &["social"]) }, "graph.name", "control characters"),
         (pb::GraphSpec { name: "  ".into(), ..extensions_graph("", &["social"]) }, "graph.name", "must not be empty"),
     ];
+    // Thousands of problems come back as a bounded list.
+    let mut many = custom_graph("many");
+    if let Some(pb::graph_spec::Schema::Custom(c)) = &mut many.schema {
+        c.nodes[0].properties = (0..10_000)
+            .map(|i| prop(&format!("p{i}"), pb::PropertyType::Unspecified, false))
+            .collect();
+    }
+    cases.push((
+        many,
+        "graph.custom.nodes[0].properties[0].type",
+        "must be one of",
+    ));
     let before = snapshot(&env, &pool).await;
     let mut user = server.provisioning("mallory", Role::User).await;
     let mut billing = server.provisioning("billing", Role::Service).await;
@@ -310,6 +322,11 @@ async fn hostile_specs_are_refused_and_change_nothing(db: TestDb) {
                 .bad_request()
                 .map(|b| b.field_violations.clone())
                 .unwrap_or_default();
+            assert!(
+                violations.len() <= 20,
+                "case {i}: {} violations",
+                violations.len()
+            );
             assert!(
                 violations
                     .iter()

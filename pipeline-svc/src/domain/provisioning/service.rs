@@ -32,6 +32,8 @@ use crate::{
 
 const MAX_ID_CHARS: usize = 128;
 const MAX_NAME_CHARS: usize = 128;
+/// Violations reported for one request; the rest are counted.
+const MAX_REPORTED: usize = 20;
 
 /// A graph to provision: its name and schema. `schema_field` is where the schema sat in
 /// the request (`graph.custom`, `graph.extensions`, `graph.schema_json`), so that a spec
@@ -125,6 +127,16 @@ impl ProvisioningService {
             FieldViolation::new(field, rebase(&e.description))
         }));
         if !violations.is_empty() {
+            // They travel twice in one status's trailers (message and details), and
+            // HTTP/2 refuses header blocks past 16 KiB.
+            if violations.len() > MAX_REPORTED {
+                let hidden = violations.len() - (MAX_REPORTED - 1);
+                violations.truncate(MAX_REPORTED - 1);
+                violations.push(FieldViolation::new(
+                    "graph",
+                    format!("{hidden} more violations are not shown; fix these first"),
+                ));
+            }
             return Err(Error::InvalidArgument(violations));
         }
         spec.cloned()

@@ -284,6 +284,13 @@ impl ProvisionRun {
             }
             let Some(g) = self.store.graph(new.id, None).await? else {
                 // Its creator failed and removed it just now: create it here.
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Unavailable(format!(
+                        "repository graph {} kept changing hands; retry later",
+                        new.id
+                    )));
+                }
+                tokio::time::sleep(REPOSITORY_POLL).await;
                 continue;
             };
             if g.operation_id == self.operation_id {
