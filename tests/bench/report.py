@@ -9,6 +9,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 
 # (label, backend or None for both, operation key, field, comparison, threshold, unit)
@@ -197,21 +198,18 @@ def targets_table(cap_json):
     return lines, failed
 
 
-# The pipeline bench (tests/src/bin/pipeline_bench.rs) owns the text between these markers.
-KEEP_BEGIN, KEEP_END = "<!-- pipeline:begin -->", "<!-- pipeline:end -->"
+# Other benches own the sections between `<!-- name:begin -->` and `<!-- name:end -->`
+# (pipeline_bench: "pipeline"); a rewrite keeps them.
+KEPT = re.compile(r"<!-- ([a-z0-9_-]+):begin -->.*?<!-- \1:end -->", re.DOTALL)
 
 
-def kept_section(path):
-    """The pipeline section of the existing file, markers included, or None."""
+def kept_sections(path):
+    """The marked sections of the existing file, markers included, in file order."""
     try:
         with open(path) as f:
-            old = f.read()
+            return [m.group(0) for m in KEPT.finditer(f.read())]
     except FileNotFoundError:
-        return None
-    b, e = old.find(KEEP_BEGIN), old.find(KEEP_END)
-    if b < 0 or e < b:
-        return None
-    return old[b : e + len(KEEP_END)]
+        return []
 
 
 def main():
@@ -346,9 +344,9 @@ def main():
     ]
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     text = "\n".join(lines)
-    kept = kept_section(args.out)
+    kept = kept_sections(args.out)
     if kept:
-        text = text.rstrip("\n") + "\n\n" + kept + "\n"
+        text = text.rstrip("\n") + "\n\n" + "\n\n".join(kept) + "\n"
     with open(args.out, "w") as f:
         f.write(text)
     print(f"wrote {args.out} ({failed} target(s) missed)")
