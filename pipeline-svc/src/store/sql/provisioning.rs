@@ -170,20 +170,7 @@ impl SqlStore {
         if moved == 1 {
             return Ok(());
         }
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM subscriptions WHERE subscription_id = $1")
-                .bind(id.to_string())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_error)?;
-        match status {
-            None => Err(Error::NotFound(format!("subscription {id} does not exist"))),
-            Some(s) if s == to.as_str() => Ok(()),
-            Some(s) => Err(Error::FailedPrecondition(format!(
-                "subscription {id} is {s}; it cannot become {}",
-                to.as_str()
-            ))),
-        }
+        refused_move(conn, "subscription", id, to.as_str()).await
     }
 
     async fn move_graph_in(
@@ -212,20 +199,7 @@ impl SqlStore {
         if moved == 1 {
             return Ok(());
         }
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM graphs WHERE graph_id = $1")
-                .bind(id.to_string())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_error)?;
-        match status {
-            None => Err(Error::NotFound(format!("graph {id} does not exist"))),
-            Some(s) if s == to.as_str() => Ok(()),
-            Some(s) => Err(Error::FailedPrecondition(format!(
-                "graph {id} is {s}; it cannot become {}",
-                to.as_str()
-            ))),
-        }
+        refused_move(conn, "graph", id, to.as_str()).await
     }
 
     async fn checkout_operation(&self, checkout: &NewCheckout) -> Result<Uuid> {
@@ -588,5 +562,24 @@ impl ProvisioningStore for SqlStore {
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         Ok(cancelled)
+    }
+}
+
+/// After a guarded status UPDATE changed no row: already there is success (a retried
+/// step), a missing row is NOT_FOUND, any other status is a refused transition.
+async fn refused_move(conn: &mut AnyConnection, kind: &str, id: Uuid, to: &str) -> Result<()> {
+    // `kind` names the table (plural) and its key column; both are fixed strings.
+    let sql = format!("SELECT status FROM {kind}s WHERE {kind}_id = $1");
+    let status: Option<String> = sqlx::query_scalar(&sql)
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    match status {
+        None => Err(Error::NotFound(format!("{kind} {id} does not exist"))),
+        Some(s) if s == to => Ok(()),
+        Some(s) => Err(Error::FailedPrecondition(format!(
+            "{kind} {id} is {s}; it cannot become {to}"
+        ))),
     }
 }
