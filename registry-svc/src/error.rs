@@ -4,7 +4,7 @@
 use capstan_server::violations::Joined;
 pub use capstan_server::violations::{FieldViolation, Validator};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("invalid request: {}", Joined(.0))]
     InvalidArgument(Vec<FieldViolation>),

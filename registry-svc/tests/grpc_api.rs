@@ -132,6 +132,84 @@ async fn concurrent_guarded_swaps_lose_no_update() {
     }
 }
 
+/// Reads of a hot alias are shared under load (on Postgres) or cached (on SQLite, one
+/// writer); either way no read may return a revision older than one a client saw
+/// acknowledged before it asked. On Postgres the reads go to a second replica; a shared
+/// read joined after it had begun (or a cache missing a change) would break this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_never_trail_acknowledged_writes() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc,
+    };
+    for db in testing::all_backends("reads_never_trail_acknowledged_writes").await {
+        let postgres = db.is_postgres();
+        let server = start(db).await;
+        let replica = if postgres {
+            Some(server.replica().await)
+        } else {
+            None
+        };
+        let read_url = replica
+            .as_ref()
+            .map_or(server.url.clone(), |r| r.url.clone());
+        let mut admin = server.client(Role::Admin).await;
+        let a = servable_run(&mut admin, "a", &[]).await;
+        let b = servable_run(&mut admin, "b", &[]).await;
+        let first = admin
+            .set_alias(set("fresh", &a.run_id, None))
+            .await
+            .unwrap();
+        let acked = Arc::new(AtomicI64::new(first.get_ref().revision));
+        let done = Arc::new(AtomicBool::new(false));
+
+        let token = server.token(Role::Service, "reader");
+        let mut readers = Vec::new();
+        for _ in 0..16 {
+            let mut c = capstan_server::client::registry_client(&read_url, Some(&token), 1 << 20)
+                .await
+                .unwrap();
+            let (acked, done) = (acked.clone(), done.clone());
+            readers.push(tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !done.load(Ordering::Acquire) {
+                    let floor = acked.load(Ordering::Acquire);
+                    let got = c
+                        .get_alias(pb::GetAliasRequest {
+                            alias: "fresh".into(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert!(
+                        got.revision >= floor,
+                        "read revision {} after revision {floor} was acknowledged",
+                        got.revision
+                    );
+                    reads += 1;
+                }
+                reads
+            }));
+        }
+        for i in 0..300 {
+            let run = if i % 2 == 0 { &b.run_id } else { &a.run_id };
+            let r = admin.set_alias(set("fresh", run, None)).await.unwrap();
+            acked.fetch_max(r.get_ref().revision, Ordering::AcqRel);
+        }
+        done.store(true, Ordering::Release);
+        let mut reads = 0;
+        for r in readers {
+            reads += r.await.unwrap();
+        }
+        assert!(reads >= 16, "the readers ran ({reads} reads)");
+        assert_eq!(acked.load(Ordering::Acquire), 301);
+        if let Some(r) = replica {
+            r.stop().await;
+        }
+        server.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn artifacts_hash_dedupe_and_round_trip() {
     for db in testing::all_backends("artifacts_hash_dedupe_and_round_trip").await {

@@ -529,6 +529,9 @@ def bench_backend(args, backend):
                     {"name": MODEL, "alias": f"bench-set-{worker}", "version": str(i % 2 + 1)},
                 )
 
+            def get_distinct(c, worker, _i):
+                c.ok("GET", f"/api/2.0/mlflow/registered-models/alias?name={MODEL}&alias=bench-set-{worker}")
+
             def lifecycle(c, worker, i):
                 run = c.ok(
                     "POST",
@@ -556,6 +559,9 @@ def bench_backend(args, backend):
                     f"get_alias_c{conc}", load(server, conc, w, d, get_alias)
                 )
             ops["set_alias_c16"] = report("set_alias_c16", load(server, 16, w, d, set_alias))
+            ops["get_alias_distinct_c16"] = report(
+                "get_alias_distinct_c16", load(server, 16, w, d, get_distinct)
+            )
             ops["lifecycle_c16"] = report("lifecycle_c16", load(server, 16, w, d, lifecycle))
 
             artifacts = []

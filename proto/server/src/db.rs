@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
+use sqlx::{any::AnyPoolOptions, AnyPool, Connection, Executor};
+
+/// A pooled connection idle for longer is pinged before use (servers and proxies drop
+/// idle connections; a dead one found this way is replaced instead of failing a request).
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -44,6 +48,17 @@ pub async fn pool(
         .max_connections(max)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings every connection on every acquire by default: a second round trip
+        // per query. Only a connection idle long enough to have been dropped is checked.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > IDLE_BEFORE_PING {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 match backend {

@@ -70,6 +70,21 @@ pub struct AliasWrite {
 }
 
 impl AliasWrite {
+    /// The history entry this write becomes at `revision`.
+    pub fn entry(&self, revision: i64, previous_run_id: Option<Uuid>) -> AliasHistoryEntry {
+        AliasHistoryEntry {
+            alias: self.alias.clone(),
+            revision,
+            run_id: self.run_id,
+            previous_run_id,
+            action: self.action,
+            reason: self.reason.clone(),
+            actor: self.actor.clone(),
+            description: self.description.clone(),
+            time: self.time,
+        }
+    }
+
     /// The compare-and-swap rule, given the alias's current revision (None: absent).
     pub fn check_revision(&self, current: Option<i64>) -> Result<()> {
         match (self.expected_revision, current) {

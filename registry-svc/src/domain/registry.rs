@@ -9,7 +9,7 @@ use super::{
     alias::{
         decide_promotion, Alias, AliasAction, AliasHistoryEntry, AliasWrite, PromotionDecision,
     },
-    cache::{AliasCache, ServableRuns},
+    cache::{AliasCache, CoalescedAliasReads, ServableRuns},
     now_micros, paging,
     run::{NewRun, Run, RunPatch, RunStatus},
     validate,
@@ -29,6 +29,8 @@ pub struct Registry {
     pub(crate) watch: AliasWatch,
     /// Only with a single writer: across replicas a cached read could miss a change.
     aliases: Option<AliasCache>,
+    /// Otherwise concurrent reads of an alias share one fresh store read.
+    alias_reads: Arc<CoalescedAliasReads>,
     servable: ServableRuns,
 }
 
@@ -115,6 +117,7 @@ impl Registry {
             blobs,
             watch: AliasWatch::new(),
             aliases: store.single_writer().then(AliasCache::default),
+            alias_reads: CoalescedAliasReads::new(store.clone()),
             servable: ServableRuns::default(),
             store,
         })
@@ -175,10 +178,10 @@ impl Registry {
     pub async fn update_run(&self, id: Uuid, patch: &RunPatch) -> Result<Run> {
         patch.validate()?;
         for _ in 0..WRITE_RETRIES {
-            let mut run = self.get_run(id).await?;
-            let version = run.version;
+            let before = self.get_run(id).await?;
+            let mut run = before.clone();
             patch.apply(&mut run, now_micros())?;
-            if self.store.update_run(&run, version).await? {
+            if self.store.update_run(&before, &run).await? {
                 return Ok(run);
             }
         }
@@ -330,7 +333,7 @@ impl Registry {
         validate::alias(&mut v, "alias", alias);
         v.finish()?;
         let found = match &self.aliases {
-            None => self.store.get_alias(alias).await?,
+            None => self.alias_reads.get(alias).await?,
             Some(cache) => match cache.get(alias) {
                 Some(hit) => hit,
                 None => {

@@ -87,6 +87,76 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// A unique violation in an alias write means another writer won the race.
+    fn concurrent(&self, w: &AliasWrite, e: sqlx::Error) -> Error {
+        if is_unique_violation(&e) {
+            Error::Aborted(format!(
+                "alias {:?} was changed concurrently; retry",
+                w.alias
+            ))
+        } else {
+            db_error(e)
+        }
+    }
+
+    /// Why a conditional alias write changed nothing, from the alias as it is now.
+    async fn refused(&self, w: &AliasWrite) -> Error {
+        let current = match self.get_alias(&w.alias).await {
+            Ok(current) => current,
+            Err(e) => return e,
+        };
+        if current.is_none() && w.run_id.is_none() {
+            return Error::NotFound(format!("alias {:?} does not exist", w.alias));
+        }
+        match w.check_revision(current.map(|a| a.revision)) {
+            Err(e) => e,
+            // It changed again between the write and this read.
+            Ok(()) => Error::Aborted(format!(
+                "alias {:?} was changed concurrently; retry",
+                w.alias
+            )),
+        }
+    }
+
+    /// Removes the alias and appends its DELETE entry, in one transaction.
+    async fn delete_alias(&self, w: &AliasWrite) -> Result<AliasHistoryEntry> {
+        let mut tx = self.write.begin().await.map_err(db_error)?;
+        let deleted = sqlx::query(
+            "DELETE FROM aliases WHERE alias = $1 AND ($2 < 0 OR revision = $2) \
+             RETURNING run_id, revision",
+        )
+        .bind(&w.alias)
+        .bind(w.expected_revision.unwrap_or(-1))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let Some(row) = deleted else {
+            drop(tx);
+            return Err(self.refused(w).await);
+        };
+        let revision: i64 = row.try_get("revision").map_err(db_error)?;
+        let entry = w.entry(revision + 1, Some(uuid_col(&row, "run_id")?));
+        sqlx::query(
+            "INSERT INTO alias_history (alias, revision, run_id, previous_run_id, action, reason, actor, \
+             description, time) VALUES ($1, $2, '', $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&entry.alias)
+        .bind(entry.revision)
+        .bind(entry.previous_run_id.map(|u| u.to_string()).unwrap_or_default())
+        .bind(entry.action.as_str())
+        .bind(&entry.reason)
+        .bind(&entry.actor)
+        .bind(&entry.description)
+        .bind(entry.time)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.concurrent(w, e))?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(entry)
+    }
+}
+
 /// Positional arguments for dynamically built SQL.
 enum Arg {
     Text(String),
@@ -326,8 +396,9 @@ impl RegistryStore for SqlStore {
         row.as_ref().map(run_from_row).transpose()
     }
 
-    async fn update_run(&self, run: &Run, expected_version: i64) -> Result<bool> {
-        let mut tx = self.write.begin().await.map_err(db_error)?;
+    async fn update_run(&self, before: &Run, run: &Run) -> Result<bool> {
+        // Index rows change only with tags or metrics; otherwise one statement suffices.
+        let reindex = before.tags != run.tags || before.metrics != run.metrics;
         let (uri, sha, size) = match &run.artifact {
             Some(a) => (
                 Some(a.uri.to_string()),
@@ -336,7 +407,7 @@ impl RegistryStore for SqlStore {
             ),
             None => (None, None, None),
         };
-        let n = sqlx::query(
+        let update = sqlx::query(
             "UPDATE runs SET name = $1, params = $2, tags = $3, metrics = $4, status = $5, \
              status_message = $6, artifact_uri = $7, artifact_sha256 = $8, artifact_size_bytes = $9, \
              update_time = $10, heartbeat_time = $11, heartbeat_timeout_ms = $12, version = $13 \
@@ -356,12 +427,19 @@ impl RegistryStore for SqlStore {
         .bind(run.heartbeat_timeout_ms)
         .bind(run.version)
         .bind(run.id.to_string())
-        .bind(expected_version)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
-        if n == 0 {
+        .bind(before.version);
+        if !reindex {
+            let n = update.execute(&self.write).await.map_err(db_error)?;
+            return Ok(n.rows_affected() == 1);
+        }
+        let mut tx = self.write.begin().await.map_err(db_error)?;
+        if update
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected()
+            == 0
+        {
             return Ok(false);
         }
         write_run_indexes(&mut tx, run, true).await?;
@@ -469,124 +547,59 @@ impl RegistryStore for SqlStore {
     }
 
     async fn write_alias(&self, w: &AliasWrite) -> Result<AliasHistoryEntry> {
-        let mut tx = self.write.begin().await.map_err(db_error)?;
-        let current = sqlx::query(&format!(
-            "SELECT run_id, revision FROM aliases WHERE alias = $1{}",
-            self.backend.for_update()
-        ))
-        .bind(&w.alias)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let current = match current {
-            Some(row) => Some((
-                uuid_col(&row, "run_id")?,
-                row.try_get::<i64, _>("revision").map_err(db_error)?,
-            )),
-            None => None,
+        let Some(run_id) = w.run_id else {
+            return self.delete_alias(w).await;
         };
-        w.check_revision(current.map(|(_, r)| r))?;
-        let revision = match current {
-            Some((_, r)) => r + 1,
-            None if w.run_id.is_none() => {
-                return Err(Error::NotFound(format!(
-                    "alias {:?} does not exist",
-                    w.alias
-                )));
-            }
-            None => {
-                let last: i64 = sqlx::query_scalar(
-                    "SELECT COALESCE(MAX(revision), 0) FROM alias_history WHERE alias = $1",
-                )
-                .bind(&w.alias)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?;
-                last + 1
-            }
-        };
-        let concurrent = |e: sqlx::Error| {
-            if is_unique_violation(&e) {
-                Error::Aborted(format!(
-                    "alias {:?} was changed concurrently; retry",
-                    w.alias
-                ))
-            } else {
-                db_error(e)
-            }
-        };
-        let write = match (w.run_id, current) {
-            (None, _) => sqlx::query("DELETE FROM aliases WHERE alias = $1").bind(&w.alias),
-            (Some(run_id), Some((_, prev_rev))) => sqlx::query(
-                "UPDATE aliases SET run_id = $1, description = $2, revision = $3, update_time = $4, \
-                 updated_by = $5 WHERE alias = $6 AND revision = $7",
+        // One statement: the history entry is appended by a trigger in the same statement,
+        // so a write holds the (SQLite: single) write connection for one round trip.
+        let written = match w.expected_revision {
+            Some(expected) if expected > 0 => sqlx::query(
+                "UPDATE aliases SET previous_run_id = run_id, run_id = $1, description = $2, \
+                 revision = revision + 1, update_time = $3, updated_by = $4, last_action = $5, \
+                 last_reason = $6 WHERE alias = $7 AND revision = $8 \
+                 RETURNING revision, previous_run_id",
             )
             .bind(run_id.to_string())
             .bind(&w.description)
-            .bind(revision)
             .bind(w.time)
             .bind(&w.actor)
+            .bind(w.action.as_str())
+            .bind(&w.reason)
             .bind(&w.alias)
-            .bind(prev_rev),
-            (Some(run_id), None) => sqlx::query(
-                "INSERT INTO aliases (run_id, description, revision, update_time, updated_by, alias) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+            .bind(expected),
+            // No expectation: create or replace. Expected 0: create only (a conflict
+            // updates nothing). A re-created alias continues the numbering of its history.
+            _ => sqlx::query(
+                "INSERT INTO aliases (alias, run_id, description, revision, update_time, updated_by, \
+                 last_action, last_reason, previous_run_id) \
+                 VALUES ($1, $2, $3, (SELECT COALESCE(MAX(revision), 0) + 1 FROM alias_history \
+                 WHERE alias = $1), $4, $5, $6, $7, '') \
+                 ON CONFLICT (alias) DO UPDATE SET previous_run_id = aliases.run_id, \
+                 run_id = excluded.run_id, description = excluded.description, \
+                 revision = aliases.revision + 1, update_time = excluded.update_time, \
+                 updated_by = excluded.updated_by, last_action = excluded.last_action, \
+                 last_reason = excluded.last_reason WHERE $8 = 1 \
+                 RETURNING revision, previous_run_id",
             )
+            .bind(&w.alias)
             .bind(run_id.to_string())
             .bind(&w.description)
-            .bind(revision)
             .bind(w.time)
             .bind(&w.actor)
-            .bind(&w.alias),
-        };
-        if write
-            .execute(&mut *tx)
-            .await
-            .map_err(concurrent)?
-            .rows_affected()
-            != 1
-        {
-            return Err(Error::Aborted(format!(
-                "alias {:?} was changed concurrently; retry",
-                w.alias
-            )));
+            .bind(w.action.as_str())
+            .bind(&w.reason)
+            .bind(i64::from(w.expected_revision.is_none())),
         }
-        let entry = AliasHistoryEntry {
-            alias: w.alias.clone(),
-            revision,
-            run_id: w.run_id,
-            previous_run_id: current.map(|(id, _)| id),
-            action: w.action,
-            reason: w.reason.clone(),
-            actor: w.actor.clone(),
-            description: w.description.clone(),
-            time: w.time,
-        };
-        sqlx::query(
-            "INSERT INTO alias_history (alias, revision, run_id, previous_run_id, action, reason, actor, \
-             description, time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&entry.alias)
-        .bind(entry.revision)
-        .bind(entry.run_id.map(|u| u.to_string()).unwrap_or_default())
-        .bind(entry.previous_run_id.map(|u| u.to_string()).unwrap_or_default())
-        .bind(entry.action.as_str())
-        .bind(&entry.reason)
-        .bind(&entry.actor)
-        .bind(&entry.description)
-        .bind(entry.time)
-        .execute(&mut *tx)
+        .fetch_optional(&self.write)
         .await
-        .map_err(concurrent)?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_notify('capstan_alias', $1)")
-                .bind(&entry.alias)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+        .map_err(|e| self.concurrent(w, e))?;
+        match written {
+            Some(row) => Ok(w.entry(
+                row.try_get("revision").map_err(db_error)?,
+                opt_uuid_col(&row, "previous_run_id")?,
+            )),
+            None => Err(self.refused(w).await),
         }
-        tx.commit().await.map_err(db_error)?;
-        Ok(entry)
     }
 
     async fn alias_history(

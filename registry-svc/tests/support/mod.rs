@@ -31,6 +31,17 @@ pub async fn start(db: TestDb) -> Server {
 
 pub async fn start_with(db: TestDb, extra: &[&str]) -> Server {
     let (secret_path, secret) = jwt_secret(&db.data_dir());
+    let running = launch(&db, &secret_path, extra).await;
+    let url = format!("http://{}", running.addr);
+    Server {
+        running,
+        url,
+        secret,
+        db,
+    }
+}
+
+async fn launch(db: &TestDb, secret_path: &std::path::Path, extra: &[&str]) -> Running {
     let dir = db.data_dir();
     let base = [
         "registry-svc",
@@ -47,17 +58,31 @@ pub async fn start_with(db: TestDb, extra: &[&str]) -> Server {
     ];
     let cli = Cli::parse_from(base.iter().copied().chain(extra.iter().copied()));
     let options = ServeOptions::from_args(&cli.args.common).unwrap();
-    let running = app::start(&cli.args, options).await.unwrap();
-    let url = format!("http://{}", running.addr);
-    Server {
-        running,
-        url,
-        secret,
-        db,
+    app::start(&cli.args, options).await.unwrap()
+}
+
+/// Another server on the same database and data directory: a second replica.
+pub struct Replica {
+    pub running: Running,
+    pub url: String,
+}
+
+impl Replica {
+    pub async fn stop(self) {
+        self.running.shutdown.cancel();
+        self.running.task.await.unwrap().unwrap();
     }
 }
 
 impl Server {
+    pub async fn replica(&self) -> Replica {
+        // The secret file the first server was started with (same tokens on both).
+        let secret_path = self.db.data_dir().join("jwt.secret");
+        let running = launch(&self.db, &secret_path, &[]).await;
+        let url = format!("http://{}", running.addr);
+        Replica { running, url }
+    }
+
     pub fn token(&self, role: Role, subject: &str) -> String {
         issue_hs256(&self.secret, subject, role, 3600).unwrap()
     }

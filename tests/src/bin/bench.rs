@@ -63,6 +63,10 @@ struct Args {
     /// Concurrent workers sharing one HTTP/2 connection.
     #[arg(long, default_value_t = 8)]
     workers_per_connection: usize,
+    /// Internal: serve only the gRPC health service (the bare-transport peer) and exit
+    /// on SIGTERM.
+    #[arg(long, hide = true)]
+    serve_bare: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -86,6 +90,9 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.serve_bare {
+        return serve_bare().await;
+    }
     ensure!(args.duration_secs > 0, "--duration-secs must be positive");
     ensure!(
         args.chunk_kib > 0 && args.chunk_kib * 1024 <= 4 * MIB,
@@ -115,6 +122,17 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut results = serde_json::Map::new();
     let mut errors = 0;
+    let transport = if args.phases.contains(&PhaseChoice::Requests) {
+        eprintln!("\n=== bare tonic transport (the machine's yardstick) ===");
+        let t = transport_phases(&args).await?;
+        errors += t
+            .values()
+            .map(|v| v["errors"].as_u64().unwrap_or(0))
+            .sum::<u64>();
+        Some(t)
+    } else {
+        None
+    };
     for &backend in backends {
         let db = match backend {
             "sqlite" => testing::sqlite(),
@@ -145,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
             "workers_per_connection": args.workers_per_connection,
             "server_binary": bin.display().to_string(),
         },
+        "transport": transport,
         "backends": results,
     });
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -253,7 +272,73 @@ async fn bench_backend(args: &Args, bin: &Path, db: &TestDb) -> anyhow::Result<V
     }))
 }
 
-/// GetAlias at 1, 16 and 64 concurrent, SetAlias and the run lifecycle at 16.
+/// The bare-transport peer: a tonic server with the same HTTP/2 settings as the services
+/// (TCP_NODELAY, windows) and only the health service, so that its Check is gRPC and
+/// nothing else. It prints the listen line `capstan_tests::Service` waits for.
+async fn serve_bare() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "{}",
+        json!({"message": "gRPC listening", "listen": addr.to_string()})
+    );
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        .initial_stream_window_size(Some(8 * 1024 * 1024))
+        .add_service(health)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            capstan_server::serve::signal(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Health Check against the bare peer at 1, 16 and 64 concurrent: what gRPC alone costs
+/// on this machine in this session, to read the registry's figures against.
+async fn transport_phases(args: &Args) -> anyhow::Result<serde_json::Map<String, Value>> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let dir = tempfile::tempdir()?;
+    let mut svc = Service::start(
+        &std::env::current_exe()?,
+        &["--serve-bare"],
+        &[],
+        dir.path().join("bare.log"),
+    )?;
+    let warmup = Duration::from_secs(args.warmup_secs);
+    let duration = Duration::from_secs(args.duration_secs);
+    let mut ops = serde_json::Map::new();
+    for c in [1usize, 16, 64] {
+        let mut clients = Vec::new();
+        for _ in 0..c.div_ceil(args.workers_per_connection) {
+            let channel = capstan_server::client::endpoint(&svc.url())?
+                .connect()
+                .await?;
+            clients.push(HealthClient::new(channel));
+        }
+        let phase = load(
+            svc.pid(),
+            &clients,
+            c,
+            warmup,
+            duration,
+            |mut client, _, _| {
+                Box::pin(async move { client.check(HealthCheckRequest::default()).await.map(drop) })
+            },
+        )
+        .await;
+        report_phase(&format!("bare_check_c{c}"), &phase);
+        ops.insert(format!("bare_check_c{c}"), phase.to_json());
+    }
+    let status = svc.terminate(Duration::from_secs(10))?;
+    ensure!(status.success(), "bare transport peer exited with {status}");
+    Ok(ops)
+}
+
+/// GetAlias of one hot alias at 1, 16 and 64 concurrent, SetAlias, GetAlias of 16
+/// distinct aliases and the run lifecycle at 16.
 async fn request_phases(
     args: &Args,
     bench: &Bench,
@@ -325,6 +410,28 @@ async fn request_phases(
     .await;
     report_phase("set_alias_c16", &phase);
     ops.insert("set_alias_c16".into(), phase.to_json());
+
+    // Each worker reads the alias it wrote above: no two concurrent reads of one alias.
+    let phase = load(
+        bench.pid,
+        &clients,
+        c,
+        warmup,
+        duration,
+        |mut client, worker, _| {
+            Box::pin(async move {
+                client
+                    .get_alias(pb::GetAliasRequest {
+                        alias: format!("bench-set-{worker}"),
+                    })
+                    .await
+                    .map(drop)
+            })
+        },
+    )
+    .await;
+    report_phase("get_distinct_c16", &phase);
+    ops.insert("get_alias_distinct_c16".into(), phase.to_json());
 
     let phase = load(
         bench.pid,
@@ -609,16 +716,17 @@ fn per_op_us(cpu_s: f64, ops: usize) -> f64 {
 
 /// Runs `concurrency` closed-loop workers over `clients` for `warmup + duration`; also
 /// measures the CPU time `server` and this process use in the measured window.
-async fn load<F>(
+async fn load<C, F>(
     server: u32,
-    clients: &[RegistryClient],
+    clients: &[C],
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
     op: F,
 ) -> Phase
 where
-    F: Fn(RegistryClient, usize, u64) -> OpFuture + Send + Sync + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, usize, u64) -> OpFuture + Send + Sync + 'static,
 {
     let op = Arc::new(op);
     let start = Instant::now();
@@ -711,20 +819,21 @@ fn print_table(backend: &str, r: &Value) {
         r["idle_rss_mib"].as_f64().unwrap_or(f64::NAN)
     );
     println!(
-        "{:<16} {:>5} {:>11} {:>10} {:>10} {:>7}",
+        "{:<22} {:>5} {:>11} {:>10} {:>10} {:>7}",
         "operation", "conc", "ops/s", "p50 µs", "p99 µs", "errors"
     );
-    const ORDER: [&str; 5] = [
+    const ORDER: [&str; 6] = [
         "get_alias_c1",
         "get_alias_c16",
         "get_alias_c64",
         "set_alias_c16",
+        "get_alias_distinct_c16",
         "lifecycle_c16",
     ];
     for name in ORDER {
         if let Some(o) = r["ops"].get(name) {
             println!(
-                "{:<16} {:>5} {:>11.0} {:>10.0} {:>10.0} {:>7}",
+                "{:<22} {:>5} {:>11.0} {:>10.0} {:>10.0} {:>7}",
                 name,
                 o["concurrency"].to_string(),
                 o["throughput_per_s"].as_f64().unwrap_or(f64::NAN),
