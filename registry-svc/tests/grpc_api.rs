@@ -535,6 +535,105 @@ async fn list_runs_filters_orders_and_pages() {
     }
 }
 
+/// The tag and metric index rows are derived by the database from the run's JSON (SQLite
+/// `json_each`, Postgres `jsonb_each_text`): metric values must come back bit-exact
+/// (paging compares them with the run's own values), and an update must re-derive them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_indexes_follow_tags_and_metrics_exactly() {
+    for db in testing::all_backends("run_indexes_follow_tags_and_metrics_exactly").await {
+        let server = start(db).await;
+        let mut c = server.client(Role::Admin).await;
+        // Awkward doubles: random bit patterns (subnormals, huge and tiny exponents), and
+        // values whose shortest decimal form needs 17 digits.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut values = vec![0.1 + 0.2, 5e-324, f64::MAX, -f64::MIN_POSITIVE, 1.0 / 3.0];
+        while values.len() < 60 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = f64::from_bits(x);
+            if v.is_finite() {
+                values.push(v);
+            }
+        }
+        let mut ids = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let run = c
+                .create_run(pb::CreateRunRequest {
+                    name: format!("exact-{i}"),
+                    model_type: "a".into(),
+                    metrics: [("m".to_string(), *v)].into(),
+                    tags: [("team".to_string(), "old".to_string())].into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            ids.push(run.run_id);
+        }
+        // Retag and re-measure the first ten through UpdateRun.
+        for id in &ids[..10] {
+            c.update_run(pb::UpdateRunRequest {
+                run: Some(pb::Run {
+                    run_id: id.clone(),
+                    tags: [("team".to_string(), "new".to_string())].into(),
+                    metrics: [("n".to_string(), 1.5)].into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["tags".into(), "metrics".into()],
+                }),
+            })
+            .await
+            .unwrap();
+        }
+        let list = |req: pb::ListRunsRequest| {
+            let mut c = c.clone();
+            async move {
+                let (mut out, mut req) = (Vec::new(), req);
+                loop {
+                    let resp = c.list_runs(req.clone()).await.unwrap().into_inner();
+                    out.extend(resp.runs);
+                    if resp.next_page_token.is_empty() {
+                        return out;
+                    }
+                    req.page_token = resp.next_page_token;
+                }
+            }
+        };
+        let by_tag = |team: &str| pb::ListRunsRequest {
+            page_size: 100,
+            tags: [("team".to_string(), team.to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(list(by_tag("new")).await.len(), 10);
+        assert_eq!(list(by_tag("old")).await.len(), values.len() - 10);
+        let by_n = list(pb::ListRunsRequest {
+            page_size: 100,
+            order_by: "metrics.n".into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(by_n.len(), 10, "the replaced metric is indexed");
+
+        let mut expected: Vec<f64> = values[10..].to_vec();
+        expected.sort_by(f64::total_cmp);
+        let by_m = list(pb::ListRunsRequest {
+            page_size: 3,
+            order_by: "metrics.m".into(),
+            ..Default::default()
+        })
+        .await;
+        let got: Vec<f64> = by_m.iter().map(|r| r.metrics["m"]).collect();
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            expected.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "paged in order, each run once, values bit-exact"
+        );
+        server.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_run_is_idempotent_under_concurrency() {
     for db in testing::all_backends("create_run_is_idempotent_under_concurrency").await {

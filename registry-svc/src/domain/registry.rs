@@ -178,10 +178,10 @@ impl Registry {
     pub async fn update_run(&self, id: Uuid, patch: &RunPatch) -> Result<Run> {
         patch.validate()?;
         for _ in 0..WRITE_RETRIES {
-            let before = self.get_run(id).await?;
-            let mut run = before.clone();
+            let mut run = self.get_run(id).await?;
+            let version = run.version;
             patch.apply(&mut run, now_micros())?;
-            if self.store.update_run(&before, &run).await? {
+            if self.store.update_run(&run, version).await? {
                 return Ok(run);
             }
         }

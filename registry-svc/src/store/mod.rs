@@ -55,9 +55,8 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// `false` instead.
     async fn insert_run(&self, run: &Run) -> Result<(Run, bool)>;
     async fn get_run(&self, id: Uuid) -> Result<Option<Run>>;
-    /// Replaces `before` with `after` if the stored run is still at `before.version`;
-    /// `false` if it moved on.
-    async fn update_run(&self, before: &Run, after: &Run) -> Result<bool>;
+    /// Replaces the run if it is still at `expected_version`; `false` if it moved on.
+    async fn update_run(&self, run: &Run, expected_version: i64) -> Result<bool>;
     async fn list_runs(
         &self,
         filter: &RunFilter,

@@ -294,41 +294,6 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
 }
 
-/// Rewrites the tag and metric index rows of a run (they serve filters and ordering).
-async fn write_run_indexes(conn: &mut sqlx::AnyConnection, run: &Run, replace: bool) -> Result<()> {
-    let id = run.id.to_string();
-    if replace {
-        for table in ["run_tags", "run_metrics"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
-                .bind(&id)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_error)?;
-        }
-    }
-    if !run.tags.is_empty() {
-        let mut sql = Sql::new("INSERT INTO run_tags (run_id, key, value) VALUES ");
-        let idp = sql.arg(Arg::Text(id.clone()));
-        for (i, (k, v)) in run.tags.iter().enumerate() {
-            let (kp, vp) = (sql.arg(Arg::Text(k.clone())), sql.arg(Arg::Text(v.clone())));
-            sql.push(if i > 0 { ", " } else { "" })
-                .push(&format!("({idp}, {kp}, {vp})"));
-        }
-        sql.query().execute(&mut *conn).await.map_err(db_error)?;
-    }
-    if !run.metrics.is_empty() {
-        let mut sql = Sql::new("INSERT INTO run_metrics (run_id, key, value) VALUES ");
-        let idp = sql.arg(Arg::Text(id));
-        for (i, (k, v)) in run.metrics.iter().enumerate() {
-            let (kp, vp) = (sql.arg(Arg::Text(k.clone())), sql.arg(Arg::Real(*v)));
-            sql.push(if i > 0 { ", " } else { "" })
-                .push(&format!("({idp}, {kp}, {vp})"));
-        }
-        sql.query().execute(&mut *conn).await.map_err(db_error)?;
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl RegistryStore for SqlStore {
     fn single_writer(&self) -> bool {
@@ -344,7 +309,7 @@ impl RegistryStore for SqlStore {
     }
 
     async fn insert_run(&self, run: &Run) -> Result<(Run, bool)> {
-        let mut tx = self.write.begin().await.map_err(db_error)?;
+        // One statement: triggers derive the tag and metric index rows.
         let inserted = sqlx::query(
             "INSERT INTO runs (run_id, request_id, name, model_type, params, tags, metrics, status, \
              status_message, create_time, update_time, heartbeat_time, heartbeat_timeout_ms, version) \
@@ -365,7 +330,7 @@ impl RegistryStore for SqlStore {
         .bind(run.heartbeat_time)
         .bind(run.heartbeat_timeout_ms)
         .bind(run.version)
-        .execute(&mut *tx)
+        .execute(&self.write)
         .await
         .map_err(db_error)?
         .rows_affected();
@@ -374,14 +339,11 @@ impl RegistryStore for SqlStore {
                 "SELECT {RUN_COLS} FROM runs r WHERE r.request_id = $1"
             ))
             .bind(run.request_id.as_deref())
-            .fetch_one(&mut *tx)
+            .fetch_one(&self.write)
             .await
             .map_err(db_error)?;
-            tx.rollback().await.map_err(db_error)?;
             return Ok((run_from_row(&row)?, false));
         }
-        write_run_indexes(&mut tx, run, false).await?;
-        tx.commit().await.map_err(db_error)?;
         Ok((run.clone(), true))
     }
 
@@ -396,9 +358,8 @@ impl RegistryStore for SqlStore {
         row.as_ref().map(run_from_row).transpose()
     }
 
-    async fn update_run(&self, before: &Run, run: &Run) -> Result<bool> {
-        // Index rows change only with tags or metrics; otherwise one statement suffices.
-        let reindex = before.tags != run.tags || before.metrics != run.metrics;
+    async fn update_run(&self, run: &Run, expected_version: i64) -> Result<bool> {
+        // One statement: triggers rewrite the index rows when tags or metrics changed.
         let (uri, sha, size) = match &run.artifact {
             Some(a) => (
                 Some(a.uri.to_string()),
@@ -407,7 +368,7 @@ impl RegistryStore for SqlStore {
             ),
             None => (None, None, None),
         };
-        let update = sqlx::query(
+        let n = sqlx::query(
             "UPDATE runs SET name = $1, params = $2, tags = $3, metrics = $4, status = $5, \
              status_message = $6, artifact_uri = $7, artifact_sha256 = $8, artifact_size_bytes = $9, \
              update_time = $10, heartbeat_time = $11, heartbeat_timeout_ms = $12, version = $13 \
@@ -427,24 +388,11 @@ impl RegistryStore for SqlStore {
         .bind(run.heartbeat_timeout_ms)
         .bind(run.version)
         .bind(run.id.to_string())
-        .bind(before.version);
-        if !reindex {
-            let n = update.execute(&self.write).await.map_err(db_error)?;
-            return Ok(n.rows_affected() == 1);
-        }
-        let mut tx = self.write.begin().await.map_err(db_error)?;
-        if update
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?
-            .rows_affected()
-            == 0
-        {
-            return Ok(false);
-        }
-        write_run_indexes(&mut tx, run, true).await?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(true)
+        .bind(expected_version)
+        .execute(&self.write)
+        .await
+        .map_err(db_error)?;
+        Ok(n.rows_affected() == 1)
     }
 
     async fn list_runs(
