@@ -130,6 +130,7 @@ def backend_table(name, cap, ml):
         for field, label, hib, digits in (
             ("upload_mb_s", "upload MB/s", True, 0),
             ("download_mb_s", "download MB/s", True, 0),
+            ("disk_fsync_mb_s", "the disk alone: write + fsync MB/s (yardstick)", True, 0),
             ("rss_growth_mib", "server RSS growth MiB", False, 1),
             ("upload_server_cpu_s_per_gb", "server CPU s/GB uploaded", False, 2),
             ("download_server_cpu_s_per_gb", "server CPU s/GB downloaded", False, 2),
@@ -199,6 +200,16 @@ def yardstick(cap_json):
             f"Today the bare transport did {fmt(b64)}/s at 64 concurrent, "
             f"{b64 / BARE_REFERENCE_PER_S:.0%} of the reference machine's {BARE_REFERENCE_PER_S:,}/s.",
         ]
+    for name in ("sqlite", "postgres"):
+        a = artifact(backends.get(name), ARTIFACT_TARGET_MIB) or {}
+        up, disk = a.get("upload_mb_s"), a.get("disk_fsync_mb_s")
+        if num(up) and num(disk) and disk:
+            lines += [
+                "",
+                f"{name}: a {ARTIFACT_TARGET_MIB} MiB upload is durable when answered (hashed, "
+                f"written, fsynced); it ran at {fmt(up)} MB/s, {up / disk:.0%} of the "
+                f"{fmt(disk)} MB/s at which the disk alone wrote and fsynced the same bytes just before.",
+            ]
     return lines + [""]
 
 

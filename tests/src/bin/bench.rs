@@ -183,6 +183,8 @@ struct Bench {
     url: String,
     token: String,
     pid: u32,
+    /// The server's data directory (where its filesystem blobs go).
+    data_dir: PathBuf,
 }
 
 impl Bench {
@@ -232,6 +234,7 @@ async fn bench_backend(args: &Args, bin: &Path, db: &TestDb) -> anyhow::Result<V
         url: svc.url(),
         token: issue_hs256(&secret, "bench", Role::Admin, 24 * 3600)?,
         pid: svc.pid(),
+        data_dir: data_dir.clone(),
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = bench.status_kib("VmRSS")?;
@@ -543,7 +546,7 @@ async fn bench_artifacts(
     let base = pseudo_random(size);
     let rss_before = bench.status_kib("VmRSS")?;
     let hwm_reset = reset_hwm(bench.pid);
-    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let (mut up, mut down, mut disk) = (Vec::new(), Vec::new(), Vec::new());
     let (mut up_peak, mut runs) = (0, Vec::new());
     // CPU seconds (server, client) spent inside the timed transfers.
     let (mut up_cpu, mut down_cpu) = (Some((0.0, 0.0)), Some((0.0, 0.0)));
@@ -553,6 +556,12 @@ async fn bench_artifacts(
         content[..8].copy_from_slice(&(round as u64 + 1).to_le_bytes());
         let content = Bytes::from(content);
         let sha = hex::encode(Sha256::digest(&content));
+        // The disk's yardstick, just before each upload: the same bytes written to the same
+        // filesystem and fsynced, as the server must before it answers.
+        disk.push(write_and_sync(
+            &bench.data_dir.join("disk-yardstick"),
+            &content,
+        )?);
         let run = create_running(&mut c, &format!("artifact-{mib}-{round}")).await?;
         let (cpu0, start) = (cpu_pair(bench.pid), Instant::now());
         let resp = upload(&mut c, &run, content, chunk_kib * 1024, Some(sha.clone())).await?;
@@ -580,13 +589,14 @@ async fn bench_artifacts(
             .map(|d| size as f64 / 1e6 / d.as_secs_f64())
             .collect()
     };
-    let (up_mbps, down_mbps) = (mbps(&up), mbps(&down));
+    let (up_mbps, down_mbps, disk_mbps) = (mbps(&up), mbps(&down), mbps(&disk));
     let growth = up_peak.max(down_peak).saturating_sub(rss_before);
     let gb = (size * rounds) as f64 / 1e9;
     eprintln!(
-        "artifact {mib} MiB: upload {:.0} MB/s, download {:.0} MB/s (medians of {rounds}); server RSS {:.1} MiB before, peak +{:.1} MiB",
+        "artifact {mib} MiB: upload {:.0} MB/s, download {:.0} MB/s, disk write+fsync {:.0} MB/s (medians of {rounds}); server RSS {:.1} MiB before, peak +{:.1} MiB",
         median(&up_mbps),
         median(&down_mbps),
+        median(&disk_mbps),
         kib_mib(rss_before),
         kib_mib(growth)
     );
@@ -598,6 +608,8 @@ async fn bench_artifacts(
         "download_mb_s": median(&down_mbps),
         "upload_mb_s_all": up_mbps,
         "download_mb_s_all": down_mbps,
+        "disk_fsync_mb_s": median(&disk_mbps),
+        "disk_fsync_mb_s_all": disk_mbps,
         "rss_before_mib": kib_mib(rss_before),
         "rss_after_upload_mib": kib_mib(rss_mid),
         "upload_peak_rss_mib": kib_mib(up_peak),
@@ -609,6 +621,19 @@ async fn bench_artifacts(
         "download_server_cpu_s_per_gb": down_cpu.map(|c| c.0 / gb),
         "download_client_cpu_s_per_gb": down_cpu.map(|c| c.1 / gb),
     }))
+}
+
+/// Writes `content` to `path`, fsyncs it and removes it; how long the write and sync took.
+fn write_and_sync(path: &Path, content: &[u8]) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    let start = Instant::now();
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    let took = start.elapsed();
+    drop(f);
+    std::fs::remove_file(path)?;
+    Ok(took)
 }
 
 /// `total` plus the CPU used between `before` and `after`; `None` once a reading failed.
