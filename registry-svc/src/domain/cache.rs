@@ -233,6 +233,79 @@ mod tests {
         }
     }
 
+    /// Hundreds of concurrent readers, a third of them cancelled at once (some while they
+    /// lead a read): every reader that stays gets the alias, and none is left hanging.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_reads_answer_everyone_despite_cancellations() {
+        use crate::{
+            domain::{
+                alias::{AliasAction, AliasWrite},
+                run::NewRun,
+            },
+            store::sql::SqlStore,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}?mode=rwc", dir.path().join("r.db").display());
+        let store: Arc<dyn RegistryStore> = Arc::new(SqlStore::connect(&url).await.unwrap());
+        let run = NewRun {
+            name: "r".into(),
+            model_type: "m".into(),
+            ..Default::default()
+        }
+        .into_run(Uuid::new_v4(), 1);
+        store.insert_run(&run).await.unwrap();
+        store
+            .write_alias(&AliasWrite {
+                alias: "hot".into(),
+                run_id: Some(run.id),
+                description: String::new(),
+                expected_revision: None,
+                action: AliasAction::Set,
+                reason: String::new(),
+                actor: "t".into(),
+                time: 1,
+            })
+            .await
+            .unwrap();
+
+        let reads = CoalescedAliasReads::new(store);
+        let mut kept = Vec::new();
+        for round in 0..20u64 {
+            for i in 0..30u64 {
+                let reads = reads.clone();
+                if i % 3 == 0 {
+                    // Gives up after a few µs: often while leading a read.
+                    let patience = Duration::from_micros((round * 7 + i) % 60);
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(patience, reads.get("hot")).await;
+                    });
+                } else {
+                    kept.push(tokio::spawn(async move { reads.get("hot").await }));
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        for task in kept {
+            let got = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("a reader was left hanging")
+                .unwrap()
+                .unwrap()
+                .expect("the alias exists");
+            assert_eq!((got.run_id, got.revision), (run.id, 1));
+        }
+        // The last flight releases the slot right after its final answers.
+        let mut slots = usize::MAX;
+        for _ in 0..100 {
+            slots = reads.slots.lock().unwrap().len();
+            if slots == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(slots, 0, "the slot is released once nobody waits");
+    }
+
     #[test]
     fn a_read_that_raced_a_change_is_not_cached() {
         let c = AliasCache::default();
