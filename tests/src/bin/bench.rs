@@ -147,6 +147,12 @@ async fn main() -> anyhow::Result<()> {
         });
         print_table(backend, &result);
         results.insert(backend.to_string(), result);
+        // The artifact phase leaves gigabytes for the kernel to write back; the next
+        // backend (Postgres fsyncs every commit) must not start on a disk still busy.
+        let synced = std::process::Command::new("sync").status();
+        if !synced.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("WARNING: `sync` failed ({synced:?}); the next backend may meet a busy disk");
+        }
     }
 
     let out = json!({
