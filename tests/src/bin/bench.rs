@@ -338,8 +338,7 @@ async fn transport_phases(args: &Args) -> anyhow::Result<serde_json::Map<String,
             },
         )
         .await;
-        report_phase(&format!("bare_check_c{c}"), &phase);
-        ops.insert(format!("bare_check_c{c}"), phase.to_json());
+        record(&mut ops, format!("bare_check_c{c}"), &phase);
     }
     let status = svc.terminate(Duration::from_secs(10))?;
     ensure!(status.success(), "bare transport peer exited with {status}");
@@ -388,8 +387,7 @@ async fn request_phases(
             },
         )
         .await;
-        report_phase(&format!("get_alias_c{c}"), &phase);
-        ops.insert(format!("get_alias_c{c}"), phase.to_json());
+        record(&mut ops, format!("get_alias_c{c}"), &phase);
     }
 
     let runs = Arc::new([run_a, run_b]);
@@ -417,8 +415,7 @@ async fn request_phases(
         },
     )
     .await;
-    report_phase("set_alias_c16", &phase);
-    ops.insert("set_alias_c16".into(), phase.to_json());
+    record(&mut ops, "set_alias_c16", &phase);
 
     // Each worker reads the alias it wrote above: no two concurrent reads of one alias.
     let phase = load(
@@ -439,8 +436,7 @@ async fn request_phases(
         },
     )
     .await;
-    report_phase("get_distinct_c16", &phase);
-    ops.insert("get_alias_distinct_c16".into(), phase.to_json());
+    record(&mut ops, "get_alias_distinct_c16", &phase);
 
     let phase = load(
         bench.pid,
@@ -478,8 +474,7 @@ async fn request_phases(
         },
     )
     .await;
-    report_phase("lifecycle_c16", &phase);
-    ops.insert("lifecycle_c16".into(), phase.to_json());
+    record(&mut ops, "lifecycle_c16", &phase);
     Ok(ops)
 }
 
@@ -829,9 +824,16 @@ where
     phase
 }
 
+/// Prints the phase and keeps it in `ops` under `name`.
+fn record(ops: &mut serde_json::Map<String, Value>, name: impl Into<String>, p: &Phase) {
+    let name = name.into();
+    report_phase(&name, p);
+    ops.insert(name, p.to_json());
+}
+
 fn report_phase(name: &str, p: &Phase) {
     eprintln!(
-        "{name:<16} c={:<3} {:>9.0}/s  p50 {:>8.0} µs  p99 {:>8.0} µs  errors {}{}",
+        "{name:<22} c={:<3} {:>9.0}/s  p50 {:>8.0} µs  p99 {:>8.0} µs  errors {}{}",
         p.concurrency,
         p.throughput(),
         p.percentile_us(0.5),
