@@ -27,6 +27,18 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Writes a benchmark's JSON results to `path` (creating its folder) and says where.
+pub fn write_results(path: &Path, results: &serde_json::Value) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(results)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("\nwrote {}", path.display());
+    Ok(())
+}
+
 /// A running service process; killed on drop.
 pub struct Service {
     pub child: Child,

@@ -172,12 +172,7 @@ async fn main() -> anyhow::Result<()> {
         "transport": transport,
         "backends": results,
     });
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&out)? + "\n")
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    eprintln!("\nwrote {}", args.out.display());
+    capstan_tests::write_results(&args.out, &out)?;
     ensure!(
         errors == 0,
         "{errors} requests failed during measurement (see the `errors` fields)"

@@ -174,12 +174,7 @@ async fn main() -> anyhow::Result<()> {
         "backends": results,
         "dagster": dagster,
     });
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&out)? + "\n")
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    eprintln!("\nwrote {}", args.out.display());
+    capstan_tests::write_results(&args.out, &out)?;
     if let Some(docs) = &args.docs {
         let section = markdown(&out, &args.commands);
         splice(docs, &section)?;
