@@ -767,3 +767,89 @@ async fn promote_rollback_and_history() {
         server.stop().await;
     }
 }
+
+/// A replica starts an UpdateRun from the run as it last wrote it; another replica's later
+/// change must neither be lost nor make a valid request fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_through_other_replicas_are_never_lost() {
+    for db in testing::all_backends("updates_through_other_replicas_are_never_lost").await {
+        let server = start(db).await;
+        let replica = server.replica().await;
+        let mut a = server.client(Role::Admin).await;
+        let token = server.token(Role::Admin, "replica-b");
+        let mut b = capstan_server::client::registry_client(&replica.url, Some(&token), 1 << 20)
+            .await
+            .unwrap();
+        let run = a
+            .create_run(pb::CreateRunRequest {
+                name: "shared".into(),
+                model_type: "seasonal_naive".into(),
+                status: pb::RunStatus::Running as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let patch = |etag: &str, tags: &[(&str, &str)], metric: Option<f64>, path: &str| {
+            pb::UpdateRunRequest {
+                run: Some(pb::Run {
+                    run_id: run.run_id.clone(),
+                    etag: etag.into(),
+                    tags: tags
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    metrics: metric
+                        .map(|m| ("wape".to_string(), m))
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec![path.into()],
+                }),
+            }
+        };
+        // B changes the run after A wrote it: A's copy is stale.
+        let via_b = b
+            .update_run(patch("", &[("by", "b")], None, "tags"))
+            .await
+            .unwrap()
+            .into_inner();
+        // Conditional on B's etag: judged against A's stale copy it would be refused.
+        let via_a = a
+            .update_run(patch(&via_b.etag, &[], Some(0.25), "metrics"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(via_a.tags.get("by").map(String::as_str), Some("b"));
+        assert_eq!(via_a.metrics.get("wape"), Some(&0.25));
+        // Again the other way round, unconditionally: B's tag change survives A's write.
+        b.update_run(patch("", &[("by", "b2")], None, "tags"))
+            .await
+            .unwrap();
+        let last = a
+            .update_run(patch("", &[], Some(0.5), "metrics"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(last.tags.get("by").map(String::as_str), Some("b2"));
+        // A stale etag is still refused, by either replica.
+        let stale = a
+            .update_run(patch(&via_b.etag, &[], Some(0.75), "metrics"))
+            .await
+            .unwrap_err();
+        assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+        let read = b
+            .get_run(pb::GetRunRequest {
+                run_id: run.run_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(read.etag, last.etag);
+        assert_eq!(read.metrics.get("wape"), Some(&0.5));
+        assert_eq!(read.tags.get("by").map(String::as_str), Some("b2"));
+        replica.stop().await;
+    }
+}

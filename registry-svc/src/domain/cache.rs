@@ -1,4 +1,5 @@
-//! Read-through caches and read coalescing for the hot read paths.
+//! Read-through caches and read coalescing for the hot read paths, and the runs this
+//! process wrote last (a starting point for their next update).
 //!
 //! With a single writer (embedded SQLite) alias reads are served from memory. Every alias change — written here, or announced
 //! by another replica through the store's notifications — clears the cache and bumps a
@@ -18,7 +19,7 @@ use std::{
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::alias::Alias;
+use super::{alias::Alias, run::Run};
 use crate::{
     error::{Error, Result},
     store::RegistryStore,
@@ -85,6 +86,33 @@ impl ServableRuns {
             set.clear();
         }
         set.insert(id);
+    }
+}
+
+/// Runs this process wrote last and that may still change (not terminal): the likely
+/// state an UpdateRun of one of them starts from, saving its read. Only a guess — the
+/// versioned write refuses a stale copy, and UpdateRun then starts over from the store.
+#[derive(Default)]
+pub struct RecentRuns(Mutex<HashMap<Uuid, Run>>);
+
+/// Few: a run stays here only between two of its writes.
+const MAX_RECENT_RUNS: usize = 1_024;
+
+impl RecentRuns {
+    /// Removes and returns the copy of `id`, if any: one update uses it.
+    pub fn take(&self, id: &Uuid) -> Option<Run> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+    }
+
+    pub fn keep(&self, run: &Run) {
+        if run.status.is_terminal() {
+            return;
+        }
+        let mut runs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if runs.len() >= MAX_RECENT_RUNS {
+            runs.clear();
+        }
+        runs.insert(run.id, run.clone());
     }
 }
 

@@ -9,7 +9,7 @@ use super::{
     alias::{
         decide_promotion, Alias, AliasAction, AliasHistoryEntry, AliasWrite, PromotionDecision,
     },
-    cache::{AliasCache, CoalescedAliasReads, ServableRuns},
+    cache::{AliasCache, CoalescedAliasReads, RecentRuns, ServableRuns},
     now_micros, paging,
     run::{NewRun, Run, RunPatch, RunStatus},
     validate,
@@ -32,6 +32,7 @@ pub struct Registry {
     /// Otherwise concurrent reads of an alias share one fresh store read.
     alias_reads: Arc<CoalescedAliasReads>,
     servable: ServableRuns,
+    recent_runs: RecentRuns,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -119,6 +120,7 @@ impl Registry {
             aliases: store.single_writer().then(AliasCache::default),
             alias_reads: CoalescedAliasReads::new(store.clone()),
             servable: ServableRuns::default(),
+            recent_runs: RecentRuns::default(),
             store,
         })
     }
@@ -130,7 +132,10 @@ impl Registry {
     pub async fn create_run(&self, new: NewRun) -> Result<Run> {
         new.validate()?;
         let run = new.into_run(Uuid::new_v4(), now_micros());
-        let (run, _created) = self.store.insert_run(&run).await?;
+        let (run, created) = self.store.insert_run(&run).await?;
+        if created {
+            self.recent_runs.keep(&run);
+        }
         Ok(run)
     }
 
@@ -174,14 +179,25 @@ impl Registry {
     }
 
     /// Read-modify-write with an optimistic version check, retried on races with other
-    /// writers (heartbeats, the reaper); a client etag mismatch is final.
+    /// writers (heartbeats, the reaper, other replicas); a client etag mismatch is final.
+    /// It starts from this process's last write of the run when it has one (no read);
+    /// whatever that copy refuses is tried again from the store.
     pub async fn update_run(&self, id: Uuid, patch: &RunPatch) -> Result<Run> {
         patch.validate()?;
+        let mut guess = self.recent_runs.take(&id);
         for _ in 0..WRITE_RETRIES {
-            let mut run = self.get_run(id).await?;
+            let guessed = guess.is_some();
+            let mut run = match guess.take() {
+                Some(run) => run,
+                None => self.get_run(id).await?,
+            };
             let version = run.version;
-            patch.apply(&mut run, now_micros())?;
+            match patch.apply(&mut run, now_micros()) {
+                Err(_) if guessed => continue,
+                applied => applied?,
+            }
             if self.store.update_run(&run, version).await? {
+                self.recent_runs.keep(&run);
                 return Ok(run);
             }
         }

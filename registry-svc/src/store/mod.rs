@@ -1,9 +1,11 @@
 //! Storage: the [`RegistryStore`] trait for metadata (SQLite and Postgres behind one
-//! SQL implementation) and the [`blobs::BlobStore`] trait for artifact content
+//! SQL implementation; SQLite's writes go through one writer thread) and the [`blobs::BlobStore`] trait for artifact content
 //! (filesystem and S3-compatible). Nothing here knows gRPC.
 
 pub mod blobs;
 pub mod sql;
+mod sqlite_writer;
+mod stmt;
 
 use std::collections::BTreeMap;
 

@@ -1,13 +1,19 @@
-//! The SQL store. One implementation serves SQLite and Postgres through sqlx's `Any`
-//! driver: the SQL uses `$n` placeholders, which both accept, and the few dialect
-//! differences (row locks, notifications, pool shape) are switched on [`Backend`].
+//! The SQL store. One implementation serves SQLite and Postgres: the SQL uses `$n`
+//! placeholders, which both accept; reads go through sqlx's `Any` pools, writes through
+//! a [`Writer`] (the Postgres pool, or SQLite's writer thread); the few dialect
+//! differences (row locks, notifications) are switched on [`Backend`].
 
 use async_trait::async_trait;
 use futures::{stream::BoxStream, StreamExt};
 use sqlx::{any::AnyRow, AnyPool, Row};
 use uuid::Uuid;
 
-use super::{RegistryStore, RunCursor, RunFilter, RunOrder};
+pub use super::stmt::db_error;
+use super::{
+    sqlite_writer::SqliteWriter,
+    stmt::{Stmt, Writer},
+    RegistryStore, RunCursor, RunFilter, RunOrder,
+};
 use crate::{
     domain::{
         alias::{Alias, AliasAction, AliasHistoryEntry, AliasWrite},
@@ -18,7 +24,6 @@ use crate::{
 };
 use capstan_proto::artifact_uri::ArtifactUri;
 
-use capstan_server::db::is_unique_violation;
 pub use capstan_server::db::Backend;
 
 fn backend_of(url: &str) -> Result<Backend> {
@@ -26,23 +31,9 @@ fn backend_of(url: &str) -> Result<Backend> {
         .ok_or_else(|| Error::invalid("database_url", "must start with sqlite: or postgres://"))
 }
 
-/// Maps a database error, logging it where it becomes a status.
-pub fn db_error(e: sqlx::Error) -> Error {
-    match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            tracing::warn!(error = %e, "database unavailable");
-            Error::Unavailable(format!("database unavailable: {e}"))
-        }
-        _ => {
-            tracing::error!(error = %e, "database error");
-            Error::Internal(format!("database error: {e}"))
-        }
-    }
-}
-
 pub struct SqlStore {
     read: AnyPool,
-    write: AnyPool,
+    write: Writer,
     backend: Backend,
     url: String,
 }
@@ -58,26 +49,33 @@ impl SqlStore {
     /// replicas start at once: Postgres migrations run under sqlx's advisory lock.
     pub async fn connect(url: &str) -> Result<Self> {
         let backend = backend_of(url)?;
+        let migrate = |pool| async move {
+            capstan_server::db::migrate(
+                &pool,
+                backend,
+                &sqlx::migrate!("./migrations/sqlite"),
+                &sqlx::migrate!("./migrations/postgres"),
+            )
+            .await
+            .map_err(|e| Error::Unavailable(format!("database migration failed: {e}")))?;
+            Ok::<_, Error>(pool)
+        };
         let (read, write) = match backend {
-            // SQLite allows one writer: a single write connection queues writers in the
-            // process instead of failing them with SQLITE_BUSY; WAL lets readers go on.
+            // SQLite allows one writer: one thread writes for the process (queueing writers
+            // instead of failing them with SQLITE_BUSY); WAL lets the readers go on.
             Backend::Sqlite => {
-                let write = pool(url, backend, 1).await?;
-                (pool(url, backend, 4).await?, write)
+                migrate(pool(url, backend, 1).await?).await?.close().await;
+                let options: sqlx::sqlite::SqliteConnectOptions = url
+                    .parse()
+                    .map_err(|e| Error::invalid("database_url", format!("{e}")))?;
+                let writer = SqliteWriter::open(options.get_filename())?;
+                (pool(url, backend, 4).await?, Writer::Sqlite(writer))
             }
             Backend::Postgres => {
-                let p = pool(url, backend, 16).await?;
-                (p.clone(), p)
+                let p = migrate(pool(url, backend, 16).await?).await?;
+                (p.clone(), Writer::Pool(p))
             }
         };
-        capstan_server::db::migrate(
-            &write,
-            backend,
-            &sqlx::migrate!("./migrations/sqlite"),
-            &sqlx::migrate!("./migrations/postgres"),
-        )
-        .await
-        .map_err(|e| Error::Unavailable(format!("database migration failed: {e}")))?;
         Ok(Self {
             read,
             write,
@@ -89,14 +87,13 @@ impl SqlStore {
 
 impl SqlStore {
     /// A unique violation in an alias write means another writer won the race.
-    fn concurrent(&self, w: &AliasWrite, e: sqlx::Error) -> Error {
-        if is_unique_violation(&e) {
-            Error::Aborted(format!(
+    fn concurrent(w: &AliasWrite, e: Error) -> Error {
+        match e {
+            Error::Aborted(_) => Error::Aborted(format!(
                 "alias {:?} was changed concurrently; retry",
                 w.alias
-            ))
-        } else {
-            db_error(e)
+            )),
+            e => e,
         }
     }
 
@@ -119,83 +116,41 @@ impl SqlStore {
         }
     }
 
-    /// Removes the alias and appends its DELETE entry, in one transaction.
+    /// Appends the alias's DELETE entry and removes it, atomically.
     async fn delete_alias(&self, w: &AliasWrite) -> Result<AliasHistoryEntry> {
-        let mut tx = self.write.begin().await.map_err(db_error)?;
-        let deleted = sqlx::query(
-            "DELETE FROM aliases WHERE alias = $1 AND ($2 < 0 OR revision = $2) \
-             RETURNING run_id, revision",
-        )
+        let entry = Stmt::returning(format!(
+            "INSERT INTO alias_history (alias, revision, run_id, previous_run_id, action, reason, \
+             actor, description, time) \
+             SELECT alias, revision + 1, '', run_id, $3, $4, $5, $6, $7 FROM aliases \
+             WHERE alias = $1 AND ($2 < 0 OR revision = $2){} \
+             RETURNING revision, previous_run_id",
+            self.backend.for_update()
+        ))
         .bind(&w.alias)
         .bind(w.expected_revision.unwrap_or(-1))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let Some(row) = deleted else {
-            drop(tx);
-            return Err(self.refused(w).await);
-        };
-        let revision: i64 = row.try_get("revision").map_err(db_error)?;
-        let entry = w.entry(revision + 1, Some(uuid_col(&row, "run_id")?));
-        sqlx::query(
-            "INSERT INTO alias_history (alias, revision, run_id, previous_run_id, action, reason, actor, \
-             description, time) VALUES ($1, $2, '', $3, $4, $5, $6, $7, $8)",
+        .bind(w.action.as_str())
+        .bind(&w.reason)
+        .bind(&w.actor)
+        .bind(&w.description)
+        .bind(w.time);
+        // The alias's revision trails its newest history entry only when one was just
+        // appended above: otherwise this deletes nothing.
+        let delete = Stmt::new(
+            "DELETE FROM aliases WHERE alias = $1 \
+             AND revision < (SELECT MAX(revision) FROM alias_history WHERE alias = $1)",
         )
-        .bind(&entry.alias)
-        .bind(entry.revision)
-        .bind(entry.previous_run_id.map(|u| u.to_string()).unwrap_or_default())
-        .bind(entry.action.as_str())
-        .bind(&entry.reason)
-        .bind(&entry.actor)
-        .bind(&entry.description)
-        .bind(entry.time)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.concurrent(w, e))?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(entry)
-    }
-}
-
-/// Positional arguments for dynamically built SQL.
-enum Arg {
-    Text(String),
-    Int(i64),
-    Real(f64),
-}
-
-#[derive(Default)]
-struct Sql {
-    text: String,
-    args: Vec<Arg>,
-}
-
-impl Sql {
-    fn new(text: &str) -> Self {
-        Self {
-            text: text.to_string(),
-            args: Vec::new(),
+        .bind(&w.alias);
+        let done = self
+            .write
+            .run(vec![entry, delete])
+            .await
+            .map_err(|e| Self::concurrent(w, e))?;
+        match done.first() {
+            Some(o) if o.returned.is_some() => {
+                Ok(w.entry(o.int(0)?, Some(parse_uuid("run_id", o.text(1)?)?)))
+            }
+            _ => Err(self.refused(w).await),
         }
-    }
-    /// Adds an argument and returns its placeholder.
-    fn arg(&mut self, a: Arg) -> String {
-        self.args.push(a);
-        format!("${}", self.args.len())
-    }
-    fn push(&mut self, s: &str) -> &mut Self {
-        self.text.push_str(s);
-        self
-    }
-    fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
-        let mut q = sqlx::query(&self.text);
-        for a in &self.args {
-            q = match a {
-                Arg::Text(s) => q.bind(s.as_str()),
-                Arg::Int(i) => q.bind(*i),
-                Arg::Real(f) => q.bind(*f),
-            };
-        }
-        q
     }
 }
 
@@ -209,18 +164,21 @@ fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
     Error::Internal(format!("stored {what} is unreadable: {detail}"))
 }
 
+fn parse_uuid(col: &str, s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| corrupt(col, e))
+}
+
+/// An empty text stands for "none".
+fn parse_opt_uuid(col: &str, s: &str) -> Result<Option<Uuid>> {
+    (!s.is_empty()).then(|| parse_uuid(col, s)).transpose()
+}
+
 fn uuid_col(row: &AnyRow, col: &str) -> Result<Uuid> {
-    let s: String = row.try_get(col).map_err(db_error)?;
-    Uuid::parse_str(&s).map_err(|e| corrupt(col, e))
+    parse_uuid(col, &row.try_get::<String, _>(col).map_err(db_error)?)
 }
 
 fn opt_uuid_col(row: &AnyRow, col: &str) -> Result<Option<Uuid>> {
-    let s: String = row.try_get(col).map_err(db_error)?;
-    if s.is_empty() {
-        Ok(None)
-    } else {
-        Uuid::parse_str(&s).map(Some).map_err(|e| corrupt(col, e))
-    }
+    parse_opt_uuid(col, &row.try_get::<String, _>(col).map_err(db_error)?)
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
@@ -310,36 +268,39 @@ impl RegistryStore for SqlStore {
 
     async fn insert_run(&self, run: &Run) -> Result<(Run, bool)> {
         // One statement: triggers derive the tag and metric index rows.
-        let inserted = sqlx::query(
-            "INSERT INTO runs (run_id, request_id, name, model_type, params, tags, metrics, status, \
-             status_message, create_time, update_time, heartbeat_time, heartbeat_timeout_ms, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(run.id.to_string())
-        .bind(run.request_id.as_deref())
-        .bind(&run.name)
-        .bind(&run.model_type)
-        .bind(to_json(&run.params))
-        .bind(to_json(&run.tags))
-        .bind(to_json(&run.metrics))
-        .bind(run.status.as_str())
-        .bind(&run.status_message)
-        .bind(run.create_time)
-        .bind(run.update_time)
-        .bind(run.heartbeat_time)
-        .bind(run.heartbeat_timeout_ms)
-        .bind(run.version)
-        .execute(&self.write)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
+        let inserted = self
+            .write
+            .one(
+                Stmt::new(
+                    "INSERT INTO runs (run_id, request_id, name, model_type, params, tags, metrics, \
+                     status, status_message, create_time, update_time, heartbeat_time, \
+                     heartbeat_timeout_ms, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     ON CONFLICT (request_id) DO NOTHING",
+                )
+                .bind(run.id.to_string())
+                .bind(run.request_id.as_deref())
+                .bind(&run.name)
+                .bind(&run.model_type)
+                .bind(to_json(&run.params))
+                .bind(to_json(&run.tags))
+                .bind(to_json(&run.metrics))
+                .bind(run.status.as_str())
+                .bind(&run.status_message)
+                .bind(run.create_time)
+                .bind(run.update_time)
+                .bind(run.heartbeat_time)
+                .bind(run.heartbeat_timeout_ms)
+                .bind(run.version),
+            )
+            .await?
+            .affected;
         if inserted == 0 {
             let row = sqlx::query(&format!(
                 "SELECT {RUN_COLS} FROM runs r WHERE r.request_id = $1"
             ))
             .bind(run.request_id.as_deref())
-            .fetch_one(&self.write)
+            .fetch_one(&self.read)
             .await
             .map_err(db_error)?;
             return Ok((run_from_row(&row)?, false));
@@ -368,31 +329,34 @@ impl RegistryStore for SqlStore {
             ),
             None => (None, None, None),
         };
-        let n = sqlx::query(
-            "UPDATE runs SET name = $1, params = $2, tags = $3, metrics = $4, status = $5, \
-             status_message = $6, artifact_uri = $7, artifact_sha256 = $8, artifact_size_bytes = $9, \
-             update_time = $10, heartbeat_time = $11, heartbeat_timeout_ms = $12, version = $13 \
-             WHERE run_id = $14 AND version = $15",
-        )
-        .bind(&run.name)
-        .bind(to_json(&run.params))
-        .bind(to_json(&run.tags))
-        .bind(to_json(&run.metrics))
-        .bind(run.status.as_str())
-        .bind(&run.status_message)
-        .bind(uri)
-        .bind(sha)
-        .bind(size)
-        .bind(run.update_time)
-        .bind(run.heartbeat_time)
-        .bind(run.heartbeat_timeout_ms)
-        .bind(run.version)
-        .bind(run.id.to_string())
-        .bind(expected_version)
-        .execute(&self.write)
-        .await
-        .map_err(db_error)?;
-        Ok(n.rows_affected() == 1)
+        let updated = self
+            .write
+            .one(
+                Stmt::new(
+                    "UPDATE runs SET name = $1, params = $2, tags = $3, metrics = $4, status = $5, \
+                     status_message = $6, artifact_uri = $7, artifact_sha256 = $8, \
+                     artifact_size_bytes = $9, update_time = $10, heartbeat_time = $11, \
+                     heartbeat_timeout_ms = $12, version = $13 \
+                     WHERE run_id = $14 AND version = $15",
+                )
+                .bind(&run.name)
+                .bind(to_json(&run.params))
+                .bind(to_json(&run.tags))
+                .bind(to_json(&run.metrics))
+                .bind(run.status.as_str())
+                .bind(&run.status_message)
+                .bind(uri)
+                .bind(sha)
+                .bind(size)
+                .bind(run.update_time)
+                .bind(run.heartbeat_time)
+                .bind(run.heartbeat_timeout_ms)
+                .bind(run.version)
+                .bind(run.id.to_string())
+                .bind(expected_version),
+            )
+            .await?;
+        Ok(updated.affected == 1)
     }
 
     async fn list_runs(
@@ -402,11 +366,11 @@ impl RegistryStore for SqlStore {
         after: Option<&RunCursor>,
         limit: usize,
     ) -> Result<Vec<Run>> {
-        let mut sql = Sql::new(&format!("SELECT {RUN_COLS} FROM runs r"));
+        let mut sql = Stmt::new(format!("SELECT {RUN_COLS} FROM runs r"));
         let (key_expr, desc) = match order {
             RunOrder::CreateTime { desc } => ("r.create_time", *desc),
             RunOrder::Metric { name, desc } => {
-                let p = sql.arg(Arg::Text(name.clone()));
+                let p = sql.arg(name.clone());
                 sql.push(&format!(
                     " JOIN run_metrics m ON m.run_id = r.run_id AND m.key = {p}"
                 ));
@@ -415,20 +379,20 @@ impl RegistryStore for SqlStore {
         };
         sql.push(" WHERE 1 = 1");
         if let Some(s) = filter.status {
-            let p = sql.arg(Arg::Text(s.as_str().into()));
+            let p = sql.arg(s.as_str());
             sql.push(&format!(" AND r.status = {p}"));
         }
         if let Some(mt) = &filter.model_type {
-            let p = sql.arg(Arg::Text(mt.clone()));
+            let p = sql.arg(mt.clone());
             sql.push(&format!(" AND r.model_type = {p}"));
         }
         if let Some(prefix) = &filter.name_prefix {
             // substr rather than LIKE: SQLite's LIKE ignores case, Postgres's does not.
-            let p = sql.arg(Arg::Text(prefix.clone()));
+            let p = sql.arg(prefix.clone());
             sql.push(&format!(" AND substr(r.name, 1, length({p})) = {p}"));
         }
         for (k, v) in &filter.tags {
-            let (kp, vp) = (sql.arg(Arg::Text(k.clone())), sql.arg(Arg::Text(v.clone())));
+            let (kp, vp) = (sql.arg(k.clone()), sql.arg(v.clone()));
             sql.push(&format!(
                 " AND EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = r.run_id AND t.key = {kp} AND t.value = {vp})"
             ));
@@ -436,17 +400,17 @@ impl RegistryStore for SqlStore {
         let cmp = if desc { "<" } else { ">" };
         match after {
             Some(RunCursor::CreateTime(t, id)) => {
-                let (tp, ip) = (sql.arg(Arg::Int(*t)), sql.arg(Arg::Text(id.to_string())));
+                let (tp, ip) = (sql.arg(*t), sql.arg(id.to_string()));
                 sql.push(&format!(" AND ({key_expr}, r.run_id) {cmp} ({tp}, {ip})"));
             }
             Some(RunCursor::Metric(v, id)) => {
-                let (vp, ip) = (sql.arg(Arg::Real(*v)), sql.arg(Arg::Text(id.to_string())));
+                let (vp, ip) = (sql.arg(*v), sql.arg(id.to_string()));
                 sql.push(&format!(" AND ({key_expr}, r.run_id) {cmp} ({vp}, {ip})"));
             }
             None => {}
         }
         let dir = if desc { "DESC" } else { "ASC" };
-        let lp = sql.arg(Arg::Int(limit as i64));
+        let lp = sql.arg(limit as i64);
         sql.push(&format!(
             " ORDER BY {key_expr} {dir}, r.run_id {dir} LIMIT {lp}"
         ));
@@ -455,18 +419,20 @@ impl RegistryStore for SqlStore {
     }
 
     async fn fail_expired_runs(&self, now: Micros) -> Result<u64> {
-        let n = sqlx::query(
-            "UPDATE runs SET status = 'FAILED', \
-             status_message = 'heartbeat timeout: no UpdateRun within heartbeat_timeout', \
-             update_time = $1, version = version + 1 \
-             WHERE status = 'RUNNING' AND heartbeat_timeout_ms > 0 \
-             AND heartbeat_time + heartbeat_timeout_ms * 1000 < $1",
-        )
-        .bind(now)
-        .execute(&self.write)
-        .await
-        .map_err(db_error)?
-        .rows_affected();
+        let n = self
+            .write
+            .one(
+                Stmt::new(
+                    "UPDATE runs SET status = 'FAILED', \
+                     status_message = 'heartbeat timeout: no UpdateRun within heartbeat_timeout', \
+                     update_time = $1, version = version + 1 \
+                     WHERE status = 'RUNNING' AND heartbeat_timeout_ms > 0 \
+                     AND heartbeat_time + heartbeat_timeout_ms * 1000 < $1",
+                )
+                .bind(now),
+            )
+            .await?
+            .affected;
         Ok(n)
     }
 
@@ -500,8 +466,8 @@ impl RegistryStore for SqlStore {
         };
         // One statement: the history entry is appended by a trigger in the same statement,
         // so a write holds the (SQLite: single) write connection for one round trip.
-        let written = match w.expected_revision {
-            Some(expected) if expected > 0 => sqlx::query(
+        let write = match w.expected_revision {
+            Some(expected) if expected > 0 => Stmt::returning(
                 "UPDATE aliases SET previous_run_id = run_id, run_id = $1, description = $2, \
                  revision = revision + 1, update_time = $3, updated_by = $4, last_action = $5, \
                  last_reason = $6 WHERE alias = $7 AND revision = $8 \
@@ -517,7 +483,7 @@ impl RegistryStore for SqlStore {
             .bind(expected),
             // No expectation: create or replace. Expected 0: create only (a conflict
             // updates nothing). A re-created alias continues the numbering of its history.
-            _ => sqlx::query(
+            _ => Stmt::returning(
                 "INSERT INTO aliases (alias, run_id, description, revision, update_time, updated_by, \
                  last_action, last_reason, previous_run_id) \
                  VALUES ($1, $2, $3, (SELECT COALESCE(MAX(revision), 0) + 1 FROM alias_history \
@@ -537,17 +503,19 @@ impl RegistryStore for SqlStore {
             .bind(w.action.as_str())
             .bind(&w.reason)
             .bind(i64::from(w.expected_revision.is_none())),
+        };
+        let written = self
+            .write
+            .one(write)
+            .await
+            .map_err(|e| Self::concurrent(w, e))?;
+        if written.returned.is_none() {
+            return Err(self.refused(w).await);
         }
-        .fetch_optional(&self.write)
-        .await
-        .map_err(|e| self.concurrent(w, e))?;
-        match written {
-            Some(row) => Ok(w.entry(
-                row.try_get("revision").map_err(db_error)?,
-                opt_uuid_col(&row, "previous_run_id")?,
-            )),
-            None => Err(self.refused(w).await),
-        }
+        Ok(w.entry(
+            written.int(0)?,
+            parse_opt_uuid("previous_run_id", written.text(1)?)?,
+        ))
     }
 
     async fn alias_history(
