@@ -587,6 +587,25 @@ async fn run_indexes_follow_tags_and_metrics_exactly() {
             .await
             .unwrap();
         }
+        // Clear the first three (their index rows go); only rename the next one (a write
+        // that leaves tags and metrics alone keeps its index rows).
+        for (i, id) in ids[..4].iter().enumerate() {
+            let paths = if i < 3 {
+                vec!["tags".into(), "metrics".into()]
+            } else {
+                vec!["name".into()]
+            };
+            c.update_run(pb::UpdateRunRequest {
+                run: Some(pb::Run {
+                    run_id: id.clone(),
+                    name: format!("renamed-{i}"),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            })
+            .await
+            .unwrap();
+        }
         let list = |req: pb::ListRunsRequest| {
             let mut c = c.clone();
             async move {
@@ -606,7 +625,7 @@ async fn run_indexes_follow_tags_and_metrics_exactly() {
             tags: [("team".to_string(), team.to_string())].into(),
             ..Default::default()
         };
-        assert_eq!(list(by_tag("new")).await.len(), 10);
+        assert_eq!(list(by_tag("new")).await.len(), 7);
         assert_eq!(list(by_tag("old")).await.len(), values.len() - 10);
         let by_n = list(pb::ListRunsRequest {
             page_size: 100,
@@ -614,7 +633,11 @@ async fn run_indexes_follow_tags_and_metrics_exactly() {
             ..Default::default()
         })
         .await;
-        assert_eq!(by_n.len(), 10, "the replaced metric is indexed");
+        assert_eq!(
+            by_n.len(),
+            7,
+            "the replaced metric is indexed, the cleared ones not"
+        );
 
         let mut expected: Vec<f64> = values[10..].to_vec();
         expected.sort_by(f64::total_cmp);
