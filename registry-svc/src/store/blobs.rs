@@ -280,14 +280,12 @@ impl BlobStore for FsBlobStore {
             use std::io::Read;
             let mut file = file;
             loop {
-                // Large reads, sent on in `chunk`-sized slices of them.
-                let mut buf = BytesMut::zeroed(READ_BYTES.max(chunk));
-                let mut read = match file.read(&mut buf) {
+                // Large reads (into unzeroed memory), sent on in `chunk`-sized slices.
+                let size = READ_BYTES.max(chunk);
+                let mut buf = Vec::with_capacity(size);
+                let mut read = match (&mut file).take(size as u64).read_to_end(&mut buf) {
                     Ok(0) => return,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        buf.freeze()
-                    }
+                    Ok(_) => Bytes::from(buf),
                     Err(e) => {
                         let _ = tx.blocking_send(Err(io_error("read", e)));
                         return;
