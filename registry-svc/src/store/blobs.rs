@@ -273,28 +273,40 @@ impl BlobStore for FsBlobStore {
             Ok(Err(e)) => return Err(io_error("open", e)),
             Err(e) => return Err(Error::Internal(format!("blob reader thread failed: {e}"))),
         };
-        // A thread reads ahead of the network, so that the disk works while earlier
-        // chunks are being sent (uploads bypass the page cache, so reads may hit the disk).
+        // A task reads ahead of the network, so that the disk works while earlier chunks
+        // are being sent (uploads bypass the page cache, so reads may hit the disk). Each
+        // read borrows a blocking thread only while it reads: a slow client holds none.
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
-        tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut file = file;
+        tokio::spawn(async move {
+            let file = Arc::new(file);
+            let size = READ_BYTES.max(chunk);
             loop {
-                // Large reads (into unzeroed memory), sent on in `chunk`-sized slices.
-                let size = READ_BYTES.max(chunk);
-                let mut buf = Vec::with_capacity(size);
-                let mut read = match (&mut file).take(size as u64).read_to_end(&mut buf) {
-                    Ok(0) => return,
-                    Ok(_) => Bytes::from(buf),
+                let f = file.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    // Into unzeroed memory; sent on in `chunk`-sized slices.
+                    let mut buf = Vec::with_capacity(size);
+                    (&*f).take(size as u64).read_to_end(&mut buf).map(|_| buf)
+                })
+                .await;
+                let mut read = match read {
+                    Ok(Ok(buf)) if buf.is_empty() => return,
+                    Ok(Ok(buf)) => Bytes::from(buf),
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(io_error("read", e))).await;
+                        return;
+                    }
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(io_error("read", e)));
+                        tracing::error!(error = %e, "blob reader thread failed");
+                        let e = Error::Internal(format!("blob reader thread failed: {e}"));
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
                 };
                 while !read.is_empty() {
                     let piece = read.split_to(chunk.min(read.len()));
                     // A closed channel: the download was cancelled.
-                    if tx.blocking_send(Ok(piece)).is_err() {
+                    if tx.send(Ok(piece)).await.is_err() {
                         return;
                     }
                 }
