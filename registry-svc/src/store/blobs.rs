@@ -67,7 +67,8 @@ const BLOCK: usize = 4 << 20;
 /// What direct I/O needs buffers, offsets and lengths aligned to (the page size covers
 /// every logical block size in use).
 const ALIGN: usize = 4096;
-/// Download chunks read ahead of the network, and the size of each disk read.
+/// Download chunks read ahead of the network, and the size of each disk read (a multiple
+/// of `ALIGN`).
 const READ_AHEAD_CHUNKS: usize = 16;
 const READ_BYTES: usize = 1 << 20;
 
@@ -130,7 +131,11 @@ struct FsStaged {
 
 impl FsStaged {
     fn create(path: PathBuf, root: PathBuf) -> Result<Self> {
-        let file = open_staging(&path).map_err(|e| io_error("create", e))?;
+        let file = open_direct(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            &path,
+        )
+        .map_err(|e| io_error("create", e))?;
         Ok(Self {
             file: Arc::new(file),
             path,
@@ -172,22 +177,51 @@ impl FsStaged {
     }
 }
 
-/// Opens a new staging file, for direct I/O where the platform and filesystem allow it.
-fn open_staging(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+/// Opens with direct I/O where the platform and filesystem allow it, else buffered.
+fn open_direct(options: &std::fs::OpenOptions, path: &Path) -> std::io::Result<std::fs::File> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::OpenOptionsExt;
         match options.clone().custom_flags(libc::O_DIRECT).open(path) {
-            // tmpfs and some network filesystems refuse O_DIRECT: write through the cache.
+            // tmpfs and some network filesystems refuse O_DIRECT: go through the cache.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!(error = %e, "no direct I/O for staged blobs; buffered writes");
+                tracing::debug!(error = %e, "no direct I/O for blobs; buffered I/O");
             }
             other => return other,
         }
     }
     options.open(path)
+}
+
+/// Reads up to `READ_BYTES` at `offset` (a multiple of `ALIGN`) into an aligned buffer;
+/// stops early only at `size`, the blob's length.
+fn read_block(file: &std::fs::File, offset: u64, size: u64) -> std::io::Result<Bytes> {
+    let want = (size - offset).min(READ_BYTES as u64) as usize;
+    // Direct reads ask for whole aligned blocks; the file ends where it ends.
+    let ask = want.div_ceil(ALIGN) * ALIGN;
+    let mut buf = vec![0u8; ask + ALIGN];
+    let start = buf.as_ptr().align_offset(ALIGN);
+    if start >= ALIGN {
+        return Err(std::io::Error::other("cannot align a download buffer"));
+    }
+    let mut filled = 0;
+    while filled < want {
+        let n = file.read_at(
+            &mut buf[start + filled..start + ask],
+            offset + filled as u64,
+        )?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "blob ends at {} bytes, {size} expected",
+                    offset + filled as u64
+                ),
+            ));
+        }
+        filled += n;
+    }
+    Ok(Bytes::from(buf).slice(start..start + want))
 }
 
 impl Drop for FsStaged {
@@ -265,8 +299,14 @@ impl BlobStore for FsBlobStore {
 
     async fn read(&self, sha256: &str, chunk: usize) -> Result<BoxStream<'static, Result<Bytes>>> {
         let path = self.root.join(key_path(sha256));
-        let file = match tokio::task::spawn_blocking(move || std::fs::File::open(path)).await {
-            Ok(Ok(f)) => f,
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = open_direct(std::fs::OpenOptions::new().read(true), &path)?;
+            let size = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, size))
+        })
+        .await;
+        let (file, size) = match opened {
+            Ok(Ok(opened)) => opened,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound(format!("blob {sha256} is not stored")))
             }
@@ -274,24 +314,17 @@ impl BlobStore for FsBlobStore {
             Err(e) => return Err(Error::Internal(format!("blob reader thread failed: {e}"))),
         };
         // A task reads ahead of the network, so that the disk works while earlier chunks
-        // are being sent (uploads bypass the page cache, so reads may hit the disk). Each
+        // are being sent; direct reads land in our buffers without a page-cache copy. Each
         // read borrows a blocking thread only while it reads: a slow client holds none.
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
         tokio::spawn(async move {
             let file = Arc::new(file);
-            let size = READ_BYTES.max(chunk);
-            loop {
+            let mut offset = 0;
+            while offset < size {
                 let f = file.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    use std::io::Read;
-                    // Into unzeroed memory; sent on in `chunk`-sized slices.
-                    let mut buf = Vec::with_capacity(size);
-                    (&*f).take(size as u64).read_to_end(&mut buf).map(|_| buf)
-                })
-                .await;
-                let mut read = match read {
-                    Ok(Ok(buf)) if buf.is_empty() => return,
-                    Ok(Ok(buf)) => Bytes::from(buf),
+                let read = tokio::task::spawn_blocking(move || read_block(&f, offset, size)).await;
+                let mut block = match read {
+                    Ok(Ok(block)) => block,
                     Ok(Err(e)) => {
                         let _ = tx.send(Err(io_error("read", e))).await;
                         return;
@@ -303,8 +336,9 @@ impl BlobStore for FsBlobStore {
                         return;
                     }
                 };
-                while !read.is_empty() {
-                    let piece = read.split_to(chunk.min(read.len()));
+                offset += block.len() as u64;
+                while !block.is_empty() {
+                    let piece = block.split_to(chunk.min(block.len()));
                     // A closed channel: the download was cancelled.
                     if tx.send(Ok(piece)).await.is_err() {
                         return;
