@@ -46,6 +46,7 @@ fn key_path(sha256: &str) -> String {
 /// Blobs under a local directory.
 pub struct FsBlobStore {
     root: PathBuf,
+    spare: SpareBlocks,
 }
 
 impl FsBlobStore {
@@ -57,6 +58,7 @@ impl FsBlobStore {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            spare: SpareBlocks::default(),
         })
     }
 }
@@ -111,6 +113,44 @@ impl Block {
     }
 }
 
+impl Block {
+    /// A placeholder holding no memory.
+    fn none() -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+}
+
+/// Upload blocks kept for the next uploads: their pages are already in memory, so a small
+/// upload does not fault in 8 MiB of fresh ones.
+#[derive(Clone, Default)]
+struct SpareBlocks(Arc<std::sync::Mutex<Vec<Block>>>);
+
+const MAX_SPARE_BLOCKS: usize = 4;
+
+impl SpareBlocks {
+    fn take(&self) -> Result<Block> {
+        let spare = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match spare {
+            Some(mut block) => {
+                block.len = 0;
+                Ok(block)
+            }
+            None => Block::new(),
+        }
+    }
+
+    fn give(&self, block: Block) {
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !block.buf.is_empty() && spare.len() < MAX_SPARE_BLOCKS {
+            spare.push(block);
+        }
+    }
+}
+
 type BlockWrite = tokio::task::JoinHandle<(Block, std::io::Result<()>)>;
 
 /// An upload being written to `staging/`. The file is opened for direct I/O where the
@@ -127,10 +167,11 @@ struct FsStaged {
     in_flight: Option<BlockWrite>,
     /// Bytes handed to the disk so far (whole blocks).
     offset: u64,
+    spare: SpareBlocks,
 }
 
 impl FsStaged {
-    fn create(path: PathBuf, root: PathBuf) -> Result<Self> {
+    fn create(path: PathBuf, root: PathBuf, spare: SpareBlocks) -> Result<Self> {
         let file = open_direct(
             std::fs::OpenOptions::new().write(true).create_new(true),
             &path,
@@ -141,9 +182,10 @@ impl FsStaged {
             path,
             root,
             done: false,
-            block: Block::new()?,
+            block: spare.take()?,
             in_flight: None,
             offset: 0,
+            spare,
         })
     }
 
@@ -164,7 +206,7 @@ impl FsStaged {
     async fn write_block(&mut self) -> Result<()> {
         let next = match self.landed().await? {
             Some(block) => block,
-            None => Block::new()?,
+            None => self.spare.take()?,
         };
         let full = std::mem::replace(&mut self.block, next);
         let (file, at) = (self.file.clone(), self.offset);
@@ -226,6 +268,8 @@ fn read_block(file: &std::fs::File, offset: u64, size: u64) -> std::io::Result<B
 
 impl Drop for FsStaged {
     fn drop(&mut self) {
+        self.spare
+            .give(std::mem::replace(&mut self.block, Block::none()));
         if !self.done {
             if let Err(e) = std::fs::remove_file(&self.path) {
                 tracing::error!(error = %e, path = %self.path.display(), "cannot remove abandoned staged blob");
@@ -249,20 +293,26 @@ impl StagedBlob for FsStaged {
     }
 
     async fn commit(mut self: Box<Self>, sha256: &str) -> Result<bool> {
-        self.landed().await?;
-        let mut tail = std::mem::replace(&mut self.block, Block::new()?);
+        if let Some(landed) = self.landed().await? {
+            self.spare.give(landed);
+        }
+        let mut tail = std::mem::replace(&mut self.block, Block::none());
         let (file, at) = (self.file.clone(), self.offset);
-        tokio::task::spawn_blocking(move || {
-            if tail.len > 0 {
-                let len = at + tail.len as u64;
-                file.write_all_at(tail.padded(), at)?;
-                file.set_len(len)?;
-            }
-            file.sync_all()
+        let (tail, synced) = tokio::task::spawn_blocking(move || {
+            let synced = (|| {
+                if tail.len > 0 {
+                    let len = at + tail.len as u64;
+                    file.write_all_at(tail.padded(), at)?;
+                    file.set_len(len)?;
+                }
+                file.sync_all()
+            })();
+            (tail, synced)
         })
         .await
-        .map_err(|e| Error::Internal(format!("blob writer thread failed: {e}")))?
-        .map_err(|e| io_error("write and fsync", e))?;
+        .map_err(|e| Error::Internal(format!("blob writer thread failed: {e}")))?;
+        self.spare.give(tail);
+        synced.map_err(|e| io_error("write and fsync", e))?;
         let target = self.root.join(key_path(sha256));
         if tokio::fs::try_exists(&target)
             .await
@@ -290,8 +340,8 @@ impl BlobStore for FsBlobStore {
             .root
             .join("staging")
             .join(uuid::Uuid::new_v4().to_string());
-        let root = self.root.clone();
-        let staged = tokio::task::spawn_blocking(move || FsStaged::create(path, root))
+        let (root, spare) = (self.root.clone(), self.spare.clone());
+        let staged = tokio::task::spawn_blocking(move || FsStaged::create(path, root, spare))
             .await
             .map_err(|e| Error::Internal(format!("blob writer thread failed: {e}")))??;
         Ok(Box::new(staged))
