@@ -172,6 +172,8 @@ struct FsStaged {
 
 impl FsStaged {
     fn create(path: PathBuf, root: PathBuf, spare: SpareBlocks) -> Result<Self> {
+        // The block first: a file created before a failure here would be left behind.
+        let block = spare.take()?;
         let file = open_direct(
             std::fs::OpenOptions::new().write(true).create_new(true),
             &path,
@@ -182,7 +184,7 @@ impl FsStaged {
             path,
             root,
             done: false,
-            block: spare.take()?,
+            block,
             in_flight: None,
             offset: 0,
             spare,
