@@ -311,9 +311,7 @@ async fn transport_phases(args: &Args) -> anyhow::Result<serde_json::Map<String,
         &[],
         dir.path().join("bare.log"),
     )?;
-    let warmup = Duration::from_secs(args.warmup_secs);
-    let duration = Duration::from_secs(args.duration_secs);
-    let mut ops = serde_json::Map::new();
+    let mut phases = Phases::new(svc.pid(), args);
     for c in [1usize, 16, 64] {
         let mut clients = Vec::new();
         for _ in 0..c.div_ceil(args.workers_per_connection) {
@@ -322,22 +320,22 @@ async fn transport_phases(args: &Args) -> anyhow::Result<serde_json::Map<String,
                 .await?;
             clients.push(HealthClient::new(channel));
         }
-        let phase = load(
-            svc.pid(),
-            &clients,
-            c,
-            warmup,
-            duration,
-            |mut client, _, _| {
-                Box::pin(async move { client.check(HealthCheckRequest::default()).await.map(drop) })
-            },
-        )
-        .await;
-        record(&mut ops, format!("bare_check_c{c}"), &phase);
+        phases
+            .run(
+                format!("bare_check_c{c}"),
+                &clients,
+                c,
+                |mut client, _, _| {
+                    Box::pin(
+                        async move { client.check(HealthCheckRequest::default()).await.map(drop) },
+                    )
+                },
+            )
+            .await;
     }
     let status = svc.terminate(Duration::from_secs(10))?;
     ensure!(status.success(), "bare transport peer exited with {status}");
-    Ok(ops)
+    Ok(phases.ops)
 }
 
 /// GetAlias of one hot alias at 1, 16 and 64 concurrent, SetAlias, GetAlias of 16
@@ -357,24 +355,47 @@ async fn request_phases(
         })
         .await?;
 
-    let warmup = Duration::from_secs(args.warmup_secs);
-    let duration = Duration::from_secs(args.duration_secs);
     let per_conn = args.workers_per_connection;
-    let mut ops = serde_json::Map::new();
+    let mut phases = Phases::new(bench.pid, args);
 
     for c in [1, 16, 64] {
         let clients = bench.clients(c, per_conn).await?;
-        let phase = load(
-            bench.pid,
+        phases
+            .run(
+                format!("get_alias_c{c}"),
+                &clients,
+                c,
+                |mut client, _, _| {
+                    Box::pin(async move {
+                        client
+                            .get_alias(pb::GetAliasRequest {
+                                alias: "bench-get".into(),
+                            })
+                            .await
+                            .map(drop)
+                    })
+                },
+            )
+            .await;
+    }
+
+    let runs = Arc::new([run_a, run_b]);
+    let c = 16;
+    let clients = bench.clients(c, per_conn).await?;
+    phases
+        .run(
+            "set_alias_c16",
             &clients,
             c,
-            warmup,
-            duration,
-            |mut client, _, _| {
+            move |mut client, worker, i| {
+                let runs = runs.clone();
                 Box::pin(async move {
                     client
-                        .get_alias(pb::GetAliasRequest {
-                            alias: "bench-get".into(),
+                        .set_alias(pb::SetAliasRequest {
+                            alias: format!("bench-set-{worker}"),
+                            run_id: runs[(i % 2) as usize].clone(),
+                            reason: "bench".into(),
+                            ..Default::default()
                         })
                         .await
                         .map(drop)
@@ -382,64 +403,28 @@ async fn request_phases(
             },
         )
         .await;
-        record(&mut ops, format!("get_alias_c{c}"), &phase);
-    }
-
-    let runs = Arc::new([run_a, run_b]);
-    let c = 16;
-    let clients = bench.clients(c, per_conn).await?;
-    let phase = load(
-        bench.pid,
-        &clients,
-        c,
-        warmup,
-        duration,
-        move |mut client, worker, i| {
-            let runs = runs.clone();
-            Box::pin(async move {
-                client
-                    .set_alias(pb::SetAliasRequest {
-                        alias: format!("bench-set-{worker}"),
-                        run_id: runs[(i % 2) as usize].clone(),
-                        reason: "bench".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map(drop)
-            })
-        },
-    )
-    .await;
-    record(&mut ops, "set_alias_c16", &phase);
 
     // Each worker reads the alias it wrote above: no two concurrent reads of one alias.
-    let phase = load(
-        bench.pid,
-        &clients,
-        c,
-        warmup,
-        duration,
-        |mut client, worker, _| {
-            Box::pin(async move {
-                client
-                    .get_alias(pb::GetAliasRequest {
-                        alias: format!("bench-set-{worker}"),
-                    })
-                    .await
-                    .map(drop)
-            })
-        },
-    )
-    .await;
-    record(&mut ops, "get_alias_distinct_c16", &phase);
+    phases
+        .run(
+            "get_alias_distinct_c16",
+            &clients,
+            c,
+            |mut client, worker, _| {
+                Box::pin(async move {
+                    client
+                        .get_alias(pb::GetAliasRequest {
+                            alias: format!("bench-set-{worker}"),
+                        })
+                        .await
+                        .map(drop)
+                })
+            },
+        )
+        .await;
 
-    let phase = load(
-        bench.pid,
-        &clients,
-        c,
-        warmup,
-        duration,
-        |mut client, worker, i| {
+    phases
+        .run("lifecycle_c16", &clients, c, |mut client, worker, i| {
             Box::pin(async move {
                 let run = client
                     .create_run(pb::CreateRunRequest {
@@ -466,11 +451,9 @@ async fn request_phases(
                     .await
                     .map(drop)
             })
-        },
-    )
-    .await;
-    record(&mut ops, "lifecycle_c16", &phase);
-    Ok(ops)
+        })
+        .await;
+    Ok(phases.ops)
 }
 
 /// A SUCCEEDED run with a small artifact: what an alias may point at.
@@ -819,11 +802,43 @@ where
     phase
 }
 
-/// Prints the phase and keeps it in `ops` under `name`.
-fn record(ops: &mut serde_json::Map<String, Value>, name: impl Into<String>, p: &Phase) {
-    let name = name.into();
-    report_phase(&name, p);
-    ops.insert(name, p.to_json());
+/// Measured phases against one server, and their results by name.
+struct Phases {
+    server: u32,
+    warmup: Duration,
+    duration: Duration,
+    ops: serde_json::Map<String, Value>,
+}
+
+impl Phases {
+    fn new(server: u32, args: &Args) -> Self {
+        Self {
+            server,
+            warmup: Duration::from_secs(args.warmup_secs),
+            duration: Duration::from_secs(args.duration_secs),
+            ops: serde_json::Map::new(),
+        }
+    }
+
+    /// Runs one phase (see [`load`]), prints it and keeps it under `name`.
+    async fn run<C, F>(&mut self, name: impl Into<String>, clients: &[C], concurrency: usize, op: F)
+    where
+        C: Clone + Send + 'static,
+        F: Fn(C, usize, u64) -> OpFuture + Send + Sync + 'static,
+    {
+        let p = load(
+            self.server,
+            clients,
+            concurrency,
+            self.warmup,
+            self.duration,
+            op,
+        )
+        .await;
+        let name = name.into();
+        report_phase(&name, &p);
+        self.ops.insert(name, p.to_json());
+    }
 }
 
 fn report_phase(name: &str, p: &Phase) {
