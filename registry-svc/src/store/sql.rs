@@ -252,6 +252,19 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
 }
 
+impl Stmt {
+    /// Binds the next six placeholders to what every run write stores: name, params, tags,
+    /// metrics, status and status message.
+    fn bind_run_contents(self, run: &Run) -> Self {
+        self.bind(&run.name)
+            .bind(to_json(&run.params))
+            .bind(to_json(&run.tags))
+            .bind(to_json(&run.metrics))
+            .bind(run.status.as_str())
+            .bind(&run.status_message)
+    }
+}
+
 #[async_trait]
 impl RegistryStore for SqlStore {
     fn single_writer(&self) -> bool {
@@ -272,21 +285,16 @@ impl RegistryStore for SqlStore {
             .write
             .one(
                 Stmt::new(
-                    "INSERT INTO runs (run_id, request_id, name, model_type, params, tags, metrics, \
-                     status, status_message, create_time, update_time, heartbeat_time, \
+                    "INSERT INTO runs (name, params, tags, metrics, status, status_message, \
+                     run_id, request_id, model_type, create_time, update_time, heartbeat_time, \
                      heartbeat_timeout_ms, version) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                      ON CONFLICT (request_id) DO NOTHING",
                 )
+                .bind_run_contents(run)
                 .bind(run.id.to_string())
                 .bind(run.request_id.as_deref())
-                .bind(&run.name)
                 .bind(&run.model_type)
-                .bind(to_json(&run.params))
-                .bind(to_json(&run.tags))
-                .bind(to_json(&run.metrics))
-                .bind(run.status.as_str())
-                .bind(&run.status_message)
                 .bind(run.create_time)
                 .bind(run.update_time)
                 .bind(run.heartbeat_time)
@@ -339,12 +347,7 @@ impl RegistryStore for SqlStore {
                      heartbeat_timeout_ms = $12, version = $13 \
                      WHERE run_id = $14 AND version = $15",
                 )
-                .bind(&run.name)
-                .bind(to_json(&run.params))
-                .bind(to_json(&run.tags))
-                .bind(to_json(&run.metrics))
-                .bind(run.status.as_str())
-                .bind(&run.status_message)
+                .bind_run_contents(run)
                 .bind(uri)
                 .bind(sha)
                 .bind(size)
