@@ -1,13 +1,25 @@
 //! Database connections both services open the same way (sqlx `Any`: one SQL text with
 //! `$n` placeholders serves SQLite and Postgres).
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-use sqlx::{any::AnyPoolOptions, AnyPool, Connection, Executor};
+use futures::{future::BoxFuture, stream::BoxStream, StreamExt, TryStreamExt};
+use sqlx::{
+    any::{AnyPoolOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo},
+    pool::PoolConnection,
+    Any, AnyConnection, AnyPool, Connection, Describe, Either, Execute, Executor,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A pooled connection idle for longer is pinged before use (servers and proxies drop
 /// idle connections; a dead one found this way is replaced instead of failing a request).
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(30);
+
+/// How long a query waits for a free connection before failing as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -47,7 +59,7 @@ pub async fn pool(
     AnyPoolOptions::new()
         .max_connections(max)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         // sqlx pings every connection on every acquire by default: a second round trip
         // per query. Only a connection idle long enough to have been dropped is checked.
         .test_before_acquire(false)
@@ -84,6 +96,198 @@ pub async fn pool(
         })
         .connect(url)
         .await
+}
+
+/// A pool whose connections come back for the next query as they are after a use that
+/// completed.
+///
+/// sqlx checks every connection given back to its pool with a ping, in a task of its own:
+/// a second round trip per query, during which the connection is busy and the next query
+/// waits for it (at one request in flight that doubled `GetAlias`'s time on Postgres). A
+/// use that completed has read every reply, so its connection needs no check and is kept
+/// here; one whose use failed or was cancelled (its replies perhaps unread, a transaction
+/// perhaps open) is dropped into sqlx's pool, whose check decides whether it lives on.
+///
+/// As an [`Executor`], `&Connections` runs each query on a connection of its own; for
+/// several statements on one connection (a transaction), [`Connections::acquire`] one.
+#[derive(Clone)]
+pub struct Connections {
+    pool: AnyPool,
+    /// One permit per connection the pool may open. Waiters queue here, fairly: the pool
+    /// never sees the connections kept in `idle` come back, so it cannot hand them on.
+    permits: Arc<Semaphore>,
+    idle: Arc<Mutex<Vec<Idle>>>,
+}
+
+struct Idle {
+    conn: PoolConnection<Any>,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("pool", &self.pool)
+            .field("available", &self.permits.available_permits())
+            .finish()
+    }
+}
+
+impl Connections {
+    /// Opens [`pool`] with `max` connections.
+    pub async fn open(
+        url: &str,
+        backend: Backend,
+        max: u32,
+        search_path: Option<&'static str>,
+    ) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            pool: pool(url, backend, max, search_path).await?,
+            permits: Arc::new(Semaphore::new(max as usize)),
+            idle: Arc::default(),
+        })
+    }
+
+    /// The pool underneath, for what takes a pool (migrations).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A connection for this task alone: the one used last, else a new one from the pool.
+    pub async fn acquire(&self) -> Result<Lease, sqlx::Error> {
+        let permit = tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let kept = self.lock_idle().pop();
+        let conn = match kept {
+            Some(Idle { mut conn, since }) if since.elapsed() > IDLE_BEFORE_PING => {
+                // Long idle: the server or a proxy may have dropped it.
+                match conn.ping().await {
+                    Ok(()) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an idle database connection is gone; opening another");
+                        drop(conn);
+                        self.pool.acquire().await?
+                    }
+                }
+            }
+            Some(Idle { conn, .. }) => conn,
+            None => self.pool.acquire().await?,
+        };
+        Ok(Lease {
+            conn,
+            idle: self.idle.clone(),
+            _permit: permit,
+        })
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        lock(&self.idle)
+    }
+}
+
+fn lock(idle: &Mutex<Vec<Idle>>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    // The vector is consistent after any push or pop, so a panic elsewhere leaves it usable.
+    idle.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connection of [`Connections`] held by one task. [`Lease::release`] after a use that
+/// completed keeps it for the next; dropped otherwise, it goes back through sqlx's check.
+pub struct Lease {
+    conn: PoolConnection<Any>,
+    idle: Arc<Mutex<Vec<Idle>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    pub fn release(self) {
+        lock(&self.idle).push(Idle {
+            conn: self.conn,
+            since: Instant::now(),
+        });
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+}
+
+impl<'c> Executor<'c> for &'c Connections {
+    type Database = Any;
+
+    /// Collected before it is streamed, so that the connection is free again as soon as
+    /// the database has answered (every query of the services is bounded by a page size).
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        futures::stream::once(async move {
+            let mut lease = self.acquire().await?;
+            let all: Vec<_> = lease.fetch_many(query).try_collect().await?;
+            lease.release();
+            Ok::<_, sqlx::Error>(futures::stream::iter(all.into_iter().map(Ok)))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        Box::pin(async move {
+            let mut lease = self.acquire().await?;
+            let row = lease.fetch_optional(query).await?;
+            lease.release();
+            Ok(row)
+        })
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [AnyTypeInfo],
+    ) -> BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            let mut lease = self.acquire().await?;
+            let statement = lease.prepare_with(sql, parameters).await?;
+            lease.release();
+            Ok(statement)
+        })
+    }
+
+    fn describe<'e, 'q: 'e>(self, sql: &'q str) -> BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            let mut lease = self.acquire().await?;
+            let described = lease.describe(sql).await?;
+            lease.release();
+            Ok(described)
+        })
+    }
 }
 
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {

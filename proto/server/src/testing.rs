@@ -59,10 +59,17 @@ pub async fn postgres(test: &str) -> Option<TestDb> {
         .execute(&mut conn)
         .await
         .expect("CREATE DATABASE for the test");
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    // The test database replaces the admin URL's database; its parameters (`sslmode`, a
+    // socket `host`) stay.
+    let (location, params) = admin
+        .split_once('?')
+        .map_or((admin.as_str(), String::new()), |(l, p)| {
+            (l, format!("?{p}"))
+        });
+    let base = location.rsplit_once('/').map_or(location, |(b, _)| b);
     let dir = tempfile::tempdir().expect("temp dir for the test");
     Some(TestDb {
-        url: format!("{base}/{name}"),
+        url: format!("{base}/{name}{params}"),
         dir,
         pg_name: Some(name),
     })

@@ -4,6 +4,7 @@
 //! differences (row locks, notifications) are switched on [`Backend`].
 
 use async_trait::async_trait;
+use capstan_server::db::Connections;
 use futures::{stream::BoxStream, StreamExt};
 use sqlx::{any::AnyRow, AnyPool, Row};
 use uuid::Uuid;
@@ -32,16 +33,20 @@ fn backend_of(url: &str) -> Result<Backend> {
 }
 
 pub struct SqlStore {
-    read: AnyPool,
+    read: Connections,
     write: Writer,
     backend: Backend,
     url: String,
 }
 
-async fn pool(url: &str, backend: Backend, max: u32) -> Result<AnyPool> {
-    capstan_server::db::pool(url, backend, max, None)
+fn unreachable_db(e: sqlx::Error) -> Error {
+    Error::Unavailable(format!("cannot connect to the database: {e}"))
+}
+
+async fn connections(url: &str, backend: Backend, max: u32) -> Result<Connections> {
+    Connections::open(url, backend, max, None)
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))
+        .map_err(unreachable_db)
 }
 
 impl SqlStore {
@@ -49,7 +54,7 @@ impl SqlStore {
     /// replicas start at once: Postgres migrations run under sqlx's advisory lock.
     pub async fn connect(url: &str) -> Result<Self> {
         let backend = backend_of(url)?;
-        let migrate = |pool| async move {
+        let migrate = |pool: AnyPool| async move {
             capstan_server::db::migrate(
                 &pool,
                 backend,
@@ -64,16 +69,20 @@ impl SqlStore {
             // SQLite allows one writer: one thread writes for the process (queueing writers
             // instead of failing them with SQLITE_BUSY); WAL lets the readers go on.
             Backend::Sqlite => {
-                migrate(pool(url, backend, 1).await?).await?.close().await;
+                let pool = capstan_server::db::pool(url, backend, 1, None)
+                    .await
+                    .map_err(unreachable_db)?;
+                migrate(pool).await?.close().await;
                 let options: sqlx::sqlite::SqliteConnectOptions = url
                     .parse()
                     .map_err(|e| Error::invalid("database_url", format!("{e}")))?;
                 let writer = SqliteWriter::open(options.get_filename())?;
-                (pool(url, backend, 4).await?, Writer::Sqlite(writer))
+                (connections(url, backend, 4).await?, Writer::Sqlite(writer))
             }
             Backend::Postgres => {
-                let p = migrate(pool(url, backend, 16).await?).await?;
-                (p.clone(), Writer::Pool(p))
+                let c = connections(url, backend, 16).await?;
+                migrate(c.pool().clone()).await?;
+                (c.clone(), Writer::Pool(c))
             }
         };
         Ok(Self {

@@ -2,7 +2,8 @@
 //! statement serves both backends: Postgres runs writes through its sqlx pool, SQLite hands
 //! them to its writer thread ([`super::sqlite_writer`]).
 
-use sqlx::{any::AnyRow, AnyPool, Row};
+use capstan_server::db::Connections;
+use sqlx::{any::AnyRow, Connection, Row};
 
 use super::sqlite_writer::SqliteWriter;
 use crate::error::{Error, Result};
@@ -146,7 +147,7 @@ impl Outcome {
 
 /// Where writes go: the Postgres pool, or SQLite's one writer thread.
 pub enum Writer {
-    Pool(AnyPool),
+    Pool(Connections),
     Sqlite(SqliteWriter),
 }
 
@@ -156,14 +157,16 @@ impl Writer {
     pub async fn run(&self, stmts: Vec<Stmt>) -> Result<Vec<Outcome>> {
         match self {
             Self::Sqlite(w) => w.run(stmts).await,
-            Self::Pool(pool) if stmts.len() == 1 => Ok(vec![exec(pool, &stmts[0]).await?]),
-            Self::Pool(pool) => {
-                let mut tx = pool.begin().await.map_err(write_error)?;
+            Self::Pool(db) if stmts.len() == 1 => Ok(vec![exec(db, &stmts[0]).await?]),
+            Self::Pool(db) => {
+                let mut lease = db.acquire().await.map_err(write_error)?;
+                let mut tx = lease.begin().await.map_err(write_error)?;
                 let mut out = Vec::with_capacity(stmts.len());
                 for s in &stmts {
                     out.push(exec(&mut *tx, s).await?);
                 }
                 tx.commit().await.map_err(write_error)?;
+                lease.release();
                 Ok(out)
             }
         }
