@@ -236,6 +236,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         common: common(&dir, &secret_file),
         artifact_store: "fs".into(),
         reaper_interval_seconds: 5,
+        alias_reads: registry_svc::domain::registry::AliasReads::Fresh,
         database_wait_seconds: 5,
     };
     let registry = registry_svc::app::start(

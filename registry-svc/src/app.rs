@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{RegistryApi, RegistryServiceServer},
-    domain::registry::Registry,
+    domain::registry::{AliasReads, Registry},
     error::Error,
     store::{blobs, sql::SqlStore, RegistryStore},
 };
@@ -36,9 +36,25 @@ pub struct RegistryArgs {
     #[arg(long, env = "CAPSTAN_REAPER_INTERVAL_SECONDS", default_value_t = 5)]
     pub reaper_interval_seconds: u64,
 
+    /// How GetAlias reads on Postgres: `fresh` asks the database every time, so a read on
+    /// any replica sees every write acknowledged before it; `cached` serves from memory,
+    /// cleared by the database's change notifications, so another replica's change may
+    /// show a few milliseconds late (never more than 2 s). SQLite, the only writer, is
+    /// always served from memory, exactly.
+    #[arg(long, env = "CAPSTAN_ALIAS_READS", default_value = "fresh", value_parser = alias_reads)]
+    pub alias_reads: AliasReads,
+
     /// How long start-up waits for the database before giving up.
     #[arg(long, env = "CAPSTAN_DATABASE_WAIT_SECONDS", default_value_t = 60)]
     pub database_wait_seconds: u64,
+}
+
+fn alias_reads(s: &str) -> Result<AliasReads, String> {
+    match s {
+        "fresh" => Ok(AliasReads::Fresh),
+        "cached" => Ok(AliasReads::Cached),
+        _ => Err("must be `fresh` or `cached`".into()),
+    }
 }
 
 /// A started server.
@@ -85,12 +101,12 @@ pub async fn start(args: &RegistryArgs, mut options: ServeOptions) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(database = %redact(&url), artifacts = %blob_store.describe(), "registry storage ready");
-    let registry = Registry::new(store, blob_store);
+    let registry = Registry::new(store, blob_store, args.alias_reads);
     registry.spawn_reaper(
         Duration::from_secs(args.reaper_interval_seconds.max(1)),
         shutdown.clone(),
     );
-    registry.spawn_change_listener(shutdown.clone()).await;
+    registry.spawn_change_listener(shutdown.clone());
 
     let max = args.common.max_message_bytes;
     let api = RegistryServiceServer::new(RegistryApi::new(registry.clone(), shutdown.clone()))

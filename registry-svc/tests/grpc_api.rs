@@ -8,7 +8,7 @@ use capstan_proto::registry::v1::{self as pb};
 use capstan_server::{auth::Role, testing};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use support::{servable_run, start};
+use support::{servable_run, start, start_with};
 use tonic::Code;
 
 fn set(alias: &str, run_id: &str, expected: Option<i64>) -> pb::SetAliasRequest {
@@ -292,6 +292,116 @@ async fn artifacts_hash_dedupe_and_round_trip() {
         assert_eq!(hex::encode(Sha256::digest(&got)), sha);
         server.stop().await;
     }
+}
+
+/// `--alias-reads cached` on Postgres: what a replica serves from memory gives way to
+/// another replica's change as soon as its announcement arrives, and to a change made
+/// while its listener was cut off. Each change must show well before the cache's 2 s
+/// TTL, which would otherwise hide a missed announcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_alias_reads_follow_other_replicas_changes() {
+    use sqlx::Connection;
+    let test = "cached_alias_reads_follow_other_replicas_changes";
+    let Some(db) = testing::postgres(test).await else {
+        return;
+    };
+    let cached = ["--alias-reads", "cached"];
+    let server = start_with(db, &cached).await;
+    let replica = server.replica_with(&cached).await;
+    let mut a = server.client(Role::Admin).await;
+    let token = server.token(Role::Service, "replica-b-reader");
+    let mut b = capstan_server::client::registry_client(&replica.url, Some(&token), 1 << 20)
+        .await
+        .unwrap();
+    let runs = [
+        servable_run(&mut a, "r1", &[]).await.run_id,
+        servable_run(&mut a, "r2", &[]).await.run_id,
+        servable_run(&mut a, "r3", &[]).await.run_id,
+    ];
+    let mut pg = sqlx::PgConnection::connect(&server.db.url).await.unwrap();
+    let listeners = "SELECT pid FROM pg_stat_activity \
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    // Both replicas listen once started.
+    for _ in 0..100 {
+        if sqlx::query(listeners)
+            .fetch_all(&mut pg)
+            .await
+            .unwrap()
+            .len()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // B serves revision `cached` (from memory, after its first read); A writes `next`:
+    // B must show it long before the cached copy would expire.
+    async fn b_follows(
+        b: &mut capstan_server::client::RegistryClient,
+        a: &mut capstan_server::client::RegistryClient,
+        before_write: impl std::future::Future<Output = ()>,
+        run: &str,
+        next: i64,
+    ) {
+        let get = pb::GetAliasRequest {
+            alias: "hot".into(),
+        };
+        let cached_at = std::time::Instant::now();
+        assert_eq!(
+            b.get_alias(get.clone()).await.unwrap().get_ref().revision,
+            next - 1
+        );
+        before_write.await;
+        a.set_alias(set("hot", run, None)).await.unwrap();
+        loop {
+            let got = b.get_alias(get.clone()).await.unwrap().into_inner();
+            if got.revision == next {
+                assert_eq!(got.run_id, run);
+                break;
+            }
+            assert!(
+                cached_at.elapsed() < Duration::from_millis(1500),
+                "replica B still serves revision {} after revision {next} was written",
+                got.revision
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    a.set_alias(set("hot", &runs[0], None)).await.unwrap();
+    b_follows(&mut b, &mut a, async {}, &runs[1], 2).await;
+
+    // Cut both listeners off, then write at once: the announcement goes to nobody.
+    let cut = async {
+        let killed = sqlx::query(&format!(
+            "SELECT pg_terminate_backend(pid) FROM ({listeners}) l"
+        ))
+        .fetch_all(&mut pg)
+        .await
+        .unwrap();
+        assert_eq!(killed.len(), 2, "both replicas were listening");
+    };
+    b_follows(&mut b, &mut a, cut, &runs[2], 3).await;
+
+    // Both listen again, and B follows announcements again.
+    let mut back = 0;
+    for _ in 0..250 {
+        back = sqlx::query(listeners)
+            .fetch_all(&mut pg)
+            .await
+            .unwrap()
+            .len();
+        if back == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(back, 2, "both replicas listen again");
+    b_follows(&mut b, &mut a, async {}, &runs[0], 4).await;
+
+    replica.stop().await;
+    server.stop().await;
 }
 
 async fn next_event(

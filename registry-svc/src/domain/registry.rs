@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result, Validator},
-    store::{blobs::BlobStore, RegistryStore, RunCursor, RunFilter, RunOrder},
+    store::{blobs::BlobStore, ChangeHint, RegistryStore, RunCursor, RunFilter, RunOrder},
 };
 
 /// Retries of an internal optimistic write before giving up with ABORTED.
@@ -28,7 +28,9 @@ pub struct Registry {
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) watch: AliasWatch,
     /// Only with a single writer: across replicas a cached read could miss a change.
-    aliases: Option<AliasCache>,
+    aliases: AliasCache,
+    /// Whether the cache may serve while the store's change listener is connected.
+    cache_on_notifications: bool,
     /// Otherwise concurrent reads of an alias share one fresh store read.
     alias_reads: Arc<CoalescedAliasReads>,
     servable: ServableRuns,
@@ -112,12 +114,28 @@ fn validate_filter(f: &RunFilter) -> Result<()> {
     Ok(v.finish()?)
 }
 
+/// How alias reads are served where several processes write (see `AliasCache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AliasReads {
+    /// From the store, every time: linearizable across replicas.
+    Fresh,
+    /// From memory while the store announces every change.
+    Cached,
+}
+
 impl Registry {
-    pub fn new(store: Arc<dyn RegistryStore>, blobs: Arc<dyn BlobStore>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn RegistryStore>,
+        blobs: Arc<dyn BlobStore>,
+        reads: AliasReads,
+    ) -> Arc<Self> {
         Arc::new(Self {
             blobs,
             watch: AliasWatch::new(),
-            aliases: store.single_writer().then(AliasCache::default),
+            // Elsewhere live, when asked for, once the store's change listener is (see
+            // `change_hint`).
+            aliases: AliasCache::new(store.single_writer()),
+            cache_on_notifications: reads == AliasReads::Cached,
             alias_reads: CoalescedAliasReads::new(store.clone()),
             servable: ServableRuns::default(),
             recent_runs: RecentRuns::default(),
@@ -255,10 +273,21 @@ impl Registry {
 
     /// An alias changed here or on another replica: drop cached reads, wake watchers.
     pub(crate) fn alias_changed(&self) {
-        if let Some(cache) = &self.aliases {
-            cache.invalidate();
-        }
+        self.aliases.invalidate();
         self.watch.notify();
+    }
+
+    /// What the store's change listener said; see [`ChangeHint`].
+    pub(crate) fn change_hint(&self, hint: ChangeHint) {
+        match hint {
+            ChangeHint::Changed => self.alias_changed(),
+            ChangeHint::Listening => {
+                self.aliases.set_live(self.cache_on_notifications);
+                // Changes made while nobody listened: watchers look now, not at their poll.
+                self.watch.notify();
+            }
+            ChangeHint::Lost => self.aliases.set_live(false),
+        }
     }
 
     /// Marks the run servable after checking it once; terminal runs never change.
@@ -348,17 +377,14 @@ impl Registry {
         let mut v = Validator::default();
         validate::alias(&mut v, "alias", alias);
         v.finish()?;
-        let found = match &self.aliases {
-            None => self.alias_reads.get(alias).await?,
-            Some(cache) => match cache.get(alias) {
-                Some(hit) => hit,
-                None => {
-                    let generation = cache.generation();
-                    let read = self.store.get_alias(alias).await?;
-                    cache.put(alias, read.clone(), generation);
-                    read
-                }
-            },
+        let found = match self.aliases.get(alias) {
+            Some(hit) => hit,
+            None => {
+                let generation = self.aliases.generation();
+                let read = self.alias_reads.get(alias).await?;
+                self.aliases.put(alias, read.clone(), generation);
+                read
+            }
         };
         found.ok_or_else(|| Error::NotFound(format!("alias {alias:?} does not exist")))
     }

@@ -17,7 +17,10 @@ use super::{
     registry::Registry,
     validate, Micros,
 };
-use crate::error::{Error, Result, Validator};
+use crate::{
+    error::{Error, Result, Validator},
+    store::ChangeHint,
+};
 
 const POLL: Duration = Duration::from_secs(1);
 const MAX_WATCHERS: usize = 10_000;
@@ -84,16 +87,18 @@ impl AliasWatch {
 }
 
 impl Registry {
-    /// Forwards other replicas' change notifications to local watchers.
-    pub async fn spawn_change_listener(self: &Arc<Self>, shutdown: CancellationToken) {
-        if let Some(mut hints) = self.store.alias_change_hints().await {
+    /// Follows the store's announcements of other replicas' changes: wakes local watchers
+    /// and keeps the alias cache (see `Registry::change_hint`).
+    pub fn spawn_change_listener(self: &Arc<Self>, shutdown: CancellationToken) {
+        if let Some(mut hints) = self.store.alias_change_hints() {
             let this = self.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         h = hints.next() => match h {
-                            Some(()) => this.alias_changed(),
+                            Some(hint) => this.change_hint(hint),
                             None => {
+                                this.change_hint(ChangeHint::Lost);
                                 tracing::warn!("alias notification stream ended; watchers fall back to polling");
                                 return;
                             }

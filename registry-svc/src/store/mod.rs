@@ -37,6 +37,17 @@ pub enum RunOrder {
     Metric { name: String, desc: bool },
 }
 
+/// What the store's announcements of alias changes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeHint {
+    /// From now on every alias change is announced; changes before may have been missed.
+    Listening,
+    /// An alias changed.
+    Changed,
+    /// Announcements stopped (the connection was lost); `Listening` follows when they resume.
+    Lost,
+}
+
 /// Where the previous page ended: the sort key of its last run and that run's id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RunCursor {
@@ -90,7 +101,7 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// The latest history revision of every alias that ever existed.
     async fn alias_revisions(&self) -> Result<Vec<(String, i64)>>;
 
-    /// Wake-ups when another process changed an alias (Postgres LISTEN/NOTIFY); `None`
-    /// where only this process writes.
-    async fn alias_change_hints(&self) -> Option<BoxStream<'static, ()>>;
+    /// Announcements of alias changes made by any process (Postgres LISTEN/NOTIFY), for as
+    /// long as the stream is polled; `None` where only this process writes.
+    fn alias_change_hints(&self) -> Option<BoxStream<'static, ChangeHint>>;
 }

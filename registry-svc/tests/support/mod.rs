@@ -76,9 +76,13 @@ impl Replica {
 
 impl Server {
     pub async fn replica(&self) -> Replica {
+        self.replica_with(&[]).await
+    }
+
+    pub async fn replica_with(&self, extra: &[&str]) -> Replica {
         // The secret file the first server was started with (same tokens on both).
         let secret_path = self.db.data_dir().join("jwt.secret");
-        let running = launch(&self.db, &secret_path, &[]).await;
+        let running = launch(&self.db, &secret_path, extra).await;
         let url = format!("http://{}", running.addr);
         Replica { running, url }
     }

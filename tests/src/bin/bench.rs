@@ -60,6 +60,9 @@ struct Args {
         default_value = "requests,artifacts"
     )]
     phases: Vec<PhaseChoice>,
+    /// More flags for the registry server (each as `--server-arg=--flag=value`).
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
     /// Concurrent workers sharing one HTTP/2 connection.
     #[arg(long, default_value_t = 8)]
     workers_per_connection: usize,
@@ -167,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
             "artifact_rounds": args.artifact_rounds,
             "chunk_kib": args.chunk_kib,
             "workers_per_connection": args.workers_per_connection,
+            "server_args": args.server_arg,
             "server_binary": bin.display().to_string(),
         },
         "transport": transport,
@@ -215,18 +219,20 @@ async fn bench_backend(args: &Args, bin: &Path, db: &TestDb) -> anyhow::Result<V
     let dir = db.data_dir();
     let (secret_path, secret) = testing::jwt_secret(&dir);
     let data_dir = dir.join("data");
+    let mut server_args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        path_str(&data_dir)?,
+        "--database-url",
+        &db.url,
+        "--jwt-secret-file",
+        path_str(&secret_path)?,
+    ];
+    server_args.extend(args.server_arg.iter().map(String::as_str));
     let mut svc = Service::start(
         bin,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            path_str(&data_dir)?,
-            "--database-url",
-            &db.url,
-            "--jwt-secret-file",
-            path_str(&secret_path)?,
-        ],
+        &server_args,
         // Pinned so that a RUST_LOG in the caller's environment cannot change the cost.
         &[("RUST_LOG", "info")],
         dir.join("registry.log"),
