@@ -72,6 +72,13 @@ impl ServeOptions {
 }
 
 /// Binds `addr`; port 0 picks a free port, which is logged.
+/// The largest HTTP/2 frame clients may send. At the 16 KiB default an upload arrives in
+/// 64 frames per MiB, each parsed, flow-controlled and handed on by itself: 256 KiB frames
+/// cut the server's CPU per uploaded GB by about a third (1.75 → 1.2 s, 256 MiB uploads
+/// 590 → 840–950 MB/s), the client's by a quarter, with peak memory unchanged. 1 MiB
+/// frames gained no more and held up to 18 MiB more per upload.
+const FRAME_BYTES: u32 = 256 << 10;
+
 pub async fn bind(addr: SocketAddr, service: &str) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)
         .await
@@ -126,7 +133,8 @@ pub async fn serve(
         // Large uploads stall on HTTP/2 flow control with small windows; the connection
         // window caps what one client can make the server buffer.
         .initial_connection_window_size(Some(16 * 1024 * 1024))
-        .initial_stream_window_size(Some(8 * 1024 * 1024));
+        .initial_stream_window_size(Some(8 * 1024 * 1024))
+        .max_frame_size(Some(FRAME_BYTES));
     if let Some(age) = options.max_connection_age {
         builder = builder.max_connection_age(age);
     }
