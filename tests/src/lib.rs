@@ -28,6 +28,32 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// Writes a benchmark's JSON results to `path` (creating its folder) and says where.
+/// A path as the `&str` a command line takes.
+pub fn path_str(p: &Path) -> anyhow::Result<&str> {
+    use anyhow::Context;
+    p.to_str()
+        .with_context(|| format!("path is not UTF-8: {}", p.display()))
+}
+
+/// The flags a benchmarked server starts with: a free port, its data directory, its
+/// database and the JWT secret its tokens are signed with.
+pub fn server_flags<'a>(
+    data_dir: &'a Path,
+    database_url: &'a str,
+    jwt_secret_file: &'a Path,
+) -> anyhow::Result<Vec<&'a str>> {
+    Ok(vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        path_str(data_dir)?,
+        "--database-url",
+        database_url,
+        "--jwt-secret-file",
+        path_str(jwt_secret_file)?,
+    ])
+}
+
 pub fn write_results(path: &Path, results: &serde_json::Value) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

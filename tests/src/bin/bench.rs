@@ -22,7 +22,7 @@ use capstan_server::{
     client::{registry_client, RegistryClient},
     testing::{self, TestDb},
 };
-use capstan_tests::{binary, Service};
+use capstan_tests::{binary, server_flags, Service};
 use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -219,16 +219,7 @@ async fn bench_backend(args: &Args, bin: &Path, db: &TestDb) -> anyhow::Result<V
     let dir = db.data_dir();
     let (secret_path, secret) = testing::jwt_secret(&dir);
     let data_dir = dir.join("data");
-    let mut server_args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        path_str(&data_dir)?,
-        "--database-url",
-        &db.url,
-        "--jwt-secret-file",
-        path_str(&secret_path)?,
-    ];
+    let mut server_args = server_flags(&data_dir, &db.url, &secret_path)?;
     server_args.extend(args.server_arg.iter().map(String::as_str));
     let mut svc = Service::start(
         bin,
@@ -972,11 +963,6 @@ fn reset_hwm(pid: u32) -> bool {
 
 fn kib_mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn path_str(p: &Path) -> anyhow::Result<&str> {
-    p.to_str()
-        .with_context(|| format!("path is not UTF-8: {}", p.display()))
 }
 
 fn host_info() -> Value {

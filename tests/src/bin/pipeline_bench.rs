@@ -32,7 +32,7 @@ use capstan_server::{
     client::{connect, AuthedChannel},
     testing::{self, TestDb},
 };
-use capstan_tests::{binary, Service};
+use capstan_tests::{binary, path_str, server_flags, Service};
 use clap::{Parser, ValueEnum};
 use pipeline_svc::{
     domain::{
@@ -258,22 +258,13 @@ impl Servers {
     ) -> anyhow::Result<Servers> {
         let dir = db.data_dir();
         let (secret_path, secret) = testing::jwt_secret(&dir);
-        let secret_arg = path_str(&secret_path)?;
         let registry_db = format!("sqlite://{}?mode=rwc", dir.join("registry.db").display());
         // Pinned so that a RUST_LOG in the caller's environment cannot change the cost.
         let env = [("RUST_LOG", "info")];
+        let registry_dir = dir.join("registry");
         let registry = Service::start(
             registry_bin,
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                path_str(&dir.join("registry"))?,
-                "--database-url",
-                &registry_db,
-                "--jwt-secret-file",
-                secret_arg,
-            ],
+            &server_flags(&registry_dir, &registry_db, &secret_path)?,
             &env,
             dir.join("registry.log"),
         )?;
@@ -286,24 +277,19 @@ impl Servers {
         for i in 0..replicas {
             let data_dir = dir.join(format!("pipeline-{i}"));
             let replica = format!("bench-{i}");
+            let registry_url = registry.url();
+            let mut flags = server_flags(&data_dir, &db.url, &secret_path)?;
+            flags.extend([
+                "--registry-url",
+                &registry_url,
+                "--registry-token-file",
+                path_str(&token_file)?,
+                "--replica-id",
+                &replica,
+            ]);
             pipelines.push(Service::start(
                 pipeline_bin,
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data-dir",
-                    path_str(&data_dir)?,
-                    "--database-url",
-                    &db.url,
-                    "--jwt-secret-file",
-                    secret_arg,
-                    "--registry-url",
-                    &registry.url(),
-                    "--registry-token-file",
-                    path_str(&token_file)?,
-                    "--replica-id",
-                    &replica,
-                ],
+                &flags,
                 &env,
                 dir.join(format!("pipeline-{i}.log")),
             )?);
@@ -322,11 +308,6 @@ impl Servers {
             OperationsServiceClient::new(channel),
         ))
     }
-}
-
-fn path_str(p: &Path) -> anyhow::Result<&str> {
-    p.to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))
 }
 
 fn small_demo(mode: pb::ExecutionMode) -> pb::StartDemoRequest {

@@ -22,7 +22,7 @@ use capstan_server::{
     client::{connect, AuthedChannel},
     testing::{self, TestDb},
 };
-use capstan_tests::{binary, Service};
+use capstan_tests::{binary, server_flags, Service};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
 
@@ -127,18 +127,7 @@ struct Bench {
 impl Bench {
     fn start(db_url: &str, dir: &Path, secret: &Path, extra: &[&str]) -> anyhow::Result<Service> {
         std::fs::create_dir_all(dir)?;
-        let data = dir.display().to_string();
-        let secret = secret.display().to_string();
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            db_url,
-            "--data-dir",
-            &data,
-            "--jwt-secret-file",
-            &secret,
-        ];
+        let mut args = server_flags(dir, db_url, secret)?;
         args.extend_from_slice(extra);
         Service::start(
             &binary("pipeline-svc"),
