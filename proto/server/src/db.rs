@@ -133,21 +133,18 @@ impl std::fmt::Debug for Connections {
     }
 }
 
-impl Connections {
-    /// Opens [`pool`] with `max` connections.
-    pub async fn open(
-        url: &str,
-        backend: Backend,
-        max: u32,
-        search_path: Option<&'static str>,
-    ) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            pool: pool(url, backend, max, search_path).await?,
-            permits: Arc::new(Semaphore::new(max as usize)),
+impl From<AnyPool> for Connections {
+    fn from(pool: AnyPool) -> Self {
+        let max = pool.options().get_max_connections() as usize;
+        Self {
+            pool,
+            permits: Arc::new(Semaphore::new(max)),
             idle: Arc::default(),
-        })
+        }
     }
+}
 
+impl Connections {
     /// The pool underneath, for what takes a pool (migrations).
     pub fn pool(&self) -> &AnyPool {
         &self.pool

@@ -11,9 +11,10 @@ use sqlx::{Connection, Row};
 
 async fn open(db: &TestDb, max: u32) -> Connections {
     let backend = Backend::of_url(&db.url).expect("a test database URL");
-    Connections::open(&db.url, backend, max, None)
+    capstan_server::db::pool(&db.url, backend, max, None)
         .await
         .expect("open the test database")
+        .into()
 }
 
 #[tokio::test]

@@ -45,8 +45,9 @@ fn unreachable_db(e: sqlx::Error) -> Error {
 }
 
 async fn connections(url: &str, backend: Backend, max: u32) -> Result<Connections> {
-    Connections::open(url, backend, max, None)
+    capstan_server::db::pool(url, backend, max, None)
         .await
+        .map(Connections::from)
         .map_err(unreachable_db)
 }
 
