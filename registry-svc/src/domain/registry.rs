@@ -27,11 +27,13 @@ pub struct Registry {
     pub(crate) store: Arc<dyn RegistryStore>,
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) watch: AliasWatch,
-    /// Only with a single writer: across replicas a cached read could miss a change.
+    /// Serves only while every change is known here: with a single writer, or (with
+    /// `AliasReads::Cached`) while the store's change listener is connected.
     aliases: AliasCache,
     /// Whether the cache may serve while the store's change listener is connected.
     cache_on_notifications: bool,
-    /// Otherwise concurrent reads of an alias share one fresh store read.
+    /// What the cache does not serve: concurrent reads of an alias share one store read
+    /// that began after they arrived.
     alias_reads: Arc<CoalescedAliasReads>,
     servable: ServableRuns,
     recent_runs: RecentRuns,
