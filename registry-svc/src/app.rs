@@ -5,6 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use capstan_server::{
     config::CommonArgs,
+    error::Chain,
     serve::{self, ServeOptions},
 };
 use clap::Args;
@@ -15,9 +16,9 @@ pub use crate::domain::registry::AliasReads;
 
 use crate::{
     api::{RegistryApi, RegistryServiceServer},
-    domain::registry::Registry,
+    domain::{ports::RegistryStore, registry::Registry},
     error::Error,
-    store::{blobs, sql::SqlStore, RegistryStore},
+    store::{blobs, sql::SqlStore},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -73,12 +74,13 @@ async fn connect_store(url: &str, wait: Duration) -> anyhow::Result<Arc<dyn Regi
     loop {
         match SqlStore::connect(url).await {
             Ok(s) => return Ok(Arc::new(s)),
-            Err(Error::Unavailable(msg)) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %msg, "database not ready; retrying");
+            Err(e @ Error::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %Chain(&e), "database not ready; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => {
-                return Err(anyhow::anyhow!("{e}")).context("cannot open the registry database")
+                return Err(anyhow::anyhow!("{}", Chain(&e)))
+                    .context("cannot open the registry database")
             }
         }
     }
@@ -101,7 +103,7 @@ pub async fn start(args: &RegistryArgs, mut options: ServeOptions) -> anyhow::Re
     let store = connect_store(&url, Duration::from_secs(args.database_wait_seconds)).await?;
     let blob_store = blobs::open(&args.artifact_store, &args.common.data_dir)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{}", Chain(&e)))?;
     tracing::info!(database = %capstan_server::config::redact_url(&url), artifacts = %blob_store.describe(), "registry storage ready");
     let registry = Registry::new(store, blob_store, args.alias_reads);
     registry.spawn_reaper(

@@ -1,36 +1,118 @@
-//! The registry's one error enum. It knows nothing of gRPC: `api::status` maps it to
-//! `tonic::Status` in one place.
+//! The registry's one error enum, in the registry's own terms. It knows nothing of gRPC:
+//! [`ServiceError`] says what kind of failure each variant is, and capstan-server's shared
+//! mapping (used in `api::status`) makes the status.
 
-use capstan_server::violations::Joined;
+use std::fmt;
+
+use capstan_server::{
+    error::{ErrorKind, ServiceError, Source},
+    violations::Joined,
+};
+use uuid::Uuid;
+
 pub use capstan_server::violations::{FieldViolation, Validator};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
+    /// The request is malformed; every offending field is listed.
     #[error("invalid request: {}", Joined(.0))]
-    InvalidArgument(Vec<FieldViolation>),
+    Invalid(Vec<FieldViolation>),
+    /// Something the request names does not exist.
     #[error("{0}")]
-    NotFound(String),
+    NotFound(Missing),
+    /// A concurrent change won: an alias moved past the expected revision, a run past the
+    /// expected etag, or another writer's transaction got there first. Read and retry.
     #[error("{0}")]
-    AlreadyExists(String),
+    Conflict(String),
+    /// The request is valid, but not in the state it meets (a terminal run, an alias
+    /// pointed at a run without an artifact, a refused promotion).
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error("{0}")]
-    Aborted(String),
+    /// Content does not match what was promised, or a stored artifact is gone.
     #[error("{0}")]
     DataLoss(String),
-    #[error("{0}")]
-    PermissionDenied(String),
+    /// A limit was reached (concurrent watches).
     #[error("{0}")]
     ResourceExhausted(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Storage cannot be reached now (the database, the blob store); the same request
+    /// may succeed later.
+    #[error("{what} is unavailable")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Option<Source>,
+    },
+    /// Our bug, or corrupt stored data.
+    #[error("{what}")]
+    Internal {
+        what: String,
+        #[source]
+        source: Option<Source>,
+    },
+}
+
+/// What a request named that does not exist: its kind and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    Run(Uuid),
+    Alias(String),
+    /// The alias never had this revision.
+    AliasRevision {
+        alias: String,
+        revision: i64,
+    },
+    /// The run exists but has no artifact.
+    Artifact(Uuid),
+    /// No blob of this SHA-256 is stored.
+    Blob(String),
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Run(id) => write!(f, "run {id} does not exist"),
+            Self::Alias(alias) => write!(f, "alias {alias:?} does not exist"),
+            Self::AliasRevision { alias, revision } => {
+                write!(f, "alias {alias:?} has no revision {revision}")
+            }
+            Self::Artifact(run) => write!(f, "run {run} has no artifact"),
+            Self::Blob(sha256) => write!(f, "blob {sha256} is not stored"),
+        }
+    }
 }
 
 impl Error {
+    /// One invalid field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+        Self::Invalid(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn unavailable(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: Some(capstan_server::error::source(source)),
+        }
+    }
+
+    pub fn internal(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Internal {
+            what: what.into(),
+            source: Some(capstan_server::error::source(source)),
+        }
+    }
+
+    /// An internal error that has no cause beyond its description.
+    pub fn bug(what: impl Into<String>) -> Self {
+        Self::Internal {
+            what: what.into(),
+            source: None,
+        }
     }
 }
 
@@ -38,12 +120,34 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<FieldViolation> for Error {
     fn from(v: FieldViolation) -> Self {
-        Self::InvalidArgument(vec![v])
+        Self::Invalid(vec![v])
     }
 }
 
 impl From<Vec<FieldViolation>> for Error {
     fn from(v: Vec<FieldViolation>) -> Self {
-        Self::InvalidArgument(v)
+        Self::Invalid(v)
+    }
+}
+
+impl ServiceError for Error {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Conflict(_) => ErrorKind::Aborted,
+            Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Self::DataLoss(_) => ErrorKind::DataLoss,
+            Self::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    fn field_violations(&self) -> &[FieldViolation] {
+        match self {
+            Self::Invalid(list) => list,
+            _ => &[],
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The gRPC layer: authorization, request mapping, status codes. Thin by design: every
 //! rule lives in `domain`.
 
-mod convert;
+mod aliases;
+mod runs;
 mod status;
 
 use std::{pin::Pin, sync::Arc};
@@ -16,12 +17,13 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
+        aliases::{PromoteRun, SetAlias},
         artifacts::UploadHeader,
-        registry::{ListRuns, PromoteRun, Registry, SetAlias},
-        run::NewRun,
+        registry::Registry,
+        runs::{ListRuns, NewRun, RunFilter},
+        validate,
     },
     error::{Error, Validator},
-    store::RunFilter,
 };
 
 pub use capstan_proto::registry::v1::registry_service_server::RegistryServiceServer;
@@ -54,7 +56,7 @@ fn writer<T>(req: &Request<T>) -> Result<Principal, Status> {
 
 fn run_id(field: &str, value: &str) -> Result<Uuid, Error> {
     let mut v = Validator::default();
-    let id = crate::domain::validate::uuid(&mut v, field, value);
+    let id = validate::uuid(&mut v, field, value);
     v.finish()?;
     id.ok_or_else(|| Error::invalid(field, "is not a UUID"))
 }
@@ -65,7 +67,7 @@ impl RegistryService for RegistryApi {
         writer(&req)?;
         let new = NewRun::try_from(req.into_inner())?;
         let run = self.registry.create_run(new).await?;
-        Ok(Response::new(convert::run_to_pb(run)))
+        Ok(Response::new(runs::run_to_pb(run)))
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> ApiResult<pb::Run> {
@@ -74,7 +76,7 @@ impl RegistryService for RegistryApi {
             .registry
             .get_run(run_id("run_id", &req.get_ref().run_id)?)
             .await?;
-        Ok(Response::new(convert::run_to_pb(run)))
+        Ok(Response::new(runs::run_to_pb(run)))
     }
 
     async fn list_runs(
@@ -85,7 +87,7 @@ impl RegistryService for RegistryApi {
         let r = req.into_inner();
         let query = ListRuns {
             filter: RunFilter {
-                status: convert::status_from_pb("status", r.status)?,
+                status: runs::status_from_pb("status", r.status)?,
                 model_type: (!r.model_type.is_empty()).then_some(r.model_type),
                 tags: r.tags.into_iter().collect(),
                 name_prefix: (!r.name_prefix.is_empty()).then_some(r.name_prefix),
@@ -96,7 +98,7 @@ impl RegistryService for RegistryApi {
         };
         let (runs, next_page_token) = self.registry.list_runs(&query).await?;
         Ok(Response::new(pb::ListRunsResponse {
-            runs: runs.into_iter().map(convert::run_to_pb).collect(),
+            runs: runs.into_iter().map(runs::run_to_pb).collect(),
             next_page_token,
         }))
     }
@@ -106,9 +108,9 @@ impl RegistryService for RegistryApi {
         let r = req.into_inner();
         let run = r.run.ok_or_else(|| Error::invalid("run", "is required"))?;
         let id = run_id("run.run_id", &run.run_id)?;
-        let patch = convert::patch_from_pb(&run, r.update_mask.as_ref())?;
+        let patch = runs::patch_from_pb(&run, r.update_mask.as_ref())?;
         let run = self.registry.update_run(id, &patch).await?;
-        Ok(Response::new(convert::run_to_pb(run)))
+        Ok(Response::new(runs::run_to_pb(run)))
     }
 
     async fn upload_artifact(
@@ -136,7 +138,7 @@ impl RegistryService for RegistryApi {
                 "chunk",
                 "every message after the header must carry a chunk",
             )),
-            Err(s) => Err(Error::Aborted(format!(
+            Err(s) => Err(Error::Conflict(format!(
                 "upload interrupted: {}",
                 s.message()
             ))),
@@ -159,7 +161,7 @@ impl RegistryService for RegistryApi {
             sha256: up.artifact.sha256,
             size_bytes: up.artifact.size_bytes,
             deduplicated: up.deduplicated,
-            run: Some(convert::run_to_pb(up.run)),
+            run: Some(runs::run_to_pb(up.run)),
         }))
     }
 
@@ -208,13 +210,13 @@ impl RegistryService for RegistryApi {
                 &p.subject,
             )
             .await?;
-        Ok(Response::new(convert::alias_to_pb(alias)))
+        Ok(Response::new(aliases::alias_to_pb(alias)))
     }
 
     async fn get_alias(&self, req: Request<pb::GetAliasRequest>) -> ApiResult<pb::Alias> {
         Principal::of(&req)?;
         let alias = self.registry.get_alias(&req.get_ref().alias).await?;
-        Ok(Response::new(convert::alias_to_pb(alias)))
+        Ok(Response::new(aliases::alias_to_pb(alias)))
     }
 
     async fn list_aliases(
@@ -228,7 +230,7 @@ impl RegistryService for RegistryApi {
             .list_aliases(r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(pb::ListAliasesResponse {
-            aliases: aliases.into_iter().map(convert::alias_to_pb).collect(),
+            aliases: aliases.into_iter().map(aliases::alias_to_pb).collect(),
             next_page_token,
         }))
     }
@@ -253,7 +255,7 @@ impl RegistryService for RegistryApi {
             .alias_history(&r.alias, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(pb::ListAliasHistoryResponse {
-            entries: entries.into_iter().map(convert::history_to_pb).collect(),
+            entries: entries.into_iter().map(aliases::history_to_pb).collect(),
             next_page_token,
         }))
     }
@@ -271,7 +273,7 @@ impl RegistryService for RegistryApi {
                 &p.subject,
             )
             .await?;
-        Ok(Response::new(convert::alias_to_pb(alias)))
+        Ok(Response::new(aliases::alias_to_pb(alias)))
     }
 
     async fn promote_run(
@@ -297,7 +299,7 @@ impl RegistryService for RegistryApi {
             )
             .await?;
         Ok(Response::new(pb::PromoteRunResponse {
-            alias: Some(convert::alias_to_pb(out.alias)),
+            alias: Some(aliases::alias_to_pb(out.alias)),
             promoted: out.promoted,
             previous_run_id: out
                 .previous_run_id
@@ -321,7 +323,7 @@ impl RegistryService for RegistryApi {
             .watch_aliases(req.into_inner().aliases, self.shutdown.clone())
             .await?;
         let stream =
-            ReceiverStream::new(rx).map(|e| e.map(convert::event_to_pb).map_err(Status::from));
+            ReceiverStream::new(rx).map(|e| e.map(aliases::event_to_pb).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -1,11 +1,10 @@
 //! Starts a real registry server on port 0 (auth on) for a test database, and hands out
 //! clients with tokens of each role.
-#![allow(dead_code)] // each test binary uses a different part
 
+use capstan_client::{registry_client, RegistryClient};
 use capstan_proto::registry::v1::{self as pb};
 use capstan_server::{
     auth::{issue_hs256, Role},
-    client::{registry_client, RegistryClient},
     serve::ServeOptions,
     testing::{jwt_secret, TestDb},
 };
@@ -165,4 +164,29 @@ pub async fn upload(
     c.upload_artifact(tokio_stream::iter(msgs))
         .await
         .map(|r| r.into_inner())
+}
+
+pub fn set(alias: &str, run_id: &str, expected: Option<i64>) -> pb::SetAliasRequest {
+    pb::SetAliasRequest {
+        alias: alias.into(),
+        run_id: run_id.into(),
+        expected_revision: expected,
+        ..Default::default()
+    }
+}
+
+/// Every file under `dir`.
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

@@ -1,11 +1,11 @@
 //! A client given several registry addresses spreads calls over them and keeps working
 //! when one of them goes away (HTTP/2 would otherwise pin it to one server).
 
-mod support;
-
+use capstan_client::registry_client;
 use capstan_proto::registry::v1::{self as pb};
-use capstan_server::{client::registry_client, testing};
-use support::start_with;
+use capstan_server::testing::TestDb;
+
+use crate::support::start_with;
 
 async fn count_runs(url: &str) -> usize {
     let mut c = registry_client(url, None, 4 << 20).await.unwrap();
@@ -22,8 +22,8 @@ async fn count_runs(url: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balanced_client_spreads_calls_and_survives_a_lost_server() {
-    let a = start_with(testing::sqlite(), &["--auth", "disabled"]).await;
-    let b = start_with(testing::sqlite(), &["--auth", "disabled"]).await;
+    let a = start_with(TestDb::sqlite(), &["--auth", "disabled"]).await;
+    let b = start_with(TestDb::sqlite(), &["--auth", "disabled"]).await;
     let both = format!("{},{}", a.url, b.url);
     let mut c = registry_client(&both, None, 4 << 20).await.unwrap();
     let create = |i: usize| pb::CreateRunRequest {

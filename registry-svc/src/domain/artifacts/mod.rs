@@ -7,12 +7,15 @@ use futures::{stream::BoxStream, Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{
-    registry::Registry,
-    run::{Artifact, Run, RunPatch},
-    validate,
+use crate::{
+    domain::{
+        ports::StagedBlob,
+        registry::Registry,
+        runs::{Artifact, ModelRun, RunPatch},
+        validate,
+    },
+    error::{Error, Missing, Result, Validator},
 };
-use crate::error::{Error, Result, Validator};
 
 /// Largest artifact accepted (64 GiB).
 pub const MAX_ARTIFACT_BYTES: i64 = 64 << 30;
@@ -29,9 +32,16 @@ pub struct UploadHeader {
     pub expected_size: Option<i64>,
 }
 
+/// What an upload sent, staged and hashed.
+struct Received {
+    staged: Box<dyn StagedBlob>,
+    sha256: String,
+    size: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Uploaded {
-    pub run: Run,
+    pub run: ModelRun,
     pub artifact: Artifact,
     pub deduplicated: bool,
 }
@@ -75,7 +85,7 @@ impl Registry {
     pub async fn upload_artifact(
         &self,
         header: UploadHeader,
-        mut chunks: impl Stream<Item = Result<Bytes>> + Unpin + Send,
+        chunks: impl Stream<Item = Result<Bytes>> + Unpin + Send,
     ) -> Result<Uploaded> {
         let run_id = header.validate()?;
         let run = self.get_run(run_id).await?;
@@ -92,42 +102,11 @@ impl Registry {
         };
         let ext = artifact_uri::extension_of(&header.name);
 
-        let mut staged = self.blobs.stage().await?;
-        // Writing runs beside hashing; the channel bounds what is buffered between them.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        let writer = tokio::spawn(async move {
-            while let Some(chunk) = rx.recv().await {
-                staged.write(chunk).await?;
-            }
-            Ok::<_, Error>(staged)
-        });
-        let mut hasher = Sha256::new();
-        let mut size: i64 = 0;
-        let limit = header.expected_size.unwrap_or(MAX_ARTIFACT_BYTES);
-        let received: Result<()> = async {
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk?;
-                size += chunk.len() as i64;
-                if size > limit {
-                    return Err(Error::invalid(
-                        "header.expected_size",
-                        format!("content exceeds the expected {limit} bytes"),
-                    ));
-                }
-                hasher.update(&chunk);
-                if tx.send(chunk).await.is_err() {
-                    break; // The writer failed; its error is reported below.
-                }
-            }
-            Ok(())
-        }
-        .await;
-        drop(tx);
-        let staged = writer
-            .await
-            .map_err(|e| Error::Internal(format!("artifact writer panicked: {e}")))?;
-        received?;
-        let staged = staged?;
+        let Received {
+            staged,
+            sha256,
+            size,
+        } = self.receive(chunks, header.expected_size).await?;
         if let Some(expected) = header.expected_size {
             if expected != size {
                 return Err(Error::invalid(
@@ -136,7 +115,6 @@ impl Registry {
                 ));
             }
         }
-        let sha256 = hex::encode(hasher.finalize());
         if !header.expected_sha256.is_empty() && header.expected_sha256 != sha256 {
             return Err(Error::DataLoss(format!(
                 "content SHA-256 is {sha256}, the header expected {}; nothing was stored",
@@ -168,6 +146,54 @@ impl Registry {
         })
     }
 
+    /// Streams the chunks into a staged blob while hashing them; writing runs beside
+    /// hashing, and the channel between them bounds what is buffered.
+    async fn receive(
+        &self,
+        mut chunks: impl Stream<Item = Result<Bytes>> + Unpin + Send,
+        expected_size: Option<i64>,
+    ) -> Result<Received> {
+        let mut staged = self.blobs.stage().await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let writer = tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                staged.write(chunk).await?;
+            }
+            Ok::<_, Error>(staged)
+        });
+        let mut hasher = Sha256::new();
+        let mut size: i64 = 0;
+        let limit = expected_size.unwrap_or(MAX_ARTIFACT_BYTES);
+        let received: Result<()> = async {
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                size += chunk.len() as i64;
+                if size > limit {
+                    return Err(Error::invalid(
+                        "header.expected_size",
+                        format!("content exceeds the expected {limit} bytes"),
+                    ));
+                }
+                hasher.update(&chunk);
+                if tx.send(chunk).await.is_err() {
+                    break; // The writer failed; its error is reported below.
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let staged = writer
+            .await
+            .map_err(|e| Error::internal("the artifact writer task", e))?;
+        received?;
+        Ok(Received {
+            staged: staged?,
+            sha256: hex::encode(hasher.finalize()),
+            size,
+        })
+    }
+
     /// The run's artifact reference and a stream of its content.
     pub async fn download_artifact(
         &self,
@@ -176,10 +202,10 @@ impl Registry {
         let run = self.get_run(run_id).await?;
         let artifact = run
             .artifact
-            .ok_or_else(|| Error::NotFound(format!("run {run_id} has no artifact")))?;
+            .ok_or(Error::NotFound(Missing::Artifact(run_id)))?;
         let stream = match self.blobs.read(&artifact.sha256, CHUNK_BYTES).await {
             Ok(s) => s,
-            Err(Error::NotFound(_)) => {
+            Err(Error::NotFound(Missing::Blob(_))) => {
                 return Err(Error::DataLoss(format!(
                     "artifact {} of run {run_id} is referenced but its content is not stored",
                     artifact.uri

@@ -3,12 +3,16 @@
 
 use std::sync::Arc;
 
-use capstan_server::testing;
-use registry_svc::store::{sql::SqlStore, RegistryStore};
+use capstan_server::testing::TestDb;
+use registry_svc::{domain::ports::RegistryStore, store::sql::SqlStore};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_starting_together_share_one_schema() {
-    for db in testing::all_backends("replicas_starting_together_share_one_schema").await {
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
+    replicas_starting_together_share_one_schema,
+);
+
+async fn replicas_starting_together_share_one_schema(db: TestDb) {
+    {
         let url = Arc::new(db.url.clone());
         let starts = (0..6).map(|_| {
             let url = url.clone();

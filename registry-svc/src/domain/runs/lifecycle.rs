@@ -1,95 +1,16 @@
-//! Runs and their state machine.
+//! A run's life: what a new run may hold, and what an update may change in which state
+//! (`PENDING → RUNNING → SUCCEEDED | FAILED | CANCELLED`; a terminal run keeps its outcome).
 
 use std::collections::BTreeMap;
 
-use capstan_proto::artifact_uri::{self, ArtifactUri};
+use capstan_proto::artifact_uri;
 use uuid::Uuid;
 
-use super::{validate, Micros};
-use crate::error::{Error, Result, Validator};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RunStatus {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl RunStatus {
-    pub const ALL: [RunStatus; 5] = [
-        Self::Pending,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-
-    /// `PENDING → RUNNING → SUCCEEDED | FAILED | CANCELLED`; PENDING may end at once;
-    /// staying put is allowed for non-terminal states; a terminal state never changes.
-    pub fn can_become(self, next: RunStatus) -> bool {
-        use RunStatus::*;
-        match self {
-            Pending => true,
-            Running => next != Pending,
-            Succeeded | Failed | Cancelled => false,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Running => "RUNNING",
-            Self::Succeeded => "SUCCEEDED",
-            Self::Failed => "FAILED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-}
-
-/// A stored artifact reference: the canonical URI and the content's hash and size.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Artifact {
-    pub uri: ArtifactUri,
-    pub sha256: String,
-    pub size_bytes: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Run {
-    pub id: Uuid,
-    pub request_id: Option<String>,
-    pub name: String,
-    pub model_type: String,
-    pub params: BTreeMap<String, String>,
-    pub tags: BTreeMap<String, String>,
-    pub metrics: BTreeMap<String, f64>,
-    pub status: RunStatus,
-    pub status_message: String,
-    pub artifact: Option<Artifact>,
-    pub create_time: Micros,
-    pub update_time: Micros,
-    pub heartbeat_time: Micros,
-    /// Zero: no heartbeat expected.
-    pub heartbeat_timeout_ms: i64,
-    /// Bumped on every write; the etag is its decimal text.
-    pub version: i64,
-}
-
-impl Run {
-    pub fn etag(&self) -> String {
-        self.version.to_string()
-    }
-}
+use super::{Artifact, ModelRun, RunStatus};
+use crate::{
+    domain::{validate, Micros},
+    error::{Error, Result, Validator},
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct NewRun {
@@ -142,8 +63,8 @@ impl NewRun {
         Ok(v.finish()?)
     }
 
-    pub fn into_run(self, id: Uuid, now: Micros) -> Run {
-        Run {
+    pub fn into_run(self, id: Uuid, now: Micros) -> ModelRun {
+        ModelRun {
             id,
             request_id: self.request_id,
             name: self.name,
@@ -228,10 +149,10 @@ impl RunPatch {
     }
 
     /// Applies the patch to `run` (read in the same transaction) or says why not.
-    pub fn apply(&self, run: &mut Run, now: Micros) -> Result<()> {
+    pub fn apply(&self, run: &mut ModelRun, now: Micros) -> Result<()> {
         if let Some(etag) = &self.expected_etag {
             if *etag != run.etag() {
-                return Err(Error::Aborted(format!(
+                return Err(Error::Conflict(format!(
                     "run {} changed: etag is {}, request expected {etag}",
                     run.id,
                     run.etag()
@@ -312,7 +233,7 @@ mod tests {
         prop::sample::select(RunStatus::ALL.to_vec())
     }
 
-    fn run(status: RunStatus) -> Run {
+    fn run(status: RunStatus) -> ModelRun {
         let mut r = NewRun {
             name: "r".into(),
             model_type: "m".into(),
@@ -367,6 +288,6 @@ mod tests {
             ..Default::default()
         }
         .apply(&mut r, 1);
-        assert!(matches!(err, Err(Error::Aborted(_))));
+        assert!(matches!(err, Err(Error::Conflict(_))));
     }
 }

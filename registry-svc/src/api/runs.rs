@@ -1,5 +1,5 @@
-//! Mapping between protobuf messages and domain types (`TryFrom`-style: wire input is
-//! validated on the way in).
+//! Runs between protobuf messages and domain types; wire input is checked on the way in
+//! (an AIP-134 field mask becomes a [`RunPatch`]).
 
 use std::collections::BTreeMap;
 
@@ -8,9 +8,7 @@ use prost_types::{Duration, Timestamp};
 
 use crate::{
     domain::{
-        alias::{Alias, AliasAction, AliasHistoryEntry},
-        run::{Artifact, NewRun, Run, RunPatch, RunStatus},
-        watch::{AliasEvent, AliasEventKind},
+        runs::{Artifact, ModelRun, NewRun, RunPatch, RunStatus},
         Micros,
     },
     error::{Error, Result},
@@ -53,7 +51,7 @@ pub fn status_from_pb(field: &str, value: i32) -> Result<Option<RunStatus>> {
     }
 }
 
-pub fn run_to_pb(r: Run) -> pb::Run {
+pub fn run_to_pb(r: ModelRun) -> pb::Run {
     let (uri, sha, size) = match r.artifact {
         Some(a) => (a.uri.to_string(), a.sha256, a.size_bytes),
         None => (String::new(), String::new(), 0),
@@ -197,57 +195,4 @@ pub fn patch_from_pb(run: &pb::Run, mask: Option<&prost_types::FieldMask>) -> Re
         return Err(Error::invalid("update_mask", "names no field to update"));
     }
     Ok(patch)
-}
-
-pub fn alias_to_pb(a: Alias) -> pb::Alias {
-    pb::Alias {
-        alias: a.alias,
-        run_id: a.run_id.to_string(),
-        description: a.description,
-        revision: a.revision,
-        update_time: timestamp(a.update_time),
-        updated_by: a.updated_by,
-    }
-}
-
-fn action_to_pb(a: AliasAction) -> pb::AliasAction {
-    match a {
-        AliasAction::Set => pb::AliasAction::Set,
-        AliasAction::Rollback => pb::AliasAction::Rollback,
-        AliasAction::Promote => pb::AliasAction::Promote,
-        AliasAction::Delete => pb::AliasAction::Delete,
-    }
-}
-
-pub fn history_to_pb(e: AliasHistoryEntry) -> pb::AliasHistoryEntry {
-    pb::AliasHistoryEntry {
-        alias: e.alias,
-        revision: e.revision,
-        run_id: e.run_id.map(|u| u.to_string()).unwrap_or_default(),
-        previous_run_id: e.previous_run_id.map(|u| u.to_string()).unwrap_or_default(),
-        reason: e.reason,
-        actor: e.actor,
-        time: timestamp(e.time),
-        action: action_to_pb(e.action) as i32,
-        description: e.description,
-    }
-}
-
-pub fn event_to_pb(e: AliasEvent) -> pb::WatchAliasesResponse {
-    let kind = match e.kind {
-        AliasEventKind::Snapshot => pb::AliasEventType::Snapshot,
-        AliasEventKind::Changed => pb::AliasEventType::Changed,
-        AliasEventKind::Deleted => pb::AliasEventType::Deleted,
-    };
-    pb::WatchAliasesResponse {
-        alias: Some(pb::Alias {
-            alias: e.alias,
-            run_id: e.run_id.map(|u| u.to_string()).unwrap_or_default(),
-            description: e.description,
-            revision: e.revision,
-            update_time: timestamp(e.time),
-            updated_by: e.actor,
-        }),
-        r#type: kind as i32,
-    }
 }

@@ -8,7 +8,8 @@
 
 use std::{path::Path, sync::mpsc};
 
-use rusqlite::{types::ValueRef, Connection, ErrorCode, OpenFlags};
+use capstan_server::db::{classify_code, DbFailure};
+use rusqlite::{types::ValueRef, Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::stmt::{Outcome, Stmt, Value};
@@ -42,21 +43,22 @@ impl SqliteWriter {
             c.set_prepared_statement_cache_capacity(64);
             Ok(c)
         })
-        .map_err(|e| {
-            Error::Unavailable(format!("cannot open {} for writing: {e}", path.display()))
-        })?;
+        .map_err(|e| Error::unavailable(format!("{} (opening for writing)", path.display()), e))?;
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || serve(conn, queue))
-            .map_err(|e| Error::Unavailable(format!("cannot start the SQLite writer: {e}")))?;
+            .map_err(|e| Error::unavailable("the SQLite writer (starting its thread)", e))?;
         Ok(Self { jobs })
     }
 
     /// Runs `stmts` atomically, after whatever writes were queued before them.
     pub async fn run(&self, stmts: Vec<Stmt>) -> Result<Vec<Outcome>> {
         let (reply, answer) = oneshot::channel();
-        let gone = || Error::Unavailable("the SQLite writer has stopped".into());
+        let gone = || Error::Unavailable {
+            what: "the SQLite writer (stopped)".into(),
+            source: None,
+        };
         self.jobs.send(Job { stmts, reply }).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -86,7 +88,7 @@ fn answer(reply: oneshot::Sender<Result<Vec<Outcome>>>, result: Result<Vec<Outco
 fn run_batch(conn: &Connection, batch: Vec<Job>) {
     let mut ran: Vec<(Job, Result<Vec<Outcome>>)> = Vec::with_capacity(batch.len());
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let e = sqlite_error(&e);
+        let e = sqlite_error(e);
         for job in batch {
             answer(job.reply, Err(e.clone()));
         }
@@ -114,7 +116,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         Ok(())
     } else {
         conn.execute_batch("COMMIT").map_err(|e| {
-            let e = sqlite_error(&e);
+            let e = sqlite_error(e);
             if !conn.is_autocommit() {
                 if let Err(e) = conn.execute_batch("ROLLBACK") {
                     tracing::error!(error = %e, "SQLite writer cannot roll back a failed commit");
@@ -131,13 +133,12 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
 /// One job: a single statement is atomic by itself; several share a savepoint.
 fn run_job(conn: &Connection, stmts: &[Stmt]) -> Result<Vec<Outcome>> {
     if let [stmt] = stmts {
-        return Ok(vec![run_stmt(conn, stmt).map_err(|e| sqlite_error(&e))?]);
+        return Ok(vec![run_stmt(conn, stmt).map_err(sqlite_error)?]);
     }
-    conn.execute_batch("SAVEPOINT job")
-        .map_err(|e| sqlite_error(&e))?;
+    conn.execute_batch("SAVEPOINT job").map_err(sqlite_error)?;
     let result: Result<Vec<Outcome>> = stmts
         .iter()
-        .map(|s| run_stmt(conn, s).map_err(|e| sqlite_error(&e)))
+        .map(|s| run_stmt(conn, s).map_err(sqlite_error))
         .collect();
     let end = if result.is_ok() {
         "RELEASE job"
@@ -146,7 +147,7 @@ fn run_job(conn: &Connection, stmts: &[Stmt]) -> Result<Vec<Outcome>> {
     };
     // After a rollback of the whole transaction there is no savepoint left to end.
     if !conn.is_autocommit() {
-        conn.execute_batch(end).map_err(|e| sqlite_error(&e))?;
+        conn.execute_batch(end).map_err(sqlite_error)?;
     }
     result
 }
@@ -199,23 +200,17 @@ fn value(v: ValueRef<'_>) -> Value {
     }
 }
 
-/// Maps a SQLite error like [`super::stmt::write_error`] maps a sqlx one.
-fn sqlite_error(e: &rusqlite::Error) -> Error {
-    match e.sqlite_error() {
-        Some(f)
-            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-        {
-            Error::Aborted(format!("a concurrent write won: {e}"))
+/// Maps a SQLite error as [`super::db_error`] maps a sqlx one.
+fn sqlite_error(e: rusqlite::Error) -> Error {
+    let code = e.sqlite_error().map(|f| f.extended_code);
+    match code {
+        Some(
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+        ) => Error::Conflict(format!("a concurrent write won: {e}")),
+        Some(c) if classify_code(&c.to_string()) == Some(DbFailure::Unavailable) => {
+            Error::unavailable("the registry database (busy)", e)
         }
-        Some(f) if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            tracing::warn!(error = %e, "database busy");
-            Error::Unavailable(format!("database busy: {e}"))
-        }
-        _ => {
-            tracing::error!(error = %e, "database error");
-            Error::Internal(format!("database error: {e}"))
-        }
+        _ => Error::internal("a registry database write", e),
     }
 }
 
@@ -276,14 +271,14 @@ mod tests {
                     assert!(out[0].text(1).expect("k").starts_with('k'));
                     won += 1;
                 }
-                Err(Error::Aborted(_)) => lost += 1,
+                Err(Error::Conflict(_)) => lost += 1,
                 Err(e) => panic!("unexpected error: {e}"),
             }
         }
         assert_eq!((won, lost), (50, 150));
         assert!(matches!(
             atomic.await.expect("task"),
-            Err(Error::Aborted(_))
+            Err(Error::Conflict(_))
         ));
 
         let check = Connection::open(&path).expect("check");
@@ -326,6 +321,6 @@ mod tests {
                 Stmt::new("UPDATE t SET v = $2 WHERE k = $1").bind("k0")
             ])
             .await;
-        assert!(matches!(bad, Err(Error::Internal(_))), "{bad:?}");
+        assert!(matches!(bad, Err(Error::Internal { .. })), "{bad:?}");
     }
 }

@@ -5,7 +5,7 @@
 use capstan_server::db::Connections;
 use sqlx::{any::AnyRow, Connection, Row};
 
-use super::sqlite_writer::SqliteWriter;
+use super::{db_error, sqlite_writer::SqliteWriter};
 use crate::error::{Error, Result};
 
 /// An argument or a returned column. Nulls are typed: Postgres refuses a text NULL for a
@@ -123,13 +123,13 @@ impl Outcome {
         self.returned
             .as_ref()
             .and_then(|r| r.get(i))
-            .ok_or_else(|| Error::Internal(format!("write returned no column {i}")))
+            .ok_or_else(|| Error::bug(format!("write returned no column {i}")))
     }
 
     pub fn int(&self, i: usize) -> Result<i64> {
         match self.column(i)? {
             Value::Int(Some(v)) => Ok(*v),
-            other => Err(Error::Internal(format!(
+            other => Err(Error::bug(format!(
                 "column {i} returned {other:?}, not an integer"
             ))),
         }
@@ -138,7 +138,7 @@ impl Outcome {
     pub fn text(&self, i: usize) -> Result<&str> {
         match self.column(i)? {
             Value::Text(Some(v)) => Ok(v),
-            other => Err(Error::Internal(format!(
+            other => Err(Error::bug(format!(
                 "column {i} returned {other:?}, not text"
             ))),
         }
@@ -153,19 +153,19 @@ pub enum Writer {
 
 impl Writer {
     /// Runs `stmts` in order, atomically, and returns what each did. A unique violation
-    /// comes back as `ABORTED` (a concurrent writer won); the caller words it.
+    /// comes back as a conflict (a concurrent writer won); the caller words it.
     pub async fn run(&self, stmts: Vec<Stmt>) -> Result<Vec<Outcome>> {
         match self {
             Self::Sqlite(w) => w.run(stmts).await,
             Self::Pool(db) if stmts.len() == 1 => Ok(vec![exec(db, &stmts[0]).await?]),
             Self::Pool(db) => {
-                let mut lease = db.acquire().await.map_err(write_error)?;
-                let mut tx = lease.begin().await.map_err(write_error)?;
+                let mut lease = db.acquire().await.map_err(db_error)?;
+                let mut tx = lease.begin().await.map_err(db_error)?;
                 let mut out = Vec::with_capacity(stmts.len());
                 for s in &stmts {
                     out.push(exec(&mut *tx, s).await?);
                 }
-                tx.commit().await.map_err(write_error)?;
+                tx.commit().await.map_err(db_error)?;
                 lease.release();
                 Ok(out)
             }
@@ -176,7 +176,7 @@ impl Writer {
         self.run(vec![stmt])
             .await?
             .pop()
-            .ok_or_else(|| Error::Internal("a write returned no outcome".into()))
+            .ok_or_else(|| Error::bug("a write returned no outcome"))
     }
 }
 
@@ -185,13 +185,13 @@ where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
     if s.returning {
-        let rows = s.query().fetch_all(e).await.map_err(write_error)?;
+        let rows = s.query().fetch_all(e).await.map_err(db_error)?;
         Ok(Outcome {
             affected: rows.len() as u64,
             returned: rows.first().map(row_values).transpose()?,
         })
     } else {
-        let done = s.query().execute(e).await.map_err(write_error)?;
+        let done = s.query().execute(e).await.map_err(db_error)?;
         Ok(Outcome {
             affected: done.rows_affected(),
             returned: None,
@@ -213,29 +213,4 @@ fn row_values(row: &AnyRow) -> Result<Vec<Value>> {
             }
         })
         .collect()
-}
-
-pub fn write_error(e: sqlx::Error) -> Error {
-    if capstan_server::db::is_unique_violation(&e) {
-        Error::Aborted(format!("a concurrent write won: {e}"))
-    } else {
-        db_error(e)
-    }
-}
-
-/// Maps a database error, logging it where it becomes a status.
-pub fn db_error(e: sqlx::Error) -> Error {
-    match capstan_server::db::classify(&e) {
-        capstan_server::db::DbFailure::Conflict => {
-            Error::Aborted(format!("a concurrent transaction won: {e}"))
-        }
-        capstan_server::db::DbFailure::Unavailable => {
-            tracing::warn!(error = %e, "database unavailable");
-            Error::Unavailable(format!("database unavailable: {e}"))
-        }
-        _ => {
-            tracing::error!(error = %e, "database error");
-            Error::Internal(format!("database error: {e}"))
-        }
-    }
 }

@@ -1,15 +1,17 @@
 //! Table-driven: malformed requests across every RPC get the right status (never
 //! INTERNAL) and write nothing.
 
-mod support;
-
 use std::{future::Future, pin::Pin};
 
+use capstan_client::RegistryClient;
 use capstan_proto::registry::v1::{self as pb};
-use capstan_server::{auth::Role, client::RegistryClient, testing};
+use capstan_server::{auth::Role, testing::TestDb};
 use futures::StreamExt;
-use support::{servable_run, start};
 use tonic::{Code, Status};
+
+use crate::support::{servable_run, start};
+
+capstan_server::test_on_both_backends!(malformed_requests_get_clear_codes_and_change_nothing);
 
 type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
 
@@ -73,9 +75,8 @@ async fn snapshot(c: &mut RegistryClient) -> String {
     format!("{runs:?}\n{aliases:?}\n{history:?}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_requests_get_clear_codes_and_change_nothing() {
-    for db in testing::all_backends("malformed_requests_get_clear_codes_and_change_nothing").await {
+async fn malformed_requests_get_clear_codes_and_change_nothing(db: TestDb) {
+    {
         let server = start(db).await;
         let mut admin = server.client(Role::Admin).await;
         let ok_run = servable_run(&mut admin, "ok", &[("wape", 0.1)]).await;

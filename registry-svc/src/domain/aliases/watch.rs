@@ -1,9 +1,11 @@
-//! `WatchAliases`: the current value of each alias, then every change, in revision order.
+//! How alias changes travel: `WatchAliases` (the current value of each alias, then every
+//! change, in revision order), and the store's announcements of other replicas' changes,
+//! which wake watchers and keep the alias cache honest.
 //!
 //! Per-alias revisions are gapless and serialized by compare-and-swap, so a watcher that
 //! remembers the last revision it sent and asks the store for later ones never misses or
-//! repeats a change. Wake-ups come from this process's writes, from Postgres
-//! notifications of other replicas, and from a poll as the fallback.
+//! repeats a change. Wake-ups come from this process's writes, from the store's
+//! announcements of other replicas' changes, and from a poll as the fallback.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -12,14 +14,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{
-    alias::{AliasAction, AliasHistoryEntry},
-    registry::Registry,
-    validate, Micros,
-};
+use super::{Alias, AliasAction, AliasHistoryEntry};
 use crate::{
+    domain::{ports::ChangeHint, registry::Registry, validate, Micros},
     error::{Error, Result, Validator},
-    store::ChangeHint,
 };
 
 const POLL: Duration = Duration::from_secs(1);
@@ -87,6 +85,25 @@ impl AliasWatch {
 }
 
 impl Registry {
+    /// An alias changed here or on another replica: drop cached reads, wake watchers.
+    pub(super) fn alias_changed(&self) {
+        self.aliases.invalidate();
+        self.watch.notify();
+    }
+
+    /// What the store's change listener said; see [`ChangeHint`].
+    fn change_hint(&self, hint: ChangeHint) {
+        match hint {
+            ChangeHint::Changed => self.alias_changed(),
+            ChangeHint::Listening => {
+                self.aliases.set_live(self.cache_on_notifications);
+                // Changes made while nobody listened: watchers look now, not at their poll.
+                self.watch.notify();
+            }
+            ChangeHint::Lost => self.aliases.set_live(false),
+        }
+    }
+
     /// Follows the store's announcements of other replicas' changes: wakes local watchers
     /// and keeps the alias cache (see `Registry::change_hint`).
     pub fn spawn_change_listener(self: &Arc<Self>, shutdown: CancellationToken) {
@@ -159,7 +176,9 @@ impl Registry {
                             return;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "alias watch poll failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %capstan_server::error::Chain(&e), "alias watch poll failed; retrying")
+                    }
                 }
             }
         });
@@ -240,7 +259,7 @@ impl Registry {
     }
 }
 
-fn snapshot_event(a: super::alias::Alias) -> AliasEvent {
+fn snapshot_event(a: Alias) -> AliasEvent {
     AliasEvent {
         kind: AliasEventKind::Snapshot,
         alias: a.alias,

@@ -1,8 +1,6 @@
-//! Content-addressed artifact blobs: `blobs/sha256/{first two hex}/{sha256}`.
-//!
-//! An upload is written to a staging object first (its hash is known only at the end),
-//! then moved to its content address; identical content is stored once. A staged blob
-//! that is dropped uncommitted (client went away, hash mismatch) is removed.
+//! Blobs under a local directory: `staging/{uuid}` while an upload streams, then
+//! `blobs/sha256/{first two hex}/{sha256}`. Uploads and downloads use direct I/O from
+//! aligned blocks where the filesystem allows it.
 
 use std::{
     os::unix::fs::FileExt,
@@ -11,37 +9,14 @@ use std::{
 };
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use futures::{stream::BoxStream, StreamExt, TryStreamExt};
-use object_store::{path::Path as ObjectPath, ObjectStore, WriteMultipart};
+use bytes::Bytes;
+use futures::{stream::BoxStream, StreamExt};
 
-use crate::error::{Error, Result};
-
-#[async_trait]
-pub trait BlobStore: Send + Sync + 'static {
-    /// Starts writing a new blob whose hash is not known yet.
-    async fn stage(&self) -> Result<Box<dyn StagedBlob>>;
-    /// Streams the blob with this SHA-256 in chunks of about `chunk` bytes.
-    async fn read(&self, sha256: &str, chunk: usize) -> Result<BoxStream<'static, Result<Bytes>>>;
-    /// Human-readable location, for logs.
-    fn describe(&self) -> String;
-}
-
-#[async_trait]
-pub trait StagedBlob: Send {
-    async fn write(&mut self, chunk: Bytes) -> Result<()>;
-    /// Moves the content to its address; `true` when identical content was already there.
-    async fn commit(self: Box<Self>, sha256: &str) -> Result<bool>;
-}
-
-fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
-    tracing::error!(error = %e, what, "blob store error");
-    Error::Unavailable(format!("artifact storage failed ({what}): {e}"))
-}
-
-fn key_path(sha256: &str) -> String {
-    format!("blobs/sha256/{}/{sha256}", &sha256[..2])
-}
+use super::{io_error, key_path};
+use crate::{
+    domain::ports::{BlobStore, StagedBlob},
+    error::{Error, Missing, Result},
+};
 
 /// Blobs under a local directory.
 pub struct FsBlobStore {
@@ -86,7 +61,7 @@ impl Block {
         let buf = vec![0u8; BLOCK + ALIGN];
         let start = buf.as_ptr().align_offset(ALIGN);
         if start >= ALIGN {
-            return Err(Error::Internal("cannot align an upload buffer".into()));
+            return Err(Error::bug("cannot align an upload buffer"));
         }
         Ok(Self { buf, start, len: 0 })
     }
@@ -198,7 +173,7 @@ impl FsStaged {
         };
         let (mut block, written) = write
             .await
-            .map_err(|e| Error::Internal(format!("blob writer thread failed: {e}")))?;
+            .map_err(|e| Error::internal("the blob writer thread", e))?;
         written.map_err(|e| io_error("write", e))?;
         block.len = 0;
         Ok(Some(block))
@@ -312,7 +287,7 @@ impl StagedBlob for FsStaged {
             (tail, synced)
         })
         .await
-        .map_err(|e| Error::Internal(format!("blob writer thread failed: {e}")))?;
+        .map_err(|e| Error::internal("the blob writer thread", e))?;
         self.spare.give(tail);
         synced.map_err(|e| io_error("write and fsync", e))?;
         let target = self.root.join(key_path(sha256));
@@ -345,7 +320,7 @@ impl BlobStore for FsBlobStore {
         let (root, spare) = (self.root.clone(), self.spare.clone());
         let staged = tokio::task::spawn_blocking(move || FsStaged::create(path, root, spare))
             .await
-            .map_err(|e| Error::Internal(format!("blob writer thread failed: {e}")))??;
+            .map_err(|e| Error::internal("the blob writer thread", e))??;
         Ok(Box::new(staged))
     }
 
@@ -360,10 +335,10 @@ impl BlobStore for FsBlobStore {
         let (file, size) = match opened {
             Ok(Ok(opened)) => opened,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!("blob {sha256} is not stored")))
+                return Err(Error::NotFound(Missing::Blob(sha256.into())))
             }
             Ok(Err(e)) => return Err(io_error("open", e)),
-            Err(e) => return Err(Error::Internal(format!("blob reader thread failed: {e}"))),
+            Err(e) => return Err(Error::internal("the blob reader thread", e)),
         };
         // A task reads ahead of the network, so that the disk works while earlier chunks
         // are being sent; direct reads land in our buffers without a page-cache copy. Each
@@ -383,7 +358,7 @@ impl BlobStore for FsBlobStore {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "blob reader thread failed");
-                        let e = Error::Internal(format!("blob reader thread failed: {e}"));
+                        let e = Error::internal("the blob reader thread", e);
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
@@ -406,202 +381,9 @@ impl BlobStore for FsBlobStore {
     }
 }
 
-/// Blobs in an S3-compatible bucket, through `object_store`.
-pub struct ObjectBlobStore {
-    store: Arc<dyn ObjectStore>,
-    prefix: String,
-    describe: String,
-}
-
-impl ObjectBlobStore {
-    /// `url` is `s3://bucket[/prefix]`; credentials, region and endpoint come from the
-    /// usual `AWS_*` environment variables (`AWS_ENDPOINT` for MinIO, moto and the like).
-    pub fn s3(url: &str) -> Result<Self> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| Error::invalid("artifact_store", "must start with s3://"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let store = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| {
-                Error::invalid("artifact_store", format!("cannot configure S3 store: {e}"))
-            })?;
-        Ok(Self {
-            store: Arc::new(store),
-            prefix: prefix.trim_matches('/').to_string(),
-            describe: format!("S3 {url}"),
-        })
-    }
-
-    fn path(&self, key: &str) -> ObjectPath {
-        prefixed(&self.prefix, key)
-    }
-}
-
-fn prefixed(prefix: &str, key: &str) -> ObjectPath {
-    if prefix.is_empty() {
-        ObjectPath::from(key)
-    } else {
-        ObjectPath::from(format!("{prefix}/{key}"))
-    }
-}
-
-const PART_SIZE: usize = 8 * 1024 * 1024;
-
-struct ObjectStaged {
-    upload: Option<WriteMultipart>,
-    staging: ObjectPath,
-    prefix: String,
-    store: Arc<dyn ObjectStore>,
-}
-
-impl Drop for ObjectStaged {
-    fn drop(&mut self) {
-        if let Some(upload) = self.upload.take() {
-            // Abandoned: abort the multipart upload so no parts are left billed and orphaned.
-            let staging = self.staging.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Err(e) = upload.abort().await {
-                        tracing::error!(error = %e, %staging, "cannot abort abandoned multipart upload");
-                    }
-                });
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl StagedBlob for ObjectStaged {
-    async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        let upload = self
-            .upload
-            .as_mut()
-            .ok_or_else(|| Error::Internal("staged blob already closed".into()))?;
-        // Bounds memory: at most two parts in flight.
-        upload
-            .wait_for_capacity(2)
-            .await
-            .map_err(|e| io_error("upload part", e))?;
-        upload.write(&chunk);
-        Ok(())
-    }
-
-    async fn commit(mut self: Box<Self>, sha256: &str) -> Result<bool> {
-        let upload = self
-            .upload
-            .take()
-            .ok_or_else(|| Error::Internal("staged blob already closed".into()))?;
-        upload
-            .finish()
-            .await
-            .map_err(|e| io_error("complete upload", e))?;
-        let target = prefixed(&self.prefix, &key_path(sha256));
-        let existed = match self.store.head(&target).await {
-            Ok(_) => true,
-            Err(object_store::Error::NotFound { .. }) => false,
-            Err(e) => return Err(io_error("head", e)),
-        };
-        if !existed {
-            self.store
-                .copy(&self.staging, &target)
-                .await
-                .map_err(|e| io_error("copy", e))?;
-        }
-        if let Err(e) = self.store.delete(&self.staging).await {
-            tracing::error!(error = %e, staging = %self.staging, "cannot delete staged object");
-        }
-        Ok(existed)
-    }
-}
-
-#[async_trait]
-impl BlobStore for ObjectBlobStore {
-    async fn stage(&self) -> Result<Box<dyn StagedBlob>> {
-        let staging = self.path(&format!("staging/{}", uuid::Uuid::new_v4()));
-        let upload = self
-            .store
-            .put_multipart(&staging)
-            .await
-            .map_err(|e| io_error("start upload", e))?;
-        Ok(Box::new(ObjectStaged {
-            upload: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
-            staging,
-            prefix: self.prefix.clone(),
-            store: self.store.clone(),
-        }))
-    }
-
-    async fn read(&self, sha256: &str, chunk: usize) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let got = match self.store.get(&self.path(&key_path(sha256))).await {
-            Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::NotFound(format!("blob {sha256} is not stored")))
-            }
-            Err(e) => return Err(io_error("get", e)),
-        };
-        Ok(rechunk(
-            got.into_stream().map_err(|e| io_error("read", e)).boxed(),
-            chunk,
-        ))
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-}
-
-/// Regroups network reads (of any size) into messages of exactly `size` bytes, the last
-/// one shorter: message sizes stay bounded whatever the storage client delivers.
-fn rechunk(
-    input: BoxStream<'static, Result<Bytes>>,
-    size: usize,
-) -> BoxStream<'static, Result<Bytes>> {
-    futures::stream::unfold(
-        (input, BytesMut::new(), false),
-        move |(mut input, mut buf, ended)| async move {
-            loop {
-                if buf.len() >= size {
-                    return Some((Ok(buf.split_to(size).freeze()), (input, buf, ended)));
-                }
-                if ended {
-                    return (!buf.is_empty())
-                        .then(|| (Ok(buf.split().freeze()), (input, BytesMut::new(), true)));
-                }
-                match input.next().await {
-                    Some(Ok(b)) => buf.extend_from_slice(&b),
-                    Some(Err(e)) => return Some((Err(e), (input, BytesMut::new(), true))),
-                    None => {
-                        return (!buf.is_empty())
-                            .then(|| (Ok(buf.split().freeze()), (input, BytesMut::new(), true)))
-                    }
-                }
-            }
-        },
-    )
-    .boxed()
-}
-
-/// Opens the blob store named by `--artifact-store`: `fs` (under `data_dir/artifacts`) or
-/// `s3://bucket[/prefix]`.
-pub async fn open(spec: &str, data_dir: &Path) -> Result<Arc<dyn BlobStore>> {
-    if spec == "fs" {
-        Ok(Arc::new(
-            FsBlobStore::open(&data_dir.join("artifacts")).await?,
-        ))
-    } else if spec.starts_with("s3://") {
-        Ok(Arc::new(ObjectBlobStore::s3(spec)?))
-    } else {
-        Err(Error::invalid(
-            "artifact_store",
-            format!("{spec:?} is neither `fs` nor `s3://bucket[/prefix]`"),
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use futures::TryStreamExt;
     use sha2::{Digest, Sha256};
 
     use super::*;
@@ -651,21 +433,5 @@ mod tests {
             .expect("staging")
             .count();
         assert_eq!(left, 0, "staged files left behind");
-    }
-
-    #[tokio::test]
-    async fn rechunk_bounds_every_message() {
-        let reads: Vec<Result<Bytes>> = [1usize, 700, 3, 2000, 0, 5]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| Ok(Bytes::from(vec![i as u8; *n])))
-            .collect();
-        let out: Vec<Bytes> = rechunk(futures::stream::iter(reads).boxed(), 256)
-            .map(|r| r.unwrap())
-            .collect()
-            .await;
-        assert!(out.iter().all(|b| b.len() <= 256 && !b.is_empty()));
-        assert!(out[..out.len() - 1].iter().all(|b| b.len() == 256));
-        assert_eq!(out.iter().map(Bytes::len).sum::<usize>(), 2709);
     }
 }

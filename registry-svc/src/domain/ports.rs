@@ -1,0 +1,114 @@
+//! What the registry needs from storage, in its own terms: [`RegistryStore`] for runs and
+//! aliases, [`BlobStore`] for artifact content. `store/` implements both; the store
+//! contract suites (`tests/it/contract/`) say what every implementation must do.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use uuid::Uuid;
+
+use super::{
+    aliases::{Alias, AliasHistoryEntry, AliasWrite},
+    runs::{ModelRun, RunCursor, RunFilter, RunOrder},
+    Micros,
+};
+use crate::error::Result;
+
+/// Where runs and aliases are kept.
+///
+/// Errors: a store that cannot be reached says [`Unavailable`](crate::error::Error::Unavailable);
+/// a write that lost a race with another writer says [`Conflict`](crate::error::Error::Conflict).
+#[async_trait]
+pub trait RegistryStore: Send + Sync + 'static {
+    /// Succeeds once the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Whether this process is the only writer (embedded SQLite), so that reads may be
+    /// served from memory without missing another replica's change.
+    fn single_writer(&self) -> bool;
+
+    /// Inserts `run`; when its `request_id` was used before, returns that earlier run and
+    /// `false` instead (concurrent inserts of one request id make exactly one run).
+    async fn insert_run(&self, run: &ModelRun) -> Result<(ModelRun, bool)>;
+    async fn get_run(&self, id: Uuid) -> Result<Option<ModelRun>>;
+    /// Replaces the run if it is still at `expected_version`; `false` (and nothing
+    /// changed) if it moved on or does not exist.
+    async fn update_run(&self, run: &ModelRun, expected_version: i64) -> Result<bool>;
+    /// Up to `limit` runs matching `filter`, in `order`, after `after` (exclusive); ties of
+    /// the sort key are broken by run id in the same direction.
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        order: &RunOrder,
+        after: Option<&RunCursor>,
+        limit: usize,
+    ) -> Result<Vec<ModelRun>>;
+    /// Marks FAILED every RUNNING run whose heartbeat is older than its timeout at `now`,
+    /// bumping its version; returns how many.
+    async fn fail_expired_runs(&self, now: Micros) -> Result<u64>;
+
+    async fn get_alias(&self, alias: &str) -> Result<Option<Alias>>;
+    /// Up to `limit` aliases by name, after `after` (exclusive).
+    async fn list_aliases(&self, after: Option<&str>, limit: usize) -> Result<Vec<Alias>>;
+    /// Applies one compare-and-swap change and appends its history entry, atomically.
+    ///
+    /// The alias's revision goes up by one on every change, and a re-created alias goes on
+    /// from its last history revision: revisions of one alias are gapless and unique.
+    /// Refusals: a write whose `expected_revision` does not match is a `Conflict`; a
+    /// deletion of an absent alias is `NotFound`; of concurrent writes expecting the same
+    /// revision exactly one succeeds.
+    async fn write_alias(&self, write: &AliasWrite) -> Result<AliasHistoryEntry>;
+    /// Newest first, revisions below `before` when given.
+    async fn alias_history(
+        &self,
+        alias: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AliasHistoryEntry>>;
+    /// Oldest first, revisions above `after`.
+    async fn alias_changes(
+        &self,
+        alias: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<AliasHistoryEntry>>;
+    /// The latest history revision of every alias that ever existed.
+    async fn alias_revisions(&self) -> Result<Vec<(String, i64)>>;
+
+    /// Announcements of alias changes made by any process, for as long as the stream is
+    /// polled; `None` where only this process writes.
+    fn alias_change_hints(&self) -> Option<BoxStream<'static, ChangeHint>>;
+}
+
+/// What the store's announcements of alias changes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeHint {
+    /// From now on every alias change is announced; changes before may have been missed.
+    Listening,
+    /// An alias changed.
+    Changed,
+    /// Announcements stopped (the connection was lost); `Listening` follows when they resume.
+    Lost,
+}
+
+/// Content-addressed artifact blobs: an upload is staged while its hash is computed, then
+/// committed under that hash; identical content is stored once.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Starts writing a new blob whose hash is not known yet.
+    async fn stage(&self) -> Result<Box<dyn StagedBlob>>;
+    /// Streams the blob with this SHA-256 in non-empty chunks of at most `chunk` bytes;
+    /// `NotFound` when no such blob is stored.
+    async fn read(&self, sha256: &str, chunk: usize) -> Result<BoxStream<'static, Result<Bytes>>>;
+    /// Human-readable location, for logs.
+    fn describe(&self) -> String;
+}
+
+/// A blob being written. Dropped without [`StagedBlob::commit`] (the client went away, the
+/// hash did not match), it leaves nothing behind.
+#[async_trait]
+pub trait StagedBlob: Send {
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+    /// Moves the content to its address; `true` when identical content was already there.
+    async fn commit(self: Box<Self>, sha256: &str) -> Result<bool>;
+}

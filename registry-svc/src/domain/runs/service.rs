@@ -1,0 +1,102 @@
+//! The run use cases: create, read, list, update, and the heartbeat reaper.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{ListRuns, ModelRun, NewRun, RunPatch};
+use crate::{
+    domain::{now_micros, registry::Registry, WRITE_RETRIES},
+    error::{Error, Missing, Result},
+};
+
+impl Registry {
+    pub async fn create_run(&self, new: NewRun) -> Result<ModelRun> {
+        new.validate()?;
+        let run = new.into_run(Uuid::new_v4(), now_micros());
+        let (run, created) = self.store.insert_run(&run).await?;
+        if created {
+            self.recent_runs.keep(&run);
+        }
+        Ok(run)
+    }
+
+    pub async fn get_run(&self, id: Uuid) -> Result<ModelRun> {
+        self.store
+            .get_run(id)
+            .await?
+            .ok_or(Error::NotFound(Missing::Run(id)))
+    }
+
+    /// A page of runs and the token of the next page (empty on the last).
+    pub async fn list_runs(&self, req: &ListRuns) -> Result<(Vec<ModelRun>, String)> {
+        let query = req.checked()?;
+        let runs = self
+            .store
+            .list_runs(
+                &query.filter,
+                &query.order,
+                query.after.as_ref(),
+                query.limit + 1,
+            )
+            .await?;
+        Ok(query.page(runs))
+    }
+
+    /// Read-modify-write with an optimistic version check, retried on races with other
+    /// writers (heartbeats, the reaper, other replicas); a client etag mismatch is final.
+    /// It starts from this process's last write of the run when it has one (no read);
+    /// whatever that copy refuses is tried again from the store.
+    pub async fn update_run(&self, id: Uuid, patch: &RunPatch) -> Result<ModelRun> {
+        patch.validate()?;
+        let mut guess = self.recent_runs.take(&id);
+        for _ in 0..WRITE_RETRIES {
+            let guessed = guess.is_some();
+            let mut run = match guess.take() {
+                Some(run) => run,
+                None => self.get_run(id).await?,
+            };
+            let version = run.version;
+            match patch.apply(&mut run, now_micros()) {
+                Err(_) if guessed => continue,
+                applied => applied?,
+            }
+            if self.store.update_run(&run, version).await? {
+                self.recent_runs.keep(&run);
+                return Ok(run);
+            }
+        }
+        Err(Error::Conflict(format!(
+            "run {id} is being changed concurrently; retry"
+        )))
+    }
+
+    pub async fn fail_expired_runs(&self) -> Result<u64> {
+        self.store.fail_expired_runs(now_micros()).await
+    }
+
+    /// Runs the heartbeat reaper every `interval` until `shutdown`.
+    pub fn spawn_reaper(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                match this.fail_expired_runs().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(runs = n, "marked runs FAILED after heartbeat timeout");
+                        metrics::counter!("capstan_runs_reaped_total").increment(n);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %capstan_server::error::Chain(&e), "heartbeat reaper failed")
+                    }
+                }
+            }
+        });
+    }
+}

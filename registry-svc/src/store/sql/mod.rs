@@ -1,0 +1,181 @@
+//! The SQL store. One implementation serves SQLite and Postgres: the SQL uses `$n`
+//! placeholders, which both accept; reads go through sqlx's `Any` pools, writes through
+//! a [`Writer`] (the Postgres pool, or SQLite's writer thread); the few dialect
+//! differences (row locks, notifications) are switched on [`Backend`].
+
+mod aliases;
+mod notify;
+mod rows;
+mod runs;
+mod sqlite_writer;
+mod stmt;
+
+use async_trait::async_trait;
+use capstan_server::db::{classify, Backend, Connections, DbFailure};
+use futures::stream::BoxStream;
+use sqlx::AnyPool;
+use uuid::Uuid;
+
+use self::{sqlite_writer::SqliteWriter, stmt::Writer};
+use crate::{
+    domain::{
+        aliases::{Alias, AliasHistoryEntry, AliasWrite},
+        ports::{ChangeHint, RegistryStore},
+        runs::{ModelRun, RunCursor, RunFilter, RunOrder},
+        Micros,
+    },
+    error::{Error, Result},
+};
+
+/// A database failure in the registry's terms: a lost or overloaded database is
+/// unavailable (retryable), a lost race (a unique key claimed first, a serialization
+/// failure) is a conflict, the rest is our bug.
+fn db_error(e: sqlx::Error) -> Error {
+    match classify(&e) {
+        DbFailure::Unavailable => Error::unavailable("the registry database", e),
+        DbFailure::Conflict | DbFailure::UniqueViolation => {
+            Error::Conflict(format!("a concurrent write won: {e}"))
+        }
+        DbFailure::Other => Error::internal("a registry database query", e),
+    }
+}
+
+pub struct SqlStore {
+    read: Connections,
+    write: Writer,
+    backend: Backend,
+    url: String,
+}
+
+async fn connections(url: &str, backend: Backend, max: u32) -> Result<Connections> {
+    capstan_server::db::pool(url, backend, max, None)
+        .await
+        .map(Connections::from)
+        .map_err(|e| Error::unavailable("the registry database (connecting)", e))
+}
+
+impl SqlStore {
+    /// Connects and applies the embedded migrations of the backend. Safe when several
+    /// replicas start at once: Postgres migrations run under sqlx's advisory lock.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let backend = Backend::of_url(url).ok_or_else(|| {
+            Error::invalid("database_url", "must start with sqlite: or postgres://")
+        })?;
+        let migrate = |pool: AnyPool| async move {
+            capstan_server::db::migrate(
+                &pool,
+                backend,
+                &sqlx::migrate!("./migrations/sqlite"),
+                &sqlx::migrate!("./migrations/postgres"),
+            )
+            .await
+            .map_err(|e| Error::unavailable("the registry database (migrating)", e))?;
+            Ok::<_, Error>(pool)
+        };
+        let (read, write) = match backend {
+            // SQLite allows one writer: one thread writes for the process (queueing writers
+            // instead of failing them with SQLITE_BUSY); WAL lets the readers go on.
+            Backend::Sqlite => {
+                let schema = connections(url, backend, 1).await?;
+                migrate(schema.pool().clone()).await?.close().await;
+                let options: sqlx::sqlite::SqliteConnectOptions = url
+                    .parse()
+                    .map_err(|e| Error::invalid("database_url", format!("{e}")))?;
+                let writer = SqliteWriter::open(options.get_filename())?;
+                (connections(url, backend, 4).await?, Writer::Sqlite(writer))
+            }
+            Backend::Postgres => {
+                let c = connections(url, backend, 16).await?;
+                migrate(c.pool().clone()).await?;
+                (c.clone(), Writer::Pool(c))
+            }
+        };
+        Ok(Self {
+            read,
+            write,
+            backend,
+            url: url.to_string(),
+        })
+    }
+}
+
+/// The trait's methods, each implemented with its feature in `runs.rs`, `aliases.rs` and
+/// `notify.rs`.
+#[async_trait]
+impl RegistryStore for SqlStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    fn single_writer(&self) -> bool {
+        self.backend == Backend::Sqlite
+    }
+
+    async fn insert_run(&self, run: &ModelRun) -> Result<(ModelRun, bool)> {
+        runs::insert(self, run).await
+    }
+
+    async fn get_run(&self, id: Uuid) -> Result<Option<ModelRun>> {
+        runs::get(self, id).await
+    }
+
+    async fn update_run(&self, run: &ModelRun, expected_version: i64) -> Result<bool> {
+        runs::update(self, run, expected_version).await
+    }
+
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        order: &RunOrder,
+        after: Option<&RunCursor>,
+        limit: usize,
+    ) -> Result<Vec<ModelRun>> {
+        runs::list(self, filter, order, after, limit).await
+    }
+
+    async fn fail_expired_runs(&self, now: Micros) -> Result<u64> {
+        runs::fail_expired(self, now).await
+    }
+
+    async fn get_alias(&self, alias: &str) -> Result<Option<Alias>> {
+        aliases::get(self, alias).await
+    }
+
+    async fn list_aliases(&self, after: Option<&str>, limit: usize) -> Result<Vec<Alias>> {
+        aliases::list(self, after, limit).await
+    }
+
+    async fn write_alias(&self, write: &AliasWrite) -> Result<AliasHistoryEntry> {
+        aliases::write(self, write).await
+    }
+
+    async fn alias_history(
+        &self,
+        alias: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AliasHistoryEntry>> {
+        aliases::history(self, alias, before, limit).await
+    }
+
+    async fn alias_changes(
+        &self,
+        alias: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<AliasHistoryEntry>> {
+        aliases::changes(self, alias, after, limit).await
+    }
+
+    async fn alias_revisions(&self) -> Result<Vec<(String, i64)>> {
+        aliases::revisions(self).await
+    }
+
+    fn alias_change_hints(&self) -> Option<BoxStream<'static, ChangeHint>> {
+        (self.backend == Backend::Postgres).then(|| notify::alias_notifications(self.url.clone()))
+    }
+}

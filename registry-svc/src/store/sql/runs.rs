@@ -1,0 +1,194 @@
+//! Runs in SQL: one table, with tag and metric index tables kept by triggers.
+
+use uuid::Uuid;
+
+use super::{
+    db_error,
+    rows::{run_from_row, to_json, RUN_COLS},
+    stmt::Stmt,
+    SqlStore,
+};
+use crate::{
+    domain::{
+        runs::{ModelRun, RunCursor, RunFilter, RunOrder},
+        Micros,
+    },
+    error::Result,
+};
+
+pub(super) async fn insert(store: &SqlStore, run: &ModelRun) -> Result<(ModelRun, bool)> {
+    // One statement: triggers derive the tag and metric index rows.
+    let inserted = store
+        .write
+        .one(
+            Stmt::new(
+                "INSERT INTO runs (name, params, tags, metrics, status, status_message, \
+                 run_id, request_id, model_type, create_time, update_time, heartbeat_time, \
+                 heartbeat_timeout_ms, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind_run_contents(run)
+            .bind(run.id.to_string())
+            .bind(run.request_id.as_deref())
+            .bind(&run.model_type)
+            .bind(run.create_time)
+            .bind(run.update_time)
+            .bind(run.heartbeat_time)
+            .bind(run.heartbeat_timeout_ms)
+            .bind(run.version),
+        )
+        .await?
+        .affected;
+    if inserted == 0 {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs r WHERE r.request_id = $1"
+        ))
+        .bind(run.request_id.as_deref())
+        .fetch_one(&store.read)
+        .await
+        .map_err(db_error)?;
+        return Ok((run_from_row(&row)?, false));
+    }
+    Ok((run.clone(), true))
+}
+
+pub(super) async fn get(store: &SqlStore, id: Uuid) -> Result<Option<ModelRun>> {
+    let row = sqlx::query(&format!(
+        "SELECT {RUN_COLS} FROM runs r WHERE r.run_id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(&store.read)
+    .await
+    .map_err(db_error)?;
+    row.as_ref().map(run_from_row).transpose()
+}
+
+pub(super) async fn update(
+    store: &SqlStore,
+    run: &ModelRun,
+    expected_version: i64,
+) -> Result<bool> {
+    // One statement: triggers rewrite the index rows when tags or metrics changed.
+    let (uri, sha, size) = match &run.artifact {
+        Some(a) => (
+            Some(a.uri.to_string()),
+            Some(a.sha256.clone()),
+            Some(a.size_bytes),
+        ),
+        None => (None, None, None),
+    };
+    let updated = store
+        .write
+        .one(
+            Stmt::new(
+                "UPDATE runs SET name = $1, params = $2, tags = $3, metrics = $4, status = $5, \
+                 status_message = $6, artifact_uri = $7, artifact_sha256 = $8, \
+                 artifact_size_bytes = $9, update_time = $10, heartbeat_time = $11, \
+                 heartbeat_timeout_ms = $12, version = $13 \
+                 WHERE run_id = $14 AND version = $15",
+            )
+            .bind_run_contents(run)
+            .bind(uri)
+            .bind(sha)
+            .bind(size)
+            .bind(run.update_time)
+            .bind(run.heartbeat_time)
+            .bind(run.heartbeat_timeout_ms)
+            .bind(run.version)
+            .bind(run.id.to_string())
+            .bind(expected_version),
+        )
+        .await?;
+    Ok(updated.affected == 1)
+}
+
+pub(super) async fn list(
+    store: &SqlStore,
+    filter: &RunFilter,
+    order: &RunOrder,
+    after: Option<&RunCursor>,
+    limit: usize,
+) -> Result<Vec<ModelRun>> {
+    let mut sql = Stmt::new(format!("SELECT {RUN_COLS} FROM runs r"));
+    let (key_expr, desc) = match order {
+        RunOrder::CreateTime { desc } => ("r.create_time", *desc),
+        RunOrder::Metric { name, desc } => {
+            let p = sql.arg(name.clone());
+            sql.push(&format!(
+                " JOIN run_metrics m ON m.run_id = r.run_id AND m.key = {p}"
+            ));
+            ("m.value", *desc)
+        }
+    };
+    sql.push(" WHERE 1 = 1");
+    if let Some(s) = filter.status {
+        let p = sql.arg(s.as_str());
+        sql.push(&format!(" AND r.status = {p}"));
+    }
+    if let Some(mt) = &filter.model_type {
+        let p = sql.arg(mt.clone());
+        sql.push(&format!(" AND r.model_type = {p}"));
+    }
+    if let Some(prefix) = &filter.name_prefix {
+        // substr rather than LIKE: SQLite's LIKE ignores case, Postgres's does not.
+        let p = sql.arg(prefix.clone());
+        sql.push(&format!(" AND substr(r.name, 1, length({p})) = {p}"));
+    }
+    for (k, v) in &filter.tags {
+        let (kp, vp) = (sql.arg(k.clone()), sql.arg(v.clone()));
+        sql.push(&format!(
+            " AND EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = r.run_id AND t.key = {kp} AND t.value = {vp})"
+        ));
+    }
+    let cmp = if desc { "<" } else { ">" };
+    match after {
+        Some(RunCursor::CreateTime(t, id)) => {
+            let (tp, ip) = (sql.arg(*t), sql.arg(id.to_string()));
+            sql.push(&format!(" AND ({key_expr}, r.run_id) {cmp} ({tp}, {ip})"));
+        }
+        Some(RunCursor::Metric(v, id)) => {
+            let (vp, ip) = (sql.arg(*v), sql.arg(id.to_string()));
+            sql.push(&format!(" AND ({key_expr}, r.run_id) {cmp} ({vp}, {ip})"));
+        }
+        None => {}
+    }
+    let dir = if desc { "DESC" } else { "ASC" };
+    let lp = sql.arg(limit as i64);
+    sql.push(&format!(
+        " ORDER BY {key_expr} {dir}, r.run_id {dir} LIMIT {lp}"
+    ));
+    let rows = sql.query().fetch_all(&store.read).await.map_err(db_error)?;
+    rows.iter().map(run_from_row).collect()
+}
+
+pub(super) async fn fail_expired(store: &SqlStore, now: Micros) -> Result<u64> {
+    let n = store
+        .write
+        .one(
+            Stmt::new(
+                "UPDATE runs SET status = 'FAILED', \
+                 status_message = 'heartbeat timeout: no UpdateRun within heartbeat_timeout', \
+                 update_time = $1, version = version + 1 \
+                 WHERE status = 'RUNNING' AND heartbeat_timeout_ms > 0 \
+                 AND heartbeat_time + heartbeat_timeout_ms * 1000 < $1",
+            )
+            .bind(now),
+        )
+        .await?
+        .affected;
+    Ok(n)
+}
+
+impl Stmt {
+    /// Binds the next six placeholders to what every run write stores: name, params, tags,
+    /// metrics, status and status message.
+    fn bind_run_contents(self, run: &ModelRun) -> Self {
+        self.bind(&run.name)
+            .bind(to_json(&run.params))
+            .bind(to_json(&run.tags))
+            .bind(to_json(&run.metrics))
+            .bind(run.status.as_str())
+            .bind(&run.status_message)
+    }
+}

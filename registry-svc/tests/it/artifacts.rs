@@ -1,0 +1,180 @@
+//! Artifacts over real gRPC: hashed, deduplicated, streamed back.
+
+use capstan_proto::registry::v1::{self as pb};
+use capstan_server::{auth::Role, testing::TestDb};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::support::{start, walk};
+
+capstan_server::test_on_both_backends!(artifacts_hash_dedupe_and_round_trip,);
+
+async fn artifacts_hash_dedupe_and_round_trip(db: TestDb) {
+    let server = start(db).await;
+    let mut c = server.client(Role::Service).await;
+    let content: Vec<u8> = (0..(3 << 20) + 17)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let sha = hex::encode(Sha256::digest(&content));
+    let mut ids = Vec::new();
+    for name in ["first", "second"] {
+        let run = c
+            .create_run(pb::CreateRunRequest {
+                name: name.into(),
+                model_type: "exp_smoothing".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let header = pb::ArtifactHeader {
+            run_id: run.run_id.clone(),
+            name: "weights.BIN".into(),
+            namespace: "demo/team-a".into(),
+            expected_sha256: sha.clone(),
+            expected_size: Some(content.len() as i64),
+        };
+        let mut msgs = vec![pb::UploadArtifactRequest {
+            payload: Some(pb::upload_artifact_request::Payload::Header(header)),
+        }];
+        for chunk in content.chunks(100_000) {
+            msgs.push(pb::UploadArtifactRequest {
+                payload: Some(pb::upload_artifact_request::Payload::Chunk(
+                    chunk.to_vec().into(),
+                )),
+            });
+        }
+        let up = c
+            .upload_artifact(tokio_stream::iter(msgs))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(up.sha256, sha);
+        assert_eq!(up.size_bytes, content.len() as i64);
+        assert_eq!(
+            up.artifact_uri,
+            format!("demo/team-a/exp_smoothing-model_{sha}.bin")
+        );
+        assert_eq!(up.deduplicated, name == "second");
+        ids.push(run.run_id);
+    }
+    let blobs: Vec<_> = walk(&server.db.data_dir().join("artifacts/blobs"));
+    assert_eq!(blobs.len(), 1, "identical content is stored once");
+    assert!(
+        walk(&server.db.data_dir().join("artifacts/staging")).is_empty(),
+        "no staged leftovers"
+    );
+
+    let mut stream = c
+        .download_artifact(pb::DownloadArtifactRequest {
+            run_id: ids[1].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    let Some(pb::download_artifact_response::Payload::Metadata(meta)) = first.payload else {
+        panic!("metadata first")
+    };
+    assert_eq!(meta.sha256, sha);
+    let mut got = Vec::new();
+    while let Some(msg) = stream.next().await {
+        match msg.unwrap().payload {
+            Some(pb::download_artifact_response::Payload::Chunk(b)) => got.extend_from_slice(&b),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(hex::encode(Sha256::digest(&got)), sha);
+    server.stop().await;
+}
+
+/// Uploads through the registry's own rules into a real S3 server: the second copy of a
+/// content is deduplicated, one whose hash the header got wrong is refused as data loss
+/// and leaves nothing behind, and downloads stream back in bounded chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_uploads_dedupe_verify_and_leave_nothing_behind() {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use registry_svc::{
+        app::AliasReads,
+        domain::{
+            artifacts::UploadHeader,
+            registry::Registry,
+            runs::{NewRun, RunStatus},
+        },
+        error::Error,
+        store::{blobs::ObjectBlobStore, sql::SqlStore},
+    };
+
+    let moto = crate::moto::Moto::start().await;
+    let db = TestDb::sqlite();
+    let blobs = ObjectBlobStore::s3_with("s3://capstan/registry", moto.settings()).unwrap();
+    let registry = Registry::new(
+        Arc::new(SqlStore::connect(&db.url).await.unwrap()),
+        Arc::new(blobs),
+        AliasReads::Fresh,
+    );
+    let content: Vec<u8> = (0..(9 << 20))
+        .map(|i: u32| (i.wrapping_mul(2246822519) >> 11) as u8)
+        .collect();
+    let sha = hex::encode(Sha256::digest(&content));
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let run = registry
+            .create_run(NewRun {
+                name: format!("s3-{i}"),
+                model_type: "m".into(),
+                status: Some(RunStatus::Running),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let chunks: Vec<Result<Bytes, Error>> = content
+            .chunks(1 << 20)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let uploaded = registry
+            .upload_artifact(
+                UploadHeader {
+                    run_id: run.id.to_string(),
+                    name: "w.bin".into(),
+                    expected_sha256: if i == 2 { "0".repeat(64) } else { sha.clone() },
+                    ..Default::default()
+                },
+                futures::stream::iter(chunks),
+            )
+            .await;
+        match i {
+            0 => assert!(!uploaded.unwrap().deduplicated),
+            1 => assert!(uploaded.unwrap().deduplicated),
+            _ => assert!(matches!(uploaded, Err(Error::DataLoss(_))), "{uploaded:?}"),
+        }
+        runs.push(run.id);
+    }
+    // Aborted multipart uploads are cleaned up in the background.
+    let mut keys = moto.contents();
+    for _ in 0..50 {
+        if keys.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        keys = moto.contents();
+    }
+    assert_eq!(
+        keys,
+        vec![format!("registry/blobs/sha256/{}/{sha}", &sha[..2])],
+        "one blob, no staging, no open uploads"
+    );
+    let (artifact, mut stream) = registry.download_artifact(runs[1]).await.unwrap();
+    assert_eq!(artifact.sha256, sha);
+    let mut hasher = Sha256::new();
+    let mut n = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.len() <= 512 * 1024, "chunks stay bounded");
+        hasher.update(&chunk);
+        n += chunk.len();
+    }
+    assert_eq!((n, hex::encode(hasher.finalize())), (content.len(), sha));
+}

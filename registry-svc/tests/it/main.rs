@@ -1,0 +1,14 @@
+//! registry-svc's integration tests, in one binary: real servers on port 0 over real
+//! gRPC, real SQLite files and Postgres databases, a real S3 server.
+
+mod aliases;
+mod artifacts;
+mod bad_input;
+mod balancing;
+mod coalescing;
+mod contract;
+mod moto;
+mod outage;
+mod runs;
+mod startup;
+mod support;
