@@ -8,7 +8,7 @@ use capstan_server::{auth::Role, testing::TestDb};
 use futures::StreamExt;
 use tonic::Code;
 
-use crate::support::{servable_run, set, start, start_with};
+use crate::support::{alias_history, servable_run, set, start, start_with};
 
 capstan_server::test_on_both_backends!(
     watch_streams_snapshot_then_every_change,
@@ -84,24 +84,7 @@ async fn concurrent_guarded_swaps_lose_no_update(db: TestDb) {
         "{backend}: every success is one revision"
     );
 
-    let mut history = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = admin
-            .list_alias_history(pb::ListAliasHistoryRequest {
-                alias: "hot".into(),
-                page_size: 1000,
-                page_token: token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        history.extend(page.entries);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
+    let mut history = alias_history(&mut admin, "hot").await;
     assert_eq!(
         history.len(),
         successes + 1,

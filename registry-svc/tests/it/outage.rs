@@ -12,7 +12,7 @@ use capstan_server::{auth::Role, testing::TestDb};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::support::{servable_run, set, start};
+use crate::support::{alias_history, servable_run, set, start};
 
 #[derive(Default)]
 struct Seen {
@@ -167,24 +167,7 @@ async fn writes_survive_every_database_connection_being_terminated() {
     }
     for w in 0..4 {
         let alias = format!("w{w}");
-        let mut history = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = admin
-                .list_alias_history(pb::ListAliasHistoryRequest {
-                    alias: alias.clone(),
-                    page_size: 1000,
-                    page_token: token,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            history.extend(page.entries);
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            token = page.next_page_token;
-        }
+        let history = alias_history(&mut admin, &alias).await;
         for (a, revision, run_id) in seen.aliases.iter().filter(|(a, ..)| *a == alias) {
             assert!(
                 history

@@ -190,3 +190,25 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Every history entry of `alias`, newest first, read page by page.
+pub async fn alias_history(c: &mut RegistryClient, alias: &str) -> Vec<pb::AliasHistoryEntry> {
+    let mut history = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_alias_history(pb::ListAliasHistoryRequest {
+                alias: alias.into(),
+                page_size: 1000,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        history.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            return history;
+        }
+        token = page.next_page_token;
+    }
+}

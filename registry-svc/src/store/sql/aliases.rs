@@ -5,7 +5,9 @@ use sqlx::Row;
 
 use super::{
     db_error,
-    rows::{alias_from_row, history_from_row, parse_opt_uuid, parse_uuid},
+    rows::{
+        alias_from_row, history_from_row, parse_opt_uuid, parse_uuid, ALIAS_COLS, HISTORY_COLS,
+    },
     stmt::Stmt,
     SqlStore,
 };
@@ -15,9 +17,9 @@ use crate::{
 };
 
 pub(super) async fn get(store: &SqlStore, alias: &str) -> Result<Option<Alias>> {
-    let row = sqlx::query(
-        "SELECT alias, run_id, description, revision, update_time, updated_by FROM aliases WHERE alias = $1",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {ALIAS_COLS} FROM aliases WHERE alias = $1"
+    ))
     .bind(alias)
     .fetch_optional(&store.read)
     .await
@@ -30,10 +32,9 @@ pub(super) async fn list(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Alias>> {
-    let rows = sqlx::query(
-        "SELECT alias, run_id, description, revision, update_time, updated_by FROM aliases \
-         WHERE alias > $1 ORDER BY alias LIMIT $2",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {ALIAS_COLS} FROM aliases WHERE alias > $1 ORDER BY alias LIMIT $2"
+    ))
     .bind(after.unwrap_or(""))
     .bind(limit as i64)
     .fetch_all(&store.read)
@@ -102,10 +103,10 @@ pub(super) async fn history(
     before: Option<i64>,
     limit: usize,
 ) -> Result<Vec<AliasHistoryEntry>> {
-    let rows = sqlx::query(
-        "SELECT alias, revision, run_id, previous_run_id, action, reason, actor, description, time \
-         FROM alias_history WHERE alias = $1 AND revision < $2 ORDER BY revision DESC LIMIT $3",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {HISTORY_COLS} FROM alias_history \
+         WHERE alias = $1 AND revision < $2 ORDER BY revision DESC LIMIT $3"
+    ))
     .bind(alias)
     .bind(before.unwrap_or(i64::MAX))
     .bind(limit as i64)
@@ -121,10 +122,10 @@ pub(super) async fn changes(
     after: i64,
     limit: usize,
 ) -> Result<Vec<AliasHistoryEntry>> {
-    let rows = sqlx::query(
-        "SELECT alias, revision, run_id, previous_run_id, action, reason, actor, description, time \
-         FROM alias_history WHERE alias = $1 AND revision > $2 ORDER BY revision LIMIT $3",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {HISTORY_COLS} FROM alias_history \
+         WHERE alias = $1 AND revision > $2 ORDER BY revision LIMIT $3"
+    ))
     .bind(alias)
     .bind(after)
     .bind(limit as i64)

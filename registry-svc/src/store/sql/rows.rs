@@ -13,6 +13,11 @@ use crate::{
     error::{Error, Result},
 };
 
+pub const ALIAS_COLS: &str = "alias, run_id, description, revision, update_time, updated_by";
+
+pub const HISTORY_COLS: &str =
+    "alias, revision, run_id, previous_run_id, action, reason, actor, description, time";
+
 pub const RUN_COLS: &str =
     "r.run_id, r.request_id, r.name, r.model_type, r.params, r.tags, r.metrics, r.status, \
      r.status_message, r.artifact_uri, r.artifact_sha256, r.artifact_size_bytes, r.create_time, \

@@ -143,10 +143,19 @@ async fn read_all(store: &dyn BlobStore, sha256: &str, chunk: usize) -> Vec<Byte
 }
 
 async fn committed_content_reads_back_exactly_in_bounded_chunks(blobs: Blobs) {
-    // Around alignment and block boundaries; past one S3 multipart part (8 MiB).
-    for (i, len) in [0, 1, 4095, 4096, (4 << 20) + 1, (9 << 20) + 3]
-        .into_iter()
-        .enumerate()
+    // Around the filesystem store's alignment (4 KiB) and direct-I/O blocks (4 MiB), and
+    // past one S3 multipart part (8 MiB).
+    for (i, len) in [
+        0,
+        1,
+        4095,
+        4096,
+        4 << 20,
+        (4 << 20) + 1,
+        (8 << 20) + 4096 + 7,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let data = content(len, i as u32);
         assert!(

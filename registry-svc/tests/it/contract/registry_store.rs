@@ -59,6 +59,14 @@ async fn stored_run(store: &dyn RegistryStore) -> Uuid {
     run.id
 }
 
+async fn stored_runs(store: &dyn RegistryStore, n: usize) -> Vec<Uuid> {
+    let mut runs = Vec::new();
+    for _ in 0..n {
+        runs.push(stored_run(store).await);
+    }
+    runs
+}
+
 fn alias_write(alias: &str, run: Option<Uuid>, expected: Option<i64>) -> AliasWrite {
     AliasWrite {
         alias: alias.into(),
@@ -546,11 +554,8 @@ async fn concurrent_writes_at_one_revision_let_one_win(db: TestDb) {
         .write_alias(&alias_write("hot", Some(stored_run(&*store).await), None))
         .await
         .unwrap();
-    let mut runs = Vec::new();
-    for _ in 0..8 {
-        runs.push(stored_run(&*store).await);
-    }
-    let tasks: Vec<_> = runs
+    let tasks: Vec<_> = stored_runs(&*store, 8)
+        .await
         .into_iter()
         .map(|run| {
             let store = store.clone();
@@ -578,11 +583,8 @@ async fn concurrent_writes_at_one_revision_let_one_win(db: TestDb) {
 
 async fn unconditional_concurrent_writes_leave_a_gapless_history(db: TestDb) {
     let store = open(&db).await;
-    let mut runs = Vec::new();
-    for _ in 0..16 {
-        runs.push(stored_run(&*store).await);
-    }
-    let tasks: Vec<_> = runs
+    let tasks: Vec<_> = stored_runs(&*store, 16)
+        .await
         .into_iter()
         .map(|run| {
             let store = store.clone();
