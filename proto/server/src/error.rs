@@ -49,6 +49,9 @@
 //! assert_eq!(status.message(), "widget w1 does not exist");
 //! ```
 //!
+//! A response stream made in a handler keeps the call's request id with
+//! [`crate::serve::with_request_id`], so that the errors it yields later name it too.
+//!
 //! What the client is told:
 //! - an [`ErrorKind::Internal`] error: only "internal error" and the request id (see
 //!   [`crate::serve::request_id`]); the error and its whole source chain go to the log,

@@ -218,38 +218,39 @@ tokio::task_local! {
 }
 
 /// The id of the call being served: the client's `x-request-id`, else one made up when
-/// the call arrived. Set for the handler and for every poll of its response body (where
-/// streamed errors become statuses); `None` outside a call.
+/// the call arrived. Set while the handler runs (and in the streams it wraps with
+/// [`with_request_id`]); `None` outside a call.
 pub fn request_id() -> Option<Arc<str>> {
     REQUEST_ID.try_with(Arc::clone).ok()
 }
 
-/// A response body polled with the call's request id in scope.
-struct InCall {
-    request_id: Arc<str>,
-    body: Body,
+/// Keeps the request id of the handler that makes it for every poll of a response
+/// stream: a stream is polled after its handler returned, where errors it yields become
+/// statuses (which name the request id of an internal error). Unary calls need nothing.
+pub fn with_request_id<S>(stream: S) -> WithRequestId<S> {
+    WithRequestId {
+        request_id: request_id(),
+        stream,
+    }
 }
 
-impl http_body::Body for InCall {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
+/// See [`with_request_id`].
+pub struct WithRequestId<S> {
+    request_id: Option<Arc<str>>,
+    stream: S,
+}
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+impl<S: futures::Stream + Unpin> futures::Stream for WithRequestId<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = self.get_mut();
-        REQUEST_ID.sync_scope(this.request_id.clone(), || {
-            Pin::new(&mut this.body).poll_frame(cx)
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        match &this.request_id {
+            Some(id) => {
+                REQUEST_ID.sync_scope(id.clone(), || Pin::new(&mut this.stream).poll_next(cx))
+            }
+            None => Pin::new(&mut this.stream).poll_next(cx),
+        }
     }
 }
 
@@ -297,12 +298,10 @@ where
         let span = tracing::info_span!("grpc", method = %method, request_id = %request_id);
         let request_id: Arc<str> = request_id.into();
         let start = Instant::now();
-        let fut = REQUEST_ID.scope(request_id.clone(), self.inner.call(req));
+        let fut = REQUEST_ID.scope(request_id, self.inner.call(req));
         Box::pin(
             async move {
-                let res = fut.await.map(|r| {
-                    r.map(|body| Body::new(InCall { request_id, body }))
-                });
+                let res = fut.await;
                 // Errors of unary calls travel in the headers ("trailers-only"); streams and
                 // successes carry them in trailers, counted here as their header status.
                 let code = match &res {
@@ -350,36 +349,29 @@ fn code_name(code: tonic::Code) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt;
+
     use super::*;
 
-    /// A body that says, when polled, which request id it sees.
-    struct SaysRequestId(bool);
-
-    impl http_body::Body for SaysRequestId {
-        type Data = bytes::Bytes;
-        type Error = tonic::Status;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-            if std::mem::replace(&mut self.0, true) {
-                return Poll::Ready(None);
-            }
-            let id = request_id().map_or("none".to_string(), |id| id.to_string());
-            Poll::Ready(Some(Ok(http_body::Frame::data(id.into()))))
-        }
-    }
-
     #[tokio::test]
-    async fn the_request_id_reaches_the_handler_and_its_streamed_body() {
-        let handler = tower::service_fn(|_: http::Request<Body>| async {
-            let id = request_id().expect("a request id in the handler");
-            let mut response = http::Response::new(Body::new(SaysRequestId(false)));
-            response
-                .headers_mut()
-                .insert("handler-saw", id.to_string().parse().unwrap());
-            Ok::<_, std::convert::Infallible>(response)
+    async fn the_request_id_reaches_the_handler_and_the_streams_it_wraps() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let handler = tower::service_fn(move |_: http::Request<Body>| {
+            let tx = tx.take().expect("one call");
+            async move {
+                let id = request_id().expect("a request id in the handler");
+                // Polled later, outside the handler: what a response stream meets.
+                let stream = with_request_id(futures::stream::poll_fn(|_| {
+                    Poll::Ready(Some(request_id().map(|id| id.to_string())))
+                }));
+                let _ = tx.send(stream);
+                let mut response = http::Response::new(Body::empty());
+                response
+                    .headers_mut()
+                    .insert("handler-saw", id.to_string().parse().unwrap());
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let mut service = ObserveLayer.layer(handler);
         let request = http::Request::builder()
@@ -387,15 +379,10 @@ mod tests {
             .header("x-request-id", "req-42")
             .body(Body::empty())
             .unwrap();
-        let mut response = service.call(request).await.unwrap();
+        let response = service.call(request).await.unwrap();
         assert_eq!(response.headers()["handler-saw"], "req-42");
         assert!(request_id().is_none(), "no request id outside a call");
-        let body = response.body_mut();
-        let frame =
-            std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut *body), cx))
-                .await
-                .expect("a frame")
-                .unwrap();
-        assert_eq!(frame.into_data().unwrap(), "req-42");
+        let mut stream = rx.await.unwrap();
+        assert_eq!(stream.next().await, Some(Some("req-42".to_string())));
     }
 }

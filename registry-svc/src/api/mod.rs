@@ -8,7 +8,10 @@ mod status;
 use std::{pin::Pin, sync::Arc};
 
 use capstan_proto::registry::v1::{self as pb, registry_service_server::RegistryService};
-use capstan_server::auth::{Principal, Role};
+use capstan_server::{
+    auth::{Principal, Role},
+    serve,
+};
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -189,9 +192,11 @@ impl RegistryService for RegistryApi {
             }),
             Err(e) => Err(Status::from(e)),
         });
-        Ok(Response::new(Box::pin(
-            futures::stream::once(async { Ok(meta) }).chain(body),
-        )))
+        Ok(Response::new(Box::pin(serve::with_request_id(
+            futures::stream::once(async { Ok(meta) })
+                .chain(body)
+                .boxed(),
+        ))))
     }
 
     async fn set_alias(&self, req: Request<pb::SetAliasRequest>) -> ApiResult<pb::Alias> {
@@ -324,6 +329,6 @@ impl RegistryService for RegistryApi {
             .await?;
         let stream =
             ReceiverStream::new(rx).map(|e| e.map(aliases::event_to_pb).map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(serve::with_request_id(stream))))
     }
 }
