@@ -1,54 +1,101 @@
-//! The pipeline's one error enum. It knows nothing of gRPC: `api::status` maps it to
-//! `tonic::Status` in one place.
+//! The pipeline's one error enum, in the domain's terms. It knows nothing of gRPC:
+//! `api::status` maps it to `tonic::Status` in one place.
 
 use capstan_server::violations::Joined;
 pub use capstan_server::violations::{FieldViolation, Validator};
 
-#[derive(Debug, Clone, thiserror::Error)]
+/// What an error was caused by, kept for logs and for classification further up.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The request breaks its rules; every violation is reported at once.
     #[error("invalid request: {}", Joined(.0))]
-    InvalidArgument(Vec<FieldViolation>),
+    Invalid(Vec<FieldViolation>),
+    /// `kind` names what was looked for (`operation`, `graph`…), `id` which one.
+    #[error("{kind} {id} does not exist")]
+    NotFound { kind: &'static str, id: String },
+    /// Another writer changed the thing between our read and our write (a lost
+    /// compare-and-swap); a retry from a fresh read may succeed.
     #[error("{0}")]
-    NotFound(String),
+    Conflict(String),
+    /// The thing exists, but its state does not allow this (a finished operation, a
+    /// refused promotion, a status move its state machine forbids).
     #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Aborted(String),
-    #[error("{0}")]
-    DataLoss(String),
+    Precondition(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A limit was reached (watchers, artifact size); retry later or ask for less.
     #[error("{0}")]
-    ResourceExhausted(String),
+    Exhausted(String),
+    /// Data that failed its verification (a checksum, an artifact that does not load).
     #[error("{0}")]
-    Unavailable(String),
+    Corrupt(String),
+    /// A dependency (the database, the registry, a graph database) cannot be reached
+    /// right now; retrying is safe.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
     /// This worker's lease was taken over (or released): it must stop writing.
     #[error("lease lost: {0}")]
     LeaseLost(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A bug or a broken invariant: nothing the caller can fix.
+    #[error("internal error: {message}")]
+    Internal {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
 }
 
 impl Error {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+        Self::Invalid(vec![FieldViolation::new(field, description)])
     }
-}
 
-/// Registry-svc's shared helpers (pagination) report in its own error type.
-impl From<registry_svc::error::Error> for Error {
-    fn from(e: registry_svc::error::Error) -> Self {
-        use registry_svc::error::Error as R;
-        match e {
-            R::InvalidArgument(v) => Self::InvalidArgument(v),
-            R::NotFound(m) => Self::NotFound(m),
-            R::AlreadyExists(m) | R::FailedPrecondition(m) => Self::FailedPrecondition(m),
-            R::Aborted(m) => Self::Aborted(m),
-            R::DataLoss(m) => Self::DataLoss(m),
-            R::PermissionDenied(m) => Self::PermissionDenied(m),
-            R::ResourceExhausted(m) => Self::ResourceExhausted(m),
-            R::Unavailable(m) => Self::Unavailable(m),
-            R::Internal(m) => Self::Internal(m),
+    pub fn not_found(kind: &'static str, id: impl std::fmt::Display) -> Self {
+        Self::NotFound {
+            kind,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Unavailable because of `source`, whose text ends the message.
+    pub fn unavailable_from(
+        what: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            message: format!("{what}: {source}"),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Internal because of `source`, whose text ends the message.
+    pub fn internal_from(
+        what: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Internal {
+            message: format!("{what}: {source}"),
+            source: Some(Box::new(source)),
         }
     }
 }
@@ -57,6 +104,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Vec<FieldViolation>> for Error {
     fn from(v: Vec<FieldViolation>) -> Self {
-        Self::InvalidArgument(v)
+        Self::Invalid(v)
+    }
+}
+
+/// Registry-svc's shared helpers (pagination, database errors) report in its own error
+/// type.
+impl From<registry_svc::error::Error> for Error {
+    fn from(e: registry_svc::error::Error) -> Self {
+        use registry_svc::error::Error as R;
+        match e {
+            R::InvalidArgument(v) => Self::Invalid(v),
+            R::NotFound(m) | R::AlreadyExists(m) | R::FailedPrecondition(m) => {
+                Self::Precondition(m)
+            }
+            R::Aborted(m) => Self::Conflict(m),
+            R::DataLoss(m) => Self::Corrupt(m),
+            R::PermissionDenied(m) => Self::PermissionDenied(m),
+            R::ResourceExhausted(m) => Self::Exhausted(m),
+            R::Unavailable(m) => Self::unavailable(m),
+            R::Internal(m) => Self::internal(m),
+        }
     }
 }

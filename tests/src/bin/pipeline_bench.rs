@@ -17,12 +17,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context};
-use async_trait::async_trait;
 use capstan_proto::pipeline::v1::{
     self as pb, operations_service_client::OperationsServiceClient,
     pipeline_service_client::PipelineServiceClient,
@@ -36,9 +35,12 @@ use capstan_tests::{binary, path_str, server_flags, Service};
 use clap::{Parser, ValueEnum};
 use pipeline_svc::{
     domain::{
-        engine::{Engine, EngineConfig, StartOperation},
-        operation::{EventType, ExecutionMode, OpStatus, Operation, OperationResult},
-        workflow::{Execution, StepCx, StepOutcome, StepSpec, Workflow},
+        engine::{
+            operation::{EventType, ExecutionMode, OpStatus},
+            workflow::Workflows,
+            Engine, EngineConfig, StartOperation,
+        },
+        noop::{self, Noop, NoopParams},
     },
     store::sql::SqlStore,
 };
@@ -97,7 +99,6 @@ const SHOWCASE_TARGET_MS: f64 = 2000.0;
 const FIRST_EVENT_TARGET_MS: f64 = 5.0;
 const NOOP_TARGET_MS: f64 = 25.0;
 const QUEUED_P50_TARGET_MS: f64 = 50.0;
-const NOOP_KIND: &str = "bench.noop";
 /// Bounds every wait for an operation.
 const OP_LIMIT: Duration = Duration::from_secs(120);
 
@@ -515,65 +516,6 @@ async fn bench_backend(
 
 // ---- no-op durable steps, in process ---------------------------------------------------
 
-/// `n` no-op steps; each start and end is still a committed event with the state.
-struct Noop;
-
-fn noop_plan() -> &'static [StepSpec] {
-    static PLAN: OnceLock<Vec<StepSpec>> = OnceLock::new();
-    PLAN.get_or_init(|| {
-        (0..200)
-            .map(|i| StepSpec {
-                // Step names are 'static in workflows; 200 short names, once.
-                name: Box::leak(format!("noop_{i:03}").into_boxed_str()),
-                phase: "noop",
-            })
-            .collect()
-    })
-}
-
-impl Workflow for Noop {
-    fn plan(&self, params: &Value) -> pipeline_svc::error::Result<Vec<StepSpec>> {
-        let n = params["steps"].as_u64().unwrap_or(0) as usize;
-        let plan = noop_plan();
-        if !(1..=plan.len()).contains(&n) {
-            return Err(pipeline_svc::error::Error::invalid(
-                "steps",
-                "must be 1-200",
-            ));
-        }
-        Ok(plan[..n].to_vec())
-    }
-
-    fn resume(&self, _op: &Operation) -> pipeline_svc::error::Result<Box<dyn Execution>> {
-        Ok(Box::new(NoopRun))
-    }
-}
-
-struct NoopRun;
-
-#[async_trait]
-impl Execution for NoopRun {
-    async fn run_step(
-        &mut self,
-        _step: &str,
-        _cx: &StepCx<'_>,
-    ) -> pipeline_svc::error::Result<StepOutcome> {
-        Ok(StepOutcome::Passed(String::new()))
-    }
-
-    async fn compensate(&mut self, _step: &str) -> pipeline_svc::error::Result<Option<String>> {
-        Ok(None)
-    }
-
-    fn state(&self) -> Value {
-        Value::Null
-    }
-
-    fn result(&self) -> Option<OperationResult> {
-        None
-    }
-}
-
 /// Start → terminal event received by a watcher, DIRECT, on a fresh store.
 async fn bench_noop(args: &Args, backend: &str) -> anyhow::Result<Value> {
     let db = match backend {
@@ -591,7 +533,7 @@ async fn bench_noop(args: &Args, backend: &str) -> anyhow::Result<Value> {
             default_mode: ExecutionMode::Direct,
             ..Default::default()
         },
-        [(NOOP_KIND.to_string(), Arc::new(Noop) as Arc<dyn Workflow>)],
+        Workflows::new([Noop::new() as _])?,
         shutdown.clone(),
     );
     engine.spawn_background();
@@ -604,8 +546,8 @@ async fn bench_noop(args: &Args, backend: &str) -> anyhow::Result<Value> {
             .start(
                 "bench",
                 StartOperation {
-                    kind: NOOP_KIND.into(),
-                    params: json!({ "steps": args.noop_steps }),
+                    kind: noop::KIND.into(),
+                    params: NoopParams::steps(args.noop_steps).to_json(),
                     request_id: None,
                     mode: Some(ExecutionMode::Direct),
                 },
