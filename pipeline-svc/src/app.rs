@@ -350,7 +350,7 @@ pub async fn start_with(
     let workflows = Workflows::new(features.into_iter().map(|(w, _)| w).chain(extra))?;
     args.check_faults(&workflows)?;
     tracing::info!(
-        database = %registry_svc::app::redact(&url),
+        database = %capstan_server::config::redact_url(&url),
         replica = %cfg.replica_id,
         default_mode = cfg.default_mode.as_str(),
         registry = %args.registry_url,

@@ -1,13 +1,15 @@
-//! The pipeline's one error enum, in the domain's terms. It knows nothing of gRPC:
-//! `api::status` maps it to `tonic::Status` in one place.
+//! The pipeline's one error enum, in the domain's terms. It knows nothing of gRPC: each
+//! variant says which [`ErrorKind`] it is, and `api::status` turns it into a
+//! `tonic::Status` through the workspace's one mapping (`capstan_server::error`).
 
-use capstan_server::violations::Joined;
+pub use capstan_server::error::Source;
 pub use capstan_server::violations::{FieldViolation, Validator};
+use capstan_server::{
+    error::{ErrorKind, ServiceError},
+    violations::Joined,
+};
 
-/// What an error was caused by, kept for logs and for classification further up.
-pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request breaks its rules; every violation is reported at once.
     #[error("invalid request: {}", Joined(.0))]
@@ -16,7 +18,7 @@ pub enum Error {
     #[error("{kind} {id} does not exist")]
     NotFound { kind: &'static str, id: String },
     /// Another writer changed the thing between our read and our write (a lost
-    /// compare-and-swap); a retry from a fresh read may succeed.
+    /// compare-and-swap, a serialization failure); a retry from a fresh read may succeed.
     #[error("{0}")]
     Conflict(String),
     /// The thing exists, but its state does not allow this (a finished operation, a
@@ -51,6 +53,29 @@ pub enum Error {
     },
 }
 
+impl ServiceError for Error {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::Conflict(_) | Self::LeaseLost(_) => ErrorKind::Aborted,
+            Self::Precondition(_) => ErrorKind::FailedPrecondition,
+            Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Self::Exhausted(_) => ErrorKind::ResourceExhausted,
+            Self::Corrupt(_) => ErrorKind::DataLoss,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Internal { .. } => ErrorKind::Internal,
+        }
+    }
+
+    fn field_violations(&self) -> &[FieldViolation] {
+        match self {
+            Self::Invalid(v) => v,
+            _ => &[],
+        }
+    }
+}
+
 impl Error {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::Invalid(vec![FieldViolation::new(field, description)])
@@ -77,7 +102,7 @@ impl Error {
     ) -> Self {
         Self::Unavailable {
             message: format!("{what}: {source}"),
-            source: Some(Box::new(source)),
+            source: Some(capstan_server::error::source(source)),
         }
     }
 
@@ -95,7 +120,7 @@ impl Error {
     ) -> Self {
         Self::Internal {
             message: format!("{what}: {source}"),
-            source: Some(Box::new(source)),
+            source: Some(capstan_server::error::source(source)),
         }
     }
 }
@@ -105,25 +130,5 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<Vec<FieldViolation>> for Error {
     fn from(v: Vec<FieldViolation>) -> Self {
         Self::Invalid(v)
-    }
-}
-
-/// Registry-svc's shared helpers (pagination, database errors) report in its own error
-/// type.
-impl From<registry_svc::error::Error> for Error {
-    fn from(e: registry_svc::error::Error) -> Self {
-        use registry_svc::error::Error as R;
-        match e {
-            R::InvalidArgument(v) => Self::Invalid(v),
-            R::NotFound(m) | R::AlreadyExists(m) | R::FailedPrecondition(m) => {
-                Self::Precondition(m)
-            }
-            R::Aborted(m) => Self::Conflict(m),
-            R::DataLoss(m) => Self::Corrupt(m),
-            R::PermissionDenied(m) => Self::PermissionDenied(m),
-            R::ResourceExhausted(m) => Self::Exhausted(m),
-            R::Unavailable(m) => Self::unavailable(m),
-            R::Internal(m) => Self::internal(m),
-        }
     }
 }

@@ -17,7 +17,6 @@ use std::{
 
 use capstan_proto::pipeline::v1 as pb;
 use capstan_server::auth::Role;
-use sqlx::{Connection, PgConnection, Row};
 use tonic::Code;
 
 use crate::common::{
@@ -33,9 +32,7 @@ const RESUME_WITHIN: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn terminated_connections_are_retryable_and_lose_nothing() {
-    let Some(db) = capstan_server::testing::postgres("db_loss").await else {
-        return;
-    };
+    let db = TestDb::postgres().await;
     tokio::time::timeout(Duration::from_secs(180), drill(db))
         .await
         .expect("the drill finishes within its time bound");
@@ -50,20 +47,6 @@ struct Seen {
     errors: Vec<(Code, String)>,
     /// When each successful write returned.
     successes: Vec<Instant>,
-}
-
-/// Ends every connection to the test's own database (not the killer's), as a restart of
-/// the server would; returns how many there were.
-async fn terminate_connections(url: &str) -> i64 {
-    let mut conn = PgConnection::connect(url).await.expect("the test database");
-    sqlx::query(
-        "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .expect("pg_terminate_backend")
-    .get(0)
 }
 
 async fn drill(db: TestDb) {
@@ -114,7 +97,7 @@ async fn drill(db: TestDb) {
     let mut kills = Vec::new();
     tokio::time::sleep(Duration::from_secs(1)).await;
     for _ in 0..KILLS {
-        let ended = terminate_connections(&env.database_url).await;
+        let ended = env.db.terminate_connections().await;
         let at = Instant::now();
         assert!(ended > 0, "the pipeline had connections to lose");
         kills.push((at, ended));

@@ -20,7 +20,8 @@ use tokio::sync::Semaphore;
 
 use crate::common::{eventually, noop::*, TestDb};
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     gapless_forward_only_run,
     idempotent_start,
     failure_compensates_in_reverse,

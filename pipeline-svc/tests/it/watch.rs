@@ -27,7 +27,8 @@ use crate::common::{
     token, TestDb,
 };
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     many_watchers_see_the_same_log,
     slow_watcher_loses_nothing_and_slows_nothing,
     reconnect_resumes_exactly_once,

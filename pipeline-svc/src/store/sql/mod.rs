@@ -18,7 +18,7 @@ mod rows;
 
 use std::path::Path;
 
-use registry_svc::store::sql::Backend;
+use capstan_server::db::{Backend, DbFailure};
 use sqlx::{AnyConnection, AnyPool, Executor};
 use uuid::Uuid;
 
@@ -32,8 +32,21 @@ use crate::{
 const OPS_CHANNEL: &str = "capstan_operations";
 const JOBS_CHANNEL: &str = "capstan_jobs";
 
+/// A database error in the domain's terms: a lost connection, a pool timeout or a
+/// restarting server is unavailable (retryable), a lost serialization race a conflict,
+/// anything else internal. Logged here, with its cause.
 pub(super) fn db_error(e: sqlx::Error) -> Error {
-    registry_svc::store::sql::db_error(e).into()
+    match capstan_server::db::classify(&e) {
+        DbFailure::Unavailable => {
+            tracing::warn!(error = %e, "database unavailable");
+            Error::unavailable_from("database unavailable", e)
+        }
+        DbFailure::Conflict => Error::Conflict(format!("a concurrent transaction won: {e}")),
+        DbFailure::UniqueViolation | DbFailure::Other => {
+            tracing::error!(error = %e, "database error");
+            Error::internal_from("database error", e)
+        }
+    }
 }
 
 pub(super) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {

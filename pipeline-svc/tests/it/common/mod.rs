@@ -1,6 +1,7 @@
-//! What the integration tests share: each test's databases (the workspace's one fixture,
-//! `capstan_server::testing`), running a test on both backends, tokens, clients, and
-//! the servers and processes of `server`, `stack` and `replica`.
+//! What the integration tests share: each test's database (the workspace's one fixture,
+//! `capstan_server::testing`, whose `test_on_both_backends!` runs a test on SQLite and on
+//! Postgres), tokens, clients, and the servers and processes of `server`, `stack` and
+//! `replica`.
 
 pub mod noop;
 pub mod provisioning;
@@ -11,39 +12,12 @@ pub mod stack;
 
 use std::time::Duration;
 
-use capstan_server::{
-    auth::{issue_hs256, Role},
-    client::AuthedChannel,
-};
+use capstan_client::AuthedChannel;
+use capstan_server::auth::{issue_hs256, Role};
 
 /// One test's database (and a temporary directory beside it): the workspace's one
 /// fixture.
 pub use capstan_server::testing::TestDb;
-
-/// Runs each named `async fn(TestDb)` on SQLite and on Postgres, as tests
-/// `<name>::sqlite` and `<name>::postgres`.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn sqlite() {
-                    super::$name(capstan_server::testing::sqlite()).await;
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn postgres() {
-                    if let Some(db) =
-                        capstan_server::testing::postgres(concat!(module_path!(), "::postgres"))
-                            .await
-                    {
-                        super::$name(db).await;
-                    }
-                }
-            }
-        )*
-    };
-}
 
 /// Waits (at most `limit`) until `f` returns `Some`.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> T
@@ -80,7 +54,7 @@ pub type ProvisioningClient =
     >;
 
 pub async fn channel(url: &str, token: &str) -> AuthedChannel {
-    capstan_server::client::connect(url, Some(token))
+    capstan_client::connect(url, Some(token))
         .await
         .expect("connect")
 }

@@ -51,9 +51,7 @@ impl Base {
         let secret_file = dir.join("jwt.secret");
         std::fs::write(&secret_file, SECRET).unwrap();
         let (registry_pg, registry_db) = if db.is_postgres() {
-            let pg = capstan_server::testing::postgres("the registry of a pipeline test")
-                .await
-                .expect("Postgres answered for the pipeline's database");
+            let pg = TestDb::postgres().await;
             let url = pg.url.clone();
             (Some(pg), url)
         } else {
@@ -65,7 +63,7 @@ impl Base {
             common: registry_common(registry_db.clone(), &dir.join("registry"), &secret_file),
             artifact_store: "fs".into(),
             reaper_interval_seconds: 5,
-            alias_reads: registry_svc::domain::registry::AliasReads::Fresh,
+            alias_reads: registry_svc::app::AliasReads::Fresh,
             database_wait_seconds: 5,
         };
         let registry = registry_svc::app::start(&registry_args, options())
@@ -156,8 +154,8 @@ impl Stack {
     }
 }
 
-pub async fn registry_client(url: &str) -> capstan_server::client::RegistryClient {
-    capstan_server::client::registry_client(url, Some(&token("test-admin", Role::Admin)), 8 << 20)
+pub async fn registry_client(url: &str) -> capstan_client::RegistryClient {
+    capstan_client::registry_client(url, Some(&token("test-admin", Role::Admin)), 8 << 20)
         .await
         .expect("registry client")
 }

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::Stores;
 use crate::common::TestDb;
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     create_is_idempotent_and_remove_reports_what_it_found,
     statements_run_in_one_transaction,
     unaudited_statements_never_run,

@@ -17,7 +17,8 @@ use pipeline_svc::{
 use super::{created, new_operation, queued, Stores};
 use crate::common::{noop::assert_gapless, TestDb};
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     leases_fence_stale_workers,
     one_claim_wins,
     claims_take_the_oldest_job_and_each_job_once,

@@ -17,7 +17,8 @@ use pipeline_svc::{
 use super::{claimed, created, new_operation, queued, Stores};
 use crate::common::{noop::assert_gapless, TestDb};
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     create_numbers_from_one_and_reads_back,
     create_is_idempotent_per_owner_and_request_id,
     get_and_list_scope_filter_and_page,

@@ -27,7 +27,8 @@ use uuid::Uuid;
 use super::{new_operation, queued, Stores};
 use crate::common::TestDb;
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     create_provisioning_is_atomic_and_idempotent,
     concurrent_checkouts_create_one_operation,
     subscriptions_move_only_forward,

@@ -23,9 +23,7 @@ use crate::common::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_provisioning_is_finished_or_compensated_by_the_survivor() {
-    let Some(db) = capstan_server::testing::postgres("provisioning::crash").await else {
-        return;
-    };
+    let db = TestDb::postgres().await;
     tokio::time::timeout(Duration::from_secs(240), drill(db))
         .await
         .expect("the drill finishes within its time bound");

@@ -11,7 +11,8 @@ use capstan_server::auth::Role;
 use pipeline_svc::domain::provisioning::workflow::PROVISION_STEPS;
 use tonic::Code;
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     custom_and_extensions_graphs_provision_and_deprovision,
     repository_access_shares_one_graph
 );

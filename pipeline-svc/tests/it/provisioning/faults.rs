@@ -19,7 +19,8 @@ use capstan_server::auth::Role;
 use pipeline_svc::domain::provisioning::workflow::{DEPROVISION_STEPS, PROVISION_STEPS};
 use tonic::Code;
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     every_step_failure_leaves_nothing,
     failed_repository_access_keeps_the_shared_graph,
     failed_deprovisioning_is_safe_and_can_be_finished,

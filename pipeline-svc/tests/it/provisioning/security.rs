@@ -10,7 +10,8 @@ use capstan_server::auth::Role;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     another_user_reaches_nothing,
     hostile_specs_are_refused_and_change_nothing
 );
@@ -199,7 +200,7 @@ async fn another_user_reaches_nothing(db: TestDb) {
     assert_eq!(still.status, pb::OperationStatus::Pending as i32);
     // Without a token: UNAUTHENTICATED.
     let mut anonymous = pb::provisioning_service_client::ProvisioningServiceClient::new(
-        capstan_server::client::connect(&server.url, None)
+        capstan_client::connect(&server.url, None)
             .await
             .expect("connect"),
     );

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use capstan_server::testing;
+use capstan_server::testing::TestDb;
 use pipeline_svc::domain::provisioning::{
     ddl::{self, Dialect},
     extensions, ident, CustomSchema, NodeType, Property, PropertyType, RelationshipType,
@@ -461,7 +461,7 @@ where
 
 /// Creates the schema in a fresh SQLite file, checks what the database reports, drops it.
 async fn sqlite_round_trip(valid: &ValidSchema) {
-    let db = testing::sqlite();
+    let db = TestDb::sqlite();
     let mut conn = SqliteConnection::connect(&db.url).await.expect("sqlite");
     let create = ddl::generate(valid, &Dialect::Sqlite);
     if let Err(e) = apply(&mut conn, &create).await {
@@ -540,10 +540,7 @@ async fn extensions_and_custom_schemas_provision_on_sqlite() {
 
 #[tokio::test]
 async fn extensions_and_custom_schemas_provision_on_postgres() {
-    let Some(db) = testing::postgres("extensions_and_custom_schemas_provision_on_postgres").await
-    else {
-        return;
-    };
+    let db = TestDb::postgres().await;
     let mut conn = PgConnection::connect(&db.url).await.expect("postgres");
     for valid in all_extension_schemas() {
         postgres_round_trip(&mut conn, &valid).await;
@@ -566,7 +563,7 @@ async fn generated_constraints_are_enforced() {
         .and_then(|s| s.validate())
         .expect("valid");
 
-    let db = testing::sqlite();
+    let db = TestDb::sqlite();
     let mut conn = SqliteConnection::connect(&db.url).await.expect("sqlite");
     apply(&mut conn, &ddl::generate(&valid, &Dialect::Sqlite))
         .await
@@ -598,9 +595,7 @@ async fn generated_constraints_are_enforced() {
         "duplicate edge"
     );
 
-    let Some(pg) = testing::postgres("generated_constraints_are_enforced").await else {
-        return;
-    };
+    let pg = TestDb::postgres().await;
     let mut conn = PgConnection::connect(&pg.url).await.expect("postgres");
     let dialect = Dialect::postgres_for_graph(&Uuid::new_v4());
     let Dialect::Postgres { schema } = &dialect else {
@@ -761,9 +756,7 @@ fn custom_strategy() -> impl Strategy<Value = CustomSchema> {
 #[test]
 fn any_valid_spec_provisions_and_drops_on_both_databases() {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let pg = rt.block_on(testing::postgres(
-        "any_valid_spec_provisions_and_drops_on_both_databases",
-    ));
+    let pg = rt.block_on(TestDb::postgres());
     let mut runner = TestRunner::new(Config {
         cases: 48,
         ..Config::default()
@@ -775,10 +768,8 @@ fn any_valid_spec_provisions_and_drops_on_both_databases() {
             .map_err(|e| TestCaseError::fail(format!("refused {spec:?}: {e:?}")))?;
         rt.block_on(async {
             sqlite_round_trip(&valid).await;
-            if let Some(db) = &pg {
-                let mut conn = PgConnection::connect(&db.url).await.expect("postgres");
-                postgres_round_trip(&mut conn, &valid).await;
-            }
+            let mut conn = PgConnection::connect(&pg.url).await.expect("postgres");
+            postgres_round_trip(&mut conn, &valid).await;
         });
         Ok(())
     });

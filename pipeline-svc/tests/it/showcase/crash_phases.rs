@@ -51,9 +51,7 @@ const MID_STEP: [&str; 3] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_in_every_phase_resumes_on_the_other_replica() {
-    let Some(db) = capstan_server::testing::postgres("showcase::crash_phases").await else {
-        return;
-    };
+    let db = TestDb::postgres().await;
     tokio::time::timeout(DRILL_LIMIT, drill(db))
         .await
         .expect("the crash drill finishes within its time bound");

@@ -6,7 +6,8 @@ use capstan_proto::{pipeline::v1 as pb, registry::v1 as rpb};
 use capstan_server::auth::Role;
 use futures::StreamExt;
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     showcase_rich_end_to_end,
     showcase_minimal_end_to_end,
     queued_showcase_and_access
@@ -264,7 +265,7 @@ async fn queued_showcase_and_access(db: TestDb) {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let mut anon =
         capstan_proto::pipeline::v1::operations_service_client::OperationsServiceClient::new(
-            capstan_server::client::connect(&stack.pipeline_url, None)
+            capstan_client::connect(&stack.pipeline_url, None)
                 .await
                 .unwrap(),
         );
@@ -295,11 +296,7 @@ async fn queued_showcase_and_access(db: TestDb) {
 /// its tables and migration history in its own schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_share_one_postgres_database() {
-    let Some(db) =
-        capstan_server::testing::postgres("showcase::services_share_one_postgres_database").await
-    else {
-        return;
-    };
+    let db = TestDb::postgres().await;
     let base = Base::start(&db).await;
     let shared = base.registry_args_url.clone();
     let stack = Stack::on(base, |a| a.common.database_url = Some(shared), Vec::new()).await;

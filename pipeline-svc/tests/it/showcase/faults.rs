@@ -11,7 +11,8 @@ use pipeline_svc::domain::showcase::params::RICH_STEPS;
 
 use crate::common::{channel, operations_client, replica::Replica, stack::*, token, TestDb};
 
-crate::on_both_backends!(
+capstan_server::test_on_both_backends!(
+    worker_threads = 4;
     every_step_failure_restores_the_alias,
     crash_mid_showcase_resumes_on_another_replica
 );
