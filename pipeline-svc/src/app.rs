@@ -236,6 +236,7 @@ impl PipelineArgs {
                 fail_step: self.fail_step.clone(),
                 abort_at_step: self.abort_at_step.clone(),
             },
+            ..EngineConfig::default()
         }
     }
 

@@ -24,6 +24,7 @@ capstan_server::test_on_both_backends!(
     worker_threads = 4;
     gapless_forward_only_run,
     idempotent_start,
+    unavailable_steps_run_again,
     failure_compensates_in_reverse,
     crash_resumes_from_last_finished_step,
     cancel_queued_and_running,
@@ -359,4 +360,53 @@ async fn stalled_watcher_falls_back_to_the_store(db: TestDb) {
     }
     assert_gapless(&events, 1);
     assert_eq!(events.len() as i64, done.last_sequence);
+}
+
+async fn unavailable_steps_run_again(db: TestDb) {
+    let url = db.url.clone();
+    // Down for two runs, then back: the step runs a third time and the operation succeeds.
+    let flow = TestFlow {
+        unavailable: Some((2, 2)),
+        ..Default::default()
+    };
+    let engine = flow.engine(store(&url, "r1").await, engine_config("r1"));
+    let op = engine.start("alice", flow.request(4, None)).await.unwrap();
+    let events = collect(&engine, op.id, 0).await;
+    assert_gapless(&events, 1);
+    assert_eq!(flow.log(), ["s0", "s1", "s2", "s2", "s2", "s3"]);
+    let retries: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventType::Progress && e.step == "s2")
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    assert!(
+        retries[1].contains("dependency is down (run 2)") && retries[1].contains("retry 2 of 3"),
+        "{}",
+        retries[1]
+    );
+    let done = engine.get(op.id, None).await.unwrap();
+    assert_eq!(done.status, OpStatus::Succeeded);
+    assert_eq!(done.steps[2].attempt, 1, "one start, run three times");
+
+    // Down for longer than the retries last: the step fails and is compensated.
+    let flow = TestFlow {
+        unavailable: Some((1, 10)),
+        ..Default::default()
+    };
+    let engine = flow.engine(store(&url, "r2").await, engine_config("r2"));
+    let op = engine.start("alice", flow.request(3, None)).await.unwrap();
+    collect(&engine, op.id, 0).await;
+    assert_eq!(
+        flow.log(),
+        ["s0", "s1", "s1", "s1", "s1", "undo:s1", "undo:s0"]
+    );
+    let failed = engine.get(op.id, None).await.unwrap();
+    assert_eq!(failed.status, OpStatus::Failed);
+    let err = failed.error.unwrap();
+    assert_eq!(err.step.as_deref(), Some("s1"));
+    assert!(
+        err.message.contains("dependency is down (run 4)"),
+        "{err:?}"
+    );
 }

@@ -179,17 +179,59 @@ impl<'a> Driver<'a> {
         if self.cancel_requested {
             return Ok(Next::Stop(Stop::Cancelled));
         }
-        match self.run_step(i, exec).await? {
-            Ok(outcome) => {
-                self.defer_step_end(i, outcome, exec);
-                Ok(Next::Continue)
+        let mut retries = 0;
+        loop {
+            match self.run_step(i, exec).await? {
+                Ok(outcome) => {
+                    self.defer_step_end(i, outcome, exec);
+                    return Ok(Next::Continue);
+                }
+                Err(Error::LeaseLost(m)) => return Err(Error::LeaseLost(m)),
+                Err(e @ Error::Unavailable { .. }) if retries < self.engine.cfg.step_retries => {
+                    retries += 1;
+                    if let Some(next) = self.back_off(i, retries, &e).await? {
+                        return Ok(next);
+                    }
+                }
+                Err(e) => {
+                    return Ok(Next::Stop(Stop::Failed {
+                        step: Some(i),
+                        message: e.to_string(),
+                    }))
+                }
             }
-            Err(Error::LeaseLost(m)) => Err(Error::LeaseLost(m)),
-            Err(e) => Ok(Next::Stop(Stop::Failed {
-                step: Some(i),
-                message: e.to_string(),
-            })),
         }
+    }
+
+    /// Waits before the `retry`th run of step `i`, which failed with `e`, and says so to
+    /// watchers. `Some`: what to do instead of running it again (the operation was
+    /// cancelled or the replica is shutting down).
+    async fn back_off(&mut self, i: usize, retry: u32, e: &Error) -> Result<Option<Next>> {
+        let cfg = &self.engine.cfg;
+        let wait = cfg
+            .step_retry_backoff
+            .saturating_mul(1 << (retry - 1).min(16))
+            .min(super::MAX_STEP_BACKOFF);
+        let message = format!(
+            "{} failed ({e}); running it again in {} ms (retry {retry} of {})",
+            self.steps[i].name,
+            wait.as_millis(),
+            cfg.step_retries
+        );
+        tracing::warn!(operation = %self.lease.operation_id, step = %self.steps[i].name, error = %e, retry, "step failed as unavailable; retrying");
+        self.record(Change {
+            step: Some(self.step_ref(i)),
+            ..Change::new(EventType::Progress, message, now_micros())
+        })
+        .await?;
+        let shutdown = self.engine.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.lost.cancelled() => return Err(lease_lost()),
+            _ = self.cancel.cancelled() => return Ok(Some(Next::Stop(Stop::Cancelled))),
+            _ = shutdown.cancelled() => return Ok(Some(Next::Release)),
+        }
+        Ok(self.cancel_requested.then_some(Next::Stop(Stop::Cancelled)))
     }
 
     async fn start_step(&mut self, i: usize) -> Result<()> {

@@ -69,8 +69,18 @@ pub struct EngineConfig {
     pub watch_heartbeat: Duration,
     /// A job claimed more often than this (a crash loop) is failed instead of run again.
     pub max_attempts: i64,
+    /// A step that fails as unavailable (a dependency it needs is down, the database
+    /// restarts) runs again this many times before its failure fails the operation;
+    /// steps are idempotent, so that is safe.
+    pub step_retries: u32,
+    /// The wait before the first of those retries; it doubles each time, to at most
+    /// [`MAX_STEP_BACKOFF`].
+    pub step_retry_backoff: Duration,
     pub faults: Faults,
 }
+
+/// The longest wait between two runs of a step that failed as unavailable.
+pub const MAX_STEP_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -83,6 +93,8 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_secs(1),
             watch_heartbeat: Duration::from_secs(15),
             max_attempts: 5,
+            step_retries: 5,
+            step_retry_backoff: Duration::from_millis(200),
             faults: Faults::default(),
         }
     }

@@ -1,5 +1,6 @@
 //! `noop`: a workflow of N steps (`s0`, `s1`, …) that do nothing but what their
-//! parameters ask (sleep, report progress, fail, fail a compensation). It shows what the
+//! parameters ask (sleep, report progress, fail for good or for a while, fail a
+//! compensation). It shows what the
 //! engine itself costs and does, with no science or provisioning in the way: the engine's
 //! behaviour tests and the pipeline benchmark run it. The server does not register it;
 //! whoever wants it does (`app::start_with`, `Engine::new`).
@@ -33,8 +34,11 @@ pub struct NoopParams {
     pub sleep_ms: u64,
     /// PROGRESS events each step records.
     pub progress_per_step: usize,
-    /// This step fails (after its progress and sleep).
+    /// This step fails (after its progress and sleep), for good.
     pub fail_at: Option<usize>,
+    /// `(step, times)`: the step fails as unavailable its first `times` runs in an
+    /// execution (as when a dependency is down for a while), then passes.
+    pub unavailable: Option<(usize, usize)>,
     /// This step's compensation fails.
     pub fail_compensation_at: Option<usize>,
 }
@@ -119,6 +123,7 @@ impl Workflow for Noop {
             params: workflow::stored(&op.params, "noop parameters")?,
             state: workflow::stored_state(&op.state, "noop state")?,
             probe: self.probe.clone(),
+            unavailable_runs: 0,
         }))
     }
 }
@@ -133,6 +138,8 @@ struct NoopExecution {
     params: NoopParams,
     state: NoopState,
     probe: Arc<dyn Probe>,
+    /// How often the `unavailable` step failed in this execution.
+    unavailable_runs: usize,
 }
 
 #[async_trait]
@@ -147,7 +154,16 @@ impl Execution for NoopExecution {
         }
         self.probe.step(i).await;
         if self.params.fail_at == Some(i) {
-            return Err(Error::unavailable(format!("{step} exploded")));
+            return Err(Error::Precondition(format!("{step} exploded")));
+        }
+        if let Some((at, times)) = self.params.unavailable {
+            if at == i && self.unavailable_runs < times {
+                self.unavailable_runs += 1;
+                return Err(Error::unavailable(format!(
+                    "{step}'s dependency is down (run {})",
+                    self.unavailable_runs
+                )));
+            }
         }
         self.state.done += 1;
         Ok(StepOutcome::Passed(format!("{step} done")))

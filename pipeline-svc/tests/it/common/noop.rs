@@ -35,11 +35,13 @@ pub fn engine_config(replica: &str) -> EngineConfig {
         poll_interval: Duration::from_millis(50),
         watch_heartbeat: Duration::from_millis(200),
         max_attempts: 5,
+        step_retries: 3,
+        step_retry_backoff: Duration::from_millis(20),
         faults: Default::default(),
     }
 }
 
-/// What a test's noop operations do (`fail_at`, `failing_compensation`,
+/// What a test's noop operations do (`fail_at`, `unavailable`, `failing_compensation`,
 /// `progress_per_step`, `step_delay` become their parameters) and what the test sees of
 /// them: a log of the steps run and compensated (`s1`, `undo:s1`), and a gate that holds
 /// one step at its start until a permit is given (forever when none is).
@@ -47,6 +49,8 @@ pub fn engine_config(replica: &str) -> EngineConfig {
 pub struct TestFlow {
     pub log: Arc<Mutex<Vec<String>>>,
     pub fail_at: Option<usize>,
+    /// `(step, times)`: that step fails as unavailable its first `times` runs.
+    pub unavailable: Option<(usize, usize)>,
     pub failing_compensation: Option<usize>,
     pub progress_per_step: usize,
     pub step_delay: Duration,
@@ -88,6 +92,7 @@ impl TestFlow {
                 sleep_ms: self.step_delay.as_millis() as u64,
                 progress_per_step: self.progress_per_step,
                 fail_at: self.fail_at,
+                unavailable: self.unavailable,
                 fail_compensation_at: self.failing_compensation,
             }
             .to_json(),

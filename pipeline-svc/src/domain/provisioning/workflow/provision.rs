@@ -192,7 +192,7 @@ impl Provision {
             let Some(g) = self.store.graph(new.id, None).await? else {
                 // Its creator failed and removed it just now: create it here.
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(Error::unavailable(format!(
+                    return Err(Error::Precondition(format!(
                         "repository graph {} kept changing hands; retry later",
                         new.id
                     )));
@@ -213,7 +213,9 @@ impl Provision {
                 break self.allocated(false);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::unavailable(format!(
+                // Precondition, not unavailable: the step waited long enough; running it
+                // again would only wait longer.
+                return Err(Error::Precondition(format!(
                     "repository graph {} is still being provisioned by operation {} after {} s; retry later",
                     g.id,
                     g.operation_id,
