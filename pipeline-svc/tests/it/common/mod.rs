@@ -44,8 +44,6 @@ pub fn token(subject: &str, role: Role) -> String {
     issue_hs256(SECRET, subject, role, 3600).expect("token")
 }
 
-pub type PipelineClient =
-    capstan_proto::pipeline::v1::pipeline_service_client::PipelineServiceClient<AuthedChannel>;
 pub type OperationsClient =
     capstan_proto::pipeline::v1::operations_service_client::OperationsServiceClient<AuthedChannel>;
 pub type ProvisioningClient =
@@ -57,10 +55,6 @@ pub async fn channel(url: &str, token: &str) -> AuthedChannel {
     capstan_client::connect(url, Some(token))
         .await
         .expect("connect")
-}
-
-pub async fn pipeline_client(url: &str, token: &str) -> PipelineClient {
-    PipelineClient::new(channel(url, token).await)
 }
 
 pub async fn operations_client(url: &str, token: &str) -> OperationsClient {

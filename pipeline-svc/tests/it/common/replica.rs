@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
@@ -16,6 +16,8 @@ pub struct Replica {
     pub id: String,
     pub url: String,
     child: Child,
+    /// Read by the demo's drills (feature `demo`) when they report.
+    #[cfg_attr(not(feature = "demo"), allow(dead_code))]
     log: PathBuf,
 }
 
@@ -95,6 +97,7 @@ impl Replica {
     }
 
     /// Asks for a graceful shutdown (SIGTERM).
+    #[cfg(feature = "demo")]
     pub fn terminate(&self) {
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -104,12 +107,14 @@ impl Replica {
     }
 
     /// Waits for the process to end, blocking this thread.
-    pub fn wait(&mut self) -> ExitStatus {
+    #[cfg(feature = "demo")]
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("replica status")
     }
 
     /// Waits (at most `limit`) for the process to end by itself.
-    pub async fn exit(mut self, limit: Duration) -> ExitStatus {
+    #[cfg(feature = "demo")]
+    pub async fn exit(mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("replica status") {
@@ -125,6 +130,7 @@ impl Replica {
         }
     }
 
+    #[cfg(feature = "demo")]
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

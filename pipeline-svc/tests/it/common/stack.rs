@@ -11,7 +11,7 @@ use capstan_server::{
 use pipeline_svc::{app::PipelineArgs, domain::engine::workflow::Workflow};
 
 use super::{
-    operations_client, pipeline_client,
+    channel, operations_client,
     server::{options, pipeline_args},
     token, TestDb, SECRET,
 };
@@ -152,6 +152,15 @@ impl Stack {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.pipeline.task).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.registry.task).await;
     }
+}
+
+pub type PipelineClient =
+    capstan_proto::pipeline::v1::pipeline_service_client::PipelineServiceClient<
+        capstan_client::AuthedChannel,
+    >;
+
+pub async fn pipeline_client(url: &str, token: &str) -> PipelineClient {
+    PipelineClient::new(channel(url, token).await)
 }
 
 pub async fn registry_client(url: &str) -> capstan_client::RegistryClient {

@@ -30,9 +30,7 @@ use pipeline_svc::{
 };
 use sqlx::{Connection, Executor, PgConnection, Row};
 
-use crate::common::{
-    operations_client, pipeline_client, replica::Replica, stack::*, token, TestDb,
-};
+use crate::common::{operations_client, replica::Replica, stack::*, token, TestDb};
 
 /// Advisory lock key of the gate (any number no other code uses).
 const GATE_KEY: i64 = 0x00c0_ffee_c2a5;
