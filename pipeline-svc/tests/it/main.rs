@@ -4,6 +4,7 @@
 //! - `contract`: one suite per storage port, run on both backends;
 //! - `engine`, `watch`: the engine's behaviour, through the `noop` workflow;
 //! - `db_loss`: every connection of the database killed under load;
+//! - `migrations`: start-up on a database an earlier release migrated;
 //! - `provisioning`: graph provisioning end to end, its failures, security and specs;
 //! - `showcase` (feature `demo`): the demo with a real registry, its faults and drills.
 
@@ -11,6 +12,7 @@ mod common;
 mod contract;
 mod db_loss;
 mod engine;
+mod migrations;
 mod provisioning;
 #[cfg(feature = "demo")]
 mod showcase;

@@ -2,6 +2,7 @@
 //! both accept. Dialect differences (row locks, SKIP LOCKED, notifications, pool shape)
 //! are switched on [`Backend`].
 //!
+//! - `migrations`: the schema, applied at start-up;
 //! - this file: connecting, and what every write shares (lease fencing, notifications,
 //!   refusals, error classification);
 //! - `operations`: the [`OperationStore`](crate::domain::engine::ports::OperationStore);
@@ -11,6 +12,7 @@
 //! - `provisioning`: the [`ProvisioningStore`](crate::domain::provisioning::ports::ProvisioningStore).
 
 mod jobs;
+mod migrations;
 mod operations;
 mod provisioning;
 mod record;
@@ -117,14 +119,7 @@ impl SqlStore {
             // write their progress.
             Backend::Postgres => (pool(url, backend, 12).await?, pool(url, backend, 8).await?),
         };
-        capstan_server::db::migrate(
-            &write,
-            backend,
-            &sqlx::migrate!("./migrations/sqlite"),
-            &sqlx::migrate!("./migrations/postgres"),
-        )
-        .await
-        .map_err(|e| Error::unavailable(format!("database migration failed: {e}")))?;
+        migrations::migrate(&write, backend).await?;
         Ok(Self {
             read,
             write,
