@@ -28,7 +28,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
 use self::{
-    operation::{ExecutionMode, OpStatus, Operation, Step, StepStatus},
+    operation::{ExecutionMode, OpStatus, Operation, Step},
     ports::{
         Change, Created, JobQueue, JobStart, Lease, NewOperation, OpCursor, OpFilter,
         OperationStore, Recorded,
@@ -217,16 +217,7 @@ impl Engine {
             steps: plan
                 .iter()
                 .enumerate()
-                .map(|(i, s)| Step {
-                    index: i as i64,
-                    name: s.name.into(),
-                    phase: s.phase.into(),
-                    status: StepStatus::Pending,
-                    detail: String::new(),
-                    start_time: None,
-                    end_time: None,
-                    attempt: 0,
-                })
+                .map(|(i, s)| Step::pending(i, s.name, s.phase))
                 .collect(),
         };
         let job = match mode {

@@ -108,6 +108,22 @@ pub struct Step {
     pub attempt: i64,
 }
 
+impl Step {
+    /// Step `index` of a new operation's plan: PENDING, never started.
+    pub fn pending(index: usize, name: &str, phase: &str) -> Self {
+        Self {
+            index: index as i64,
+            name: name.to_string(),
+            phase: phase.to_string(),
+            status: StepStatus::Pending,
+            detail: String::new(),
+            start_time: None,
+            end_time: None,
+            attempt: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Operation {
     pub id: Uuid,

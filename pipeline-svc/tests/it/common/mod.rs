@@ -51,6 +51,26 @@ pub type ProvisioningClient =
         AuthedChannel,
     >;
 
+/// Every event of `stream` until its end, the terminal event (heartbeats dropped); at
+/// most a minute. `what` names the stream in failures.
+pub async fn until_finished(
+    stream: &mut tonic::Streaming<capstan_proto::pipeline::v1::OperationEvent>,
+    what: &str,
+) -> Vec<capstan_proto::pipeline::v1::OperationEvent> {
+    use capstan_proto::pipeline::v1::OperationEventType;
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(e))) if e.r#type == OperationEventType::Heartbeat as i32 => {}
+            Ok(Ok(Some(e))) => events.push(e),
+            Ok(Ok(None)) => return events,
+            Ok(Err(s)) => panic!("{what}: the stream failed: {s}"),
+            Err(_) => panic!("{what} did not finish in 60 s: {events:#?}"),
+        }
+    }
+}
+
 pub async fn channel(url: &str, token: &str) -> AuthedChannel {
     capstan_client::connect(url, Some(token))
         .await

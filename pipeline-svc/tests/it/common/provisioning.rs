@@ -1,7 +1,7 @@
 //! Provisioning test support: operation watching, the requests' graph specs, and direct
 //! looks into the real databases (the pipeline's tables, graph files and schemas).
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use capstan_proto::pipeline::v1 as pb;
 use pipeline_svc::{
@@ -13,6 +13,7 @@ use sqlx::{
 };
 use tonic::Code;
 
+use super::until_finished;
 pub use super::{
     server::{Env, Server},
     OperationsClient as OpsClient,
@@ -212,17 +213,7 @@ pub async fn watch(
         .await
         .expect("WatchOperation")
         .into_inner();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match tokio::time::timeout_at(deadline, stream.message()).await {
-            Ok(Ok(Some(e))) if e.r#type == pb::OperationEventType::Heartbeat as i32 => {}
-            Ok(Ok(Some(e))) => events.push(e),
-            Ok(Ok(None)) => break,
-            Ok(Err(s)) => panic!("watch stream failed: {s}"),
-            Err(_) => panic!("operation {operation_id} did not finish in 60 s: {events:#?}"),
-        }
-    }
+    let events = until_finished(&mut stream, &format!("operation {operation_id}")).await;
     let op = ops
         .get_operation(pb::GetOperationRequest {
             operation_id: operation_id.into(),

@@ -4,33 +4,49 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use capstan_proto::pipeline::v1 as pb;
-use capstan_server::{
-    auth::Role,
-    config::{AuthMode, CommonArgs, LogFormat},
-};
+use capstan_server::{auth::Role, config::LogFormat};
 use pipeline_svc::{app::PipelineArgs, domain::engine::workflow::Workflow};
 
 use super::{
     channel, operations_client,
     server::{options, pipeline_args},
-    token, TestDb, SECRET,
+    token, until_finished, TestDb, SECRET,
 };
 
-fn registry_common(database_url: String, data_dir: &Path, secret_file: &Path) -> CommonArgs {
-    CommonArgs {
-        database_url: Some(database_url),
-        data_dir: data_dir.to_path_buf(),
-        metrics_listen: None,
-        auth: AuthMode::Jwt,
-        jwt_secret_file: Some(secret_file.to_path_buf()),
-        tls_cert_file: None,
-        tls_key_file: None,
-        shutdown_deadline_seconds: 5,
-        max_message_bytes: 8 * 1024 * 1024,
-        max_concurrent_streams: 1024,
-        max_connection_age_seconds: 0,
-        log_format: LogFormat::Text,
-    }
+#[derive(clap::Parser)]
+struct RegistryFlags {
+    #[command(flatten)]
+    args: registry_svc::app::RegistryArgs,
+}
+
+/// Registry flags, parsed as its binary parses them (new flags get their defaults here).
+fn registry_args(
+    database_url: &str,
+    data_dir: &Path,
+    secret_file: &Path,
+) -> registry_svc::app::RegistryArgs {
+    use clap::Parser;
+    let (dir, secret) = (
+        data_dir.display().to_string(),
+        secret_file.display().to_string(),
+    );
+    RegistryFlags::try_parse_from([
+        "registry-svc",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        database_url,
+        "--data-dir",
+        &dir,
+        "--jwt-secret-file",
+        &secret,
+        "--database-wait-seconds",
+        "5",
+        "--shutdown-deadline-seconds",
+        "5",
+    ])
+    .expect("registry flags")
+    .args
 }
 
 /// A registry server, and the flags a pipeline server on the test's databases needs.
@@ -58,14 +74,7 @@ impl Base {
             let file = dir.join("registry.db");
             (None, format!("sqlite://{}?mode=rwc", file.display()))
         };
-        let registry_args = registry_svc::app::RegistryArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            common: registry_common(registry_db.clone(), &dir.join("registry"), &secret_file),
-            artifact_store: "fs".into(),
-            reaper_interval_seconds: 5,
-            alias_reads: registry_svc::app::AliasReads::Fresh,
-            database_wait_seconds: 5,
-        };
+        let registry_args = registry_args(&registry_db, &dir.join("registry"), &secret_file);
         let registry = registry_svc::app::start(&registry_args, options())
             .await
             .expect("registry starts");
@@ -184,17 +193,7 @@ pub async fn run_demo(
         .await
         .expect("RunDemo")
         .into_inner();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match tokio::time::timeout_at(deadline, stream.message()).await {
-            Ok(Ok(Some(e))) if e.r#type == pb::OperationEventType::Heartbeat as i32 => {}
-            Ok(Ok(Some(e))) => events.push(e),
-            Ok(Ok(None)) => break,
-            Ok(Err(s)) => panic!("RunDemo stream failed: {s}"),
-            Err(_) => panic!("demo did not finish in 60 s: {events:#?}"),
-        }
-    }
+    let events = until_finished(&mut stream, "the demo").await;
     let id = events
         .first()
         .expect("at least one event")

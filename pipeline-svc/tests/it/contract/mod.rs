@@ -21,7 +21,7 @@ use std::sync::Arc;
 use pipeline_svc::{
     domain::{
         engine::{
-            operation::{ExecutionMode, OpStatus, Operation, Step, StepStatus},
+            operation::{ExecutionMode, OpStatus, Operation, Step},
             ports::{Created, JobQueue, JobStart, Lease, NewOperation, OperationStore},
         },
         now_micros,
@@ -87,16 +87,7 @@ pub fn new_operation(owner: &str, steps: usize, job: JobStart) -> NewOperation {
             start_time: None,
             end_time: None,
             steps: (0..steps)
-                .map(|i| Step {
-                    index: i as i64,
-                    name: format!("s{i}"),
-                    phase: "test".into(),
-                    status: StepStatus::Pending,
-                    detail: String::new(),
-                    start_time: None,
-                    end_time: None,
-                    attempt: 0,
-                })
+                .map(|i| Step::pending(i, &format!("s{i}"), "test"))
                 .collect(),
         },
         job,
