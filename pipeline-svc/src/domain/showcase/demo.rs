@@ -31,8 +31,18 @@ pub(super) struct Demo {
     pub(super) operation_id: Uuid,
     pub(super) params: DemoParams,
     pub(super) state: DemoState,
-    panel: Option<Panel>,
+    panel: Option<Arc<Panel>>,
     fitted: Option<Vec<FittedModel>>,
+}
+
+/// Runs CPU-heavy science (panels, fits, backtests, simulations) on a blocking thread,
+/// off the runtime's workers.
+pub(super) async fn compute<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal_from("the computation panicked", e))
 }
 
 pub(super) fn sha256_hex(bytes: &[u8]) -> String {
@@ -75,33 +85,41 @@ impl Demo {
         }
     }
 
-    pub(super) fn panel(&mut self) -> &Panel {
-        let p = &self.params;
-        self.panel.get_or_insert_with(|| {
-            data::generate(&PanelSpec {
-                seed: p.seed,
-                series: p.series,
-                days: p.days,
-            })
-        })
+    /// The synthetic panel (deterministic, so a resume makes it again).
+    pub(super) async fn panel(&mut self) -> Result<Arc<Panel>> {
+        if let Some(p) = &self.panel {
+            return Ok(p.clone());
+        }
+        let spec = PanelSpec {
+            seed: self.params.seed,
+            series: self.params.series,
+            days: self.params.days,
+        };
+        let panel = Arc::new(compute(move || data::generate(&spec)).await?);
+        self.panel = Some(panel.clone());
+        Ok(panel)
     }
 
     /// Every candidate fitted on the full history (deterministic, so a resume refits).
-    pub(super) fn fitted(&mut self) -> &[FittedModel] {
+    pub(super) async fn fitted(&mut self) -> Result<&[FittedModel]> {
         if self.fitted.is_none() {
             let days = self.params.days;
-            let panel = self.panel();
-            let models = ModelKind::ALL
-                .iter()
-                .map(|k| FittedModel::fit(*k, panel, days))
-                .collect();
+            let panel = self.panel().await?;
+            let models = compute(move || {
+                ModelKind::ALL
+                    .iter()
+                    .map(|k| FittedModel::fit(*k, &panel, days))
+                    .collect()
+            })
+            .await?;
             self.fitted = Some(models);
         }
-        self.fitted.as_deref().unwrap_or_default()
+        Ok(self.fitted.as_deref().unwrap_or_default())
     }
 
-    pub(super) fn fitted_of(&mut self, model_type: &str) -> Result<FittedModel> {
+    pub(super) async fn fitted_of(&mut self, model_type: &str) -> Result<FittedModel> {
         self.fitted()
+            .await?
             .iter()
             .find(|m| m.kind().as_str() == model_type)
             .cloned()

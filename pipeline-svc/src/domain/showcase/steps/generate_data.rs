@@ -8,7 +8,8 @@ use crate::{
 
 impl Demo {
     pub(in crate::domain::showcase) async fn generate_data(&mut self) -> Result<StepOutcome> {
-        let summary = data::validate(self.panel())
+        let panel = self.panel().await?;
+        let summary = data::validate(&panel)
             .map_err(|e| Error::Precondition(format!("the generated panel is invalid: {e}")))?;
         Ok(StepOutcome::Passed(format!(
             "{} series × {} days, {:.0} units, {} promotion days (seed {})",

@@ -30,7 +30,7 @@ impl Demo {
         }
         for i in 0..self.state.candidates.len() {
             let c = self.state.candidates[i].clone();
-            let model = self.fitted_of(&c.model_type)?;
+            let model = self.fitted_of(&c.model_type).await?;
             let new = NewRun {
                 request_id: self.request_id(&format!("candidate:{}", c.model_type)),
                 name: format!("showcase {}", c.model_type),

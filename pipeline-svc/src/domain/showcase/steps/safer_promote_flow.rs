@@ -40,7 +40,7 @@ impl Demo {
                 champion.wape
             )));
         }
-        let model = self.fitted_of(&worst.model_type)?;
+        let model = self.fitted_of(&worst.model_type).await?;
         let new = NewRun {
             request_id: self.request_id("challenger"),
             name: format!("showcase challenger ({})", worst.model_type),

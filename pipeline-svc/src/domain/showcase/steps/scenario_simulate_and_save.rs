@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use capstan_proto::artifact_uri::ArtifactUri;
 
 use super::super::{
-    demo::{metric_key, sha256_hex, short, Demo},
+    demo::{compute, metric_key, sha256_hex, short, Demo},
     registry::NewRun,
     science::{chart, models::FittedModel, scenario},
     state::DemoScenarioOutcome,
@@ -72,17 +72,22 @@ impl Demo {
         ))
         .await?;
         let horizon = self.params.horizon;
-        let panel = self.panel();
-        let mut baseline = vec![0.0; horizon];
-        for s in 0..panel.series.len() {
-            for (day, v) in model.forecast(s, horizon).into_iter().enumerate() {
-                if let Some(b) = baseline.get_mut(day) {
-                    *b += v;
+        let panel = self.panel().await?;
+        let (baseline, results, svg) = compute(move || {
+            let mut baseline = vec![0.0; horizon];
+            for s in 0..panel.series.len() {
+                for (day, v) in model.forecast(s, horizon).into_iter().enumerate() {
+                    if let Some(b) = baseline.get_mut(day) {
+                        *b += v;
+                    }
                 }
             }
-        }
-        let results = scenario::simulate(&model, panel, horizon, &scenario::default_scenarios());
-        let svg = chart::svg(panel, &baseline, &results);
+            let results =
+                scenario::simulate(&model, &panel, horizon, &scenario::default_scenarios());
+            let svg = chart::svg(&panel, &baseline, &results);
+            (baseline, results, svg)
+        })
+        .await?;
         let outcomes: Vec<DemoScenarioOutcome> = results
             .into_iter()
             .map(|r| DemoScenarioOutcome {

@@ -1,7 +1,7 @@
 //! `train_and_backtest`: backtests every candidate model with a rolling origin and picks the champion by WAPE.
 
 use super::super::{
-    demo::Demo,
+    demo::{compute, Demo},
     science::{backtest, models::ModelKind},
     state::DemoModel,
     FOLDS,
@@ -17,10 +17,14 @@ impl Demo {
         cx: &StepCx<'_>,
     ) -> Result<StepOutcome> {
         let horizon = self.params.horizon;
+        let panel = self.panel().await?;
+        let backtests = compute(move || {
+            ModelKind::ALL.map(|kind| backtest::rolling_origin(&panel, kind, horizon, FOLDS))
+        })
+        .await?;
         let mut candidates = Vec::new();
         let mut results = Vec::new();
-        for kind in ModelKind::ALL {
-            let r = backtest::rolling_origin(self.panel(), kind, horizon, FOLDS);
+        for (kind, r) in ModelKind::ALL.into_iter().zip(backtests) {
             if r.folds == 0 || !(r.wape.is_finite() && r.mae.is_finite() && r.bias.is_finite()) {
                 return Err(Error::Precondition(format!(
                     "the backtest of {} evaluated nothing usable ({} folds, WAPE {})",
@@ -51,7 +55,7 @@ impl Demo {
         let champion = backtest::champion(&results)
             .ok_or_else(|| Error::Precondition("no candidate could be evaluated".into()))?;
         self.state.champion_model_type = Some(champion.kind.as_str().to_string());
-        self.fitted();
+        self.fitted().await?;
         let mut ranked: Vec<&DemoModel> = candidates.iter().collect();
         ranked.sort_by(|a, b| a.wape.total_cmp(&b.wape));
         let detail = ranked
