@@ -6,6 +6,21 @@
 //! reverse, and keeps status and percent moving forward. A workflow only has to make
 //! each step and each compensation idempotent. Its parameters, state and result are
 //! JSON the engine stores without reading; the workflow encodes and decodes them.
+//!
+//! # Adding a workflow
+//!
+//! 1. A folder `domain/<feature>/`: a type implementing [`Workflow`] (the kinds it runs,
+//!    every step it may plan, `plan` refusing parameters it cannot run, `resume` restoring
+//!    an [`Execution`] from the operation's parameters and state) and that execution, one
+//!    idempotent step at a time. The ports it needs live in the folder; their adapters
+//!    in `store/` or `clients/`.
+//! 2. When clients start it or see its result: its messages and its case of the
+//!    `OperationResult` oneof in `proto/capstan/pipeline/v1/`, and `api/<feature>.rs`
+//!    with its RPCs and the result's mapping to the wire.
+//! 3. One line in `app::features`: the workflow and its result mapping. (`domain/noop/`
+//!    is the smallest example: no proto, no API, registered by the tests that run it.)
+//!
+//! Nothing in `domain/engine/` changes.
 
 use std::{collections::HashMap, sync::Arc};
 
