@@ -334,7 +334,7 @@ pub async fn start_with(
     ));
     workflows.extend(extra);
     tracing::info!(
-        database = %registry_svc::app::redact(&url),
+        database = %capstan_server::config::redact_url(&url),
         replica = %cfg.replica_id,
         default_mode = cfg.default_mode.as_str(),
         registry = %args.registry_url,

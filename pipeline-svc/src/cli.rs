@@ -204,7 +204,7 @@ fn summary(op: &pb::Operation) -> String {
 }
 
 async fn download(
-    registry: &mut capstan_server::client::RegistryClient,
+    registry: &mut capstan_client::RegistryClient,
     run_id: &str,
 ) -> anyhow::Result<Vec<u8>> {
     let mut s = registry
@@ -236,7 +236,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         common: common(&dir, &secret_file),
         artifact_store: "fs".into(),
         reaper_interval_seconds: 5,
-        alias_reads: registry_svc::domain::registry::AliasReads::Fresh,
+        alias_reads: registry_svc::app::AliasReads::Fresh,
         database_wait_seconds: 5,
     };
     let registry = registry_svc::app::start(

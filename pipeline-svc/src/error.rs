@@ -35,24 +35,6 @@ impl Error {
     }
 }
 
-/// Registry-svc's shared helpers (pagination) report in its own error type.
-impl From<registry_svc::error::Error> for Error {
-    fn from(e: registry_svc::error::Error) -> Self {
-        use registry_svc::error::Error as R;
-        match e {
-            R::InvalidArgument(v) => Self::InvalidArgument(v),
-            R::NotFound(m) => Self::NotFound(m),
-            R::AlreadyExists(m) | R::FailedPrecondition(m) => Self::FailedPrecondition(m),
-            R::Aborted(m) => Self::Aborted(m),
-            R::DataLoss(m) => Self::DataLoss(m),
-            R::PermissionDenied(m) => Self::PermissionDenied(m),
-            R::ResourceExhausted(m) => Self::ResourceExhausted(m),
-            R::Unavailable(m) => Self::Unavailable(m),
-            R::Internal(m) => Self::Internal(m),
-        }
-    }
-}
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Vec<FieldViolation>> for Error {

@@ -11,9 +11,11 @@ use clap::Args;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::domain::registry::AliasReads;
+
 use crate::{
     api::{RegistryApi, RegistryServiceServer},
-    domain::registry::{AliasReads, Registry},
+    domain::registry::Registry,
     error::Error,
     store::{blobs, sql::SqlStore, RegistryStore},
 };
@@ -100,7 +102,7 @@ pub async fn start(args: &RegistryArgs, mut options: ServeOptions) -> anyhow::Re
     let blob_store = blobs::open(&args.artifact_store, &args.common.data_dir)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    tracing::info!(database = %redact(&url), artifacts = %blob_store.describe(), "registry storage ready");
+    tracing::info!(database = %capstan_server::config::redact_url(&url), artifacts = %blob_store.describe(), "registry storage ready");
     let registry = Registry::new(store, blob_store, args.alias_reads);
     registry.spawn_reaper(
         Duration::from_secs(args.reaper_interval_seconds.max(1)),
@@ -132,15 +134,4 @@ pub async fn start(args: &RegistryArgs, mut options: ServeOptions) -> anyhow::Re
         task,
         registry,
     })
-}
-
-/// Hides the password of a database URL in logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}://{user}:***{}", &url[..s], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
 }

@@ -36,6 +36,12 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<FieldViolation> for Error {
+    fn from(v: FieldViolation) -> Self {
+        Self::InvalidArgument(vec![v])
+    }
+}
+
 impl From<Vec<FieldViolation>> for Error {
     fn from(v: Vec<FieldViolation>) -> Self {
         Self::InvalidArgument(v)

@@ -1,18 +1,16 @@
 //! [`ModelRegistry`] over registry-svc's gRPC API, with the typed client of
-//! `capstan_server::client`. Connects on first use, so the pipeline starts even while the
+//! `capstan_client`. Connects on first use, so the pipeline starts even while the
 //! registry is still coming up.
 //!
-//! With several registry replicas (comma-separated URLs or a headless Service) a replica
-//! that dies takes the calls in flight on it down, and until the balanced channel's probe
-//! drops it (within about a second) new calls may still pick it. Such transport failures
-//! are retried with backoff, which is safe because every call here is idempotent or checks
-//! on a replay whether the lost attempt took effect.
+//! Calls that fail in transit (a replica lost behind a balanced channel) are retried by
+//! [`Retry::TRANSIENT`], which is safe because every call here is idempotent or checks on
+//! a replay whether the lost attempt took effect.
 
-use std::{collections::BTreeMap, future::Future, time::Duration};
+use std::{collections::BTreeMap, future::Future};
 
 use async_trait::async_trait;
+use capstan_client::{failed_in_transit, AuthedChannel, RegistryClient, Retry};
 use capstan_proto::registry::v1 as pb;
-use capstan_server::client::{self, AuthedChannel, RegistryClient};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
@@ -27,11 +25,6 @@ use crate::{
 
 /// Upload chunk size: far below every message limit.
 const CHUNK: usize = 256 * 1024;
-
-/// Attempts per call, and the first backoff (doubled after each failure): about 3 s in
-/// all, well past the channel's probe interval.
-const ATTEMPTS: u32 = 6;
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 pub struct GrpcRegistry {
     url: String,
@@ -53,7 +46,7 @@ impl GrpcRegistry {
     async fn channel(&self) -> Result<AuthedChannel> {
         self.channel
             .get_or_try_init(|| async {
-                client::connect(&self.url, self.token.as_deref())
+                capstan_client::connect(&self.url, self.token.as_deref())
                     .await
                     .map_err(|e| {
                         Error::Unavailable(format!(
@@ -72,37 +65,20 @@ impl GrpcRegistry {
             .max_encoding_message_size(self.max_message_bytes)
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or [`ATTEMPTS`] transport failures
-    /// in a row. Its flag says that an earlier attempt failed in transit and so may have
-    /// taken effect: a call that a replay would apply twice checks that first.
+    /// Runs `attempt` under [`Retry::TRANSIENT`]. Its flag says that an earlier attempt
+    /// failed in transit and so may have taken effect: a call that a replay would apply
+    /// twice checks that first.
     async fn call<T, F, Fut>(&self, name: &str, mut attempt: F) -> Result<T>
     where
         F: FnMut(AuthedChannel, bool) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        let mut backoff = FIRST_BACKOFF;
-        let mut n = 1;
-        loop {
-            match attempt(self.channel().await?, n > 1).await {
-                Ok(v) => return Ok(v),
-                Err(s) if n < ATTEMPTS && in_transit(&s) => {
-                    tracing::warn!(call = name, attempt = n, error = %s, "registry call failed in transit; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                    n += 1;
-                }
-                Err(s) => return Err(upstream(name, s)),
-            }
-        }
+        let channel = self.channel().await?;
+        Retry::TRANSIENT
+            .run(name, |replay| attempt(channel.clone(), replay))
+            .await
+            .map_err(|s| upstream(name, s))
     }
-}
-
-/// A failure of the connection rather than an answer of the registry: refused or reset
-/// connections (UNAVAILABLE), and a stream cut mid-call, which tonic reports as UNKNOWN
-/// with the transport error as its source (statuses a server sends carry no source).
-fn in_transit(s: &Status) -> bool {
-    use std::error::Error as _;
-    s.code() == Code::Unavailable || (s.code() == Code::Unknown && s.source().is_some())
 }
 
 /// Maps a registry status to this crate's error, keeping its code and naming the call.
@@ -117,7 +93,7 @@ fn upstream(call: &str, s: tonic::Status) -> Error {
         Code::PermissionDenied | Code::Unauthenticated => Error::PermissionDenied(m),
         Code::ResourceExhausted => Error::ResourceExhausted(m),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(m),
-        _ if in_transit(&s) => Error::Unavailable(m),
+        _ if failed_in_transit(&s) => Error::Unavailable(m),
         _ => Error::Internal(m),
     }
 }

@@ -12,5 +12,5 @@ pub mod watch;
 pub mod workflow;
 pub mod workflows;
 
-/// Microseconds since the Unix epoch, as registry-svc stores them.
-pub use registry_svc::domain::{now_micros, Micros};
+/// Microseconds since the Unix epoch, as both services store them.
+pub use capstan_server::time::{now_micros, Micros};

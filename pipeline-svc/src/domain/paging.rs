@@ -1,13 +1,13 @@
-//! AIP-158 page tokens: registry-svc's keyset-token scheme, reporting in this crate's
+//! AIP-158 page tokens: the workspace's keyset-token scheme, reporting in this crate's
 //! errors.
 
-use registry_svc::domain::paging as shared;
+use capstan_server::paging as shared;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub fn page_size(requested: i32) -> Result<usize> {
-    Ok(shared::page_size(requested)?)
+    shared::page_size(requested).map_err(|v| Error::InvalidArgument(vec![v]))
 }
 
 pub fn encode<K: Serialize>(query: &str, key: &K) -> String {
@@ -15,5 +15,5 @@ pub fn encode<K: Serialize>(query: &str, key: &K) -> String {
 }
 
 pub fn decode<K: DeserializeOwned>(token: &str, query: &str) -> Result<Option<K>> {
-    Ok(shared::decode(token, query)?)
+    shared::decode(token, query).map_err(|v| Error::InvalidArgument(vec![v]))
 }

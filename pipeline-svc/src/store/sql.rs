@@ -1,14 +1,14 @@
 //! The SQL store: SQLite and Postgres through sqlx's `Any` driver, with `$n` placeholders
 //! both accept. Dialect differences (row locks, SKIP LOCKED, notifications, pool shape)
-//! are switched on [`Backend`], shared with registry-svc.
+//! are switched on [`Backend`], shared with registry-svc through capstan-server.
 
 mod provisioning;
 
 use std::path::Path;
 
 use async_trait::async_trait;
+use capstan_server::db::{Backend, DbFailure};
 use futures::{stream::BoxStream, StreamExt};
-use registry_svc::store::sql::Backend;
 use sqlx::{any::AnyRow, AnyConnection, AnyPool, Executor, Row};
 use uuid::Uuid;
 
@@ -31,8 +31,19 @@ use crate::{
 const OPS_CHANNEL: &str = "capstan_operations";
 const JOBS_CHANNEL: &str = "capstan_jobs";
 
+/// Maps a database error, logging it where it becomes a status.
 fn db_error(e: sqlx::Error) -> Error {
-    registry_svc::store::sql::db_error(e).into()
+    match capstan_server::db::classify(&e) {
+        DbFailure::Unavailable => {
+            tracing::warn!(error = %e, "database unavailable");
+            Error::Unavailable(format!("database unavailable: {e}"))
+        }
+        DbFailure::Conflict => Error::Aborted(format!("a concurrent transaction won: {e}")),
+        DbFailure::UniqueViolation | DbFailure::Other => {
+            tracing::error!(error = %e, "database error");
+            Error::Internal(format!("database error: {e}"))
+        }
+    }
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {

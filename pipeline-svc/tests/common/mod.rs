@@ -326,7 +326,7 @@ impl Base {
             common: common_args(registry_db.clone(), &dir.join("registry"), &secret_file),
             artifact_store: "fs".into(),
             reaper_interval_seconds: 5,
-            alias_reads: registry_svc::domain::registry::AliasReads::Fresh,
+            alias_reads: registry_svc::app::AliasReads::Fresh,
             database_wait_seconds: 5,
         };
         let registry = registry_svc::app::start(&registry_args, options())

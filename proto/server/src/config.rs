@@ -1,5 +1,5 @@
-//! Flags shared by both services (SPEC §6). Every flag has an environment twin so that
-//! Kubernetes manifests and scripts configure the binaries the same way.
+//! Flags shared by both services. Every flag has an environment twin (`CAPSTAN_…`) so
+//! that Kubernetes manifests and scripts configure the binaries the same way.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -121,5 +121,37 @@ pub fn parse_bool(value: &str) -> Result<bool, String> {
         "true" | "1" | "on" | "yes" => Ok(true),
         "false" | "0" | "off" | "no" => Ok(false),
         other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+/// A URL fit for logs: the password of `scheme://user:password@host…` becomes `***`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}://{user}:***{}", &url[..s], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(
+            redact_url("postgres://capstan:s3cret@db:5432/capstan?sslmode=require"),
+            "postgres://capstan:***@db:5432/capstan?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://capstan@db/x"),
+            "postgres://capstan@db/x"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/r.db?mode=rwc"),
+            "sqlite://data/r.db?mode=rwc"
+        );
     }
 }

@@ -287,9 +287,82 @@ impl<'c> Executor<'c> for &'c Connections {
     }
 }
 
+/// What a failed database call means for whoever made it, whichever the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    /// The database cannot be reached right now: a lost or refused connection, a pool
+    /// that timed out or closed, a server restarting or out of connections. The same call
+    /// may succeed later as it is.
+    Unavailable,
+    /// The transaction lost to a concurrent one (serialization failure, deadlock): the
+    /// whole read-modify-write may be tried again.
+    Conflict,
+    /// A unique constraint refused the write: for a compare-and-swap insert, another
+    /// writer got there first.
+    UniqueViolation,
+    /// Anything else: a bug, a schema mismatch, corrupt data.
+    Other,
+}
+
+impl DbFailure {
+    /// How a service reports it: a unique violation is a lost race (`Aborted`) like a
+    /// conflict, since every unique key the services write is claimed by compare-and-swap.
+    pub fn kind(self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            Self::Unavailable => ErrorKind::Unavailable,
+            Self::Conflict | Self::UniqueViolation => ErrorKind::Aborted,
+            Self::Other => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Classifies a sqlx error; see [`DbFailure`].
+pub fn classify(e: &sqlx::Error) -> DbFailure {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => DbFailure::Unavailable,
+        // A connection cut mid-reply reads as a broken protocol exchange.
+        sqlx::Error::Protocol(_) => DbFailure::Unavailable,
+        sqlx::Error::Database(d) if d.is_unique_violation() => DbFailure::UniqueViolation,
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|code| classify_code(&code))
+            .unwrap_or(DbFailure::Other),
+        _ => DbFailure::Other,
+    }
+}
+
+/// The failure a database error code stands for, when it is not [`DbFailure::Other`]:
+/// a Postgres SQLSTATE (always five characters), or a SQLite result code (sqlx reports it
+/// as a number of at most four digits).
+pub fn classify_code(code: &str) -> Option<DbFailure> {
+    if code.len() == 5 {
+        return match code {
+            // Connection exceptions (class 08) and insufficient resources (class 53: too
+            // many connections, out of memory or disk).
+            c if c.starts_with("08") || c.starts_with("53") => Some(DbFailure::Unavailable),
+            // The operator or server intervening: query cancelled, admin shutdown, crash
+            // shutdown, cannot connect now (starting up), idle session timeout.
+            "57014" | "57P01" | "57P02" | "57P03" | "57P05" => Some(DbFailure::Unavailable),
+            // Serialization failure, deadlock detected.
+            "40001" | "40P01" => Some(DbFailure::Conflict),
+            _ => None,
+        };
+    }
+    // SQLite: SQLITE_BUSY and SQLITE_LOCKED, with their extended codes (another process
+    // held the lock past the busy timeout).
+    match code.parse::<i32>().ok()? & 0xff {
+        5 | 6 => Some(DbFailure::Unavailable),
+        _ => None,
+    }
+}
+
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
+    classify(e) == DbFailure::UniqueViolation
 }
 
 /// Applies `sqlite` or `postgres` migrations as the backend requires. Postgres runs them
@@ -316,5 +389,40 @@ pub async fn migrate(
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_of_both_backends_are_classified() {
+        for unavailable in [
+            "08006", "08001", "57P01", "57P02", "57P03", "53300", "57014",
+        ] {
+            assert_eq!(
+                classify_code(unavailable),
+                Some(DbFailure::Unavailable),
+                "{unavailable}"
+            );
+        }
+        for conflict in ["40001", "40P01"] {
+            assert_eq!(
+                classify_code(conflict),
+                Some(DbFailure::Conflict),
+                "{conflict}"
+            );
+        }
+        // Postgres codes whose digits would read as SQLite's BUSY: still not unavailable.
+        for other in ["23505", "42P01", "22021", "XX000"] {
+            assert_eq!(classify_code(other), None, "{other}");
+        }
+        // SQLite: BUSY, LOCKED and their extended codes; a constraint error is not.
+        for busy in ["5", "6", "261", "517", "262", "773"] {
+            assert_eq!(classify_code(busy), Some(DbFailure::Unavailable), "{busy}");
+        }
+        assert_eq!(classify_code("19"), None);
+        assert_eq!(classify_code("2067"), None);
     }
 }

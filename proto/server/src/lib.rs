@@ -1,20 +1,32 @@
 //! What both Capstan services share at run time.
 //!
-//! - [`db`]: SQLite/Postgres pools set up alike on every connection.
-//! - [`config`]: the common flags of SPEC §6, each with its environment twin.
+//! - [`error`]: the one error model: each crate's error enum names its [`error::ErrorKind`],
+//!   and [`error::to_status`] turns it into a `tonic::Status` the same way everywhere.
+//! - [`db`]: SQLite/Postgres pools set up alike on every connection, connection reuse,
+//!   migrations, and the classification of database failures.
+//! - [`paging`]: page sizes and page tokens bound to their query.
+//! - [`time`]: the one stored time unit.
+//! - [`config`]: the common flags, each with its environment twin; URL redaction for logs.
 //! - [`auth`]: bearer-JWT verification as a tower layer, roles, token minting.
-//! - [`serve`]: server bootstrap — health, reflection v1 + v1alpha, request tracing and
-//!   metrics, message limits, TLS, and graceful shutdown under a deadline.
-//! - [`client`]: typed-client channels that carry a bearer token.
+//! - [`serve`]: server bootstrap — health, reflection v1 + v1alpha, request ids, tracing
+//!   and metrics, message limits, TLS, and graceful shutdown under a deadline.
+//! - [`client`]: the typed clients, from the `capstan-client` crate.
 //! - [`telemetry`]: `tracing` subscriber and the Prometheus exporter.
 //! - [`violations`]: field violations of bad requests and their `google.rpc` details.
+//! - `testing` (feature `testing`): the test-database fixture of every crate's tests.
 
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod db;
+pub mod error;
+pub mod paging;
 pub mod serve;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod time;
 pub mod violations;
+
+/// The typed clients live in `capstan-client`, which a service outside this repository
+/// can use without the server crates.
+pub use capstan_client as client;

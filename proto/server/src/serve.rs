@@ -5,6 +5,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -212,6 +213,46 @@ pub async fn run_until_signal(
     Ok(())
 }
 
+tokio::task_local! {
+    static REQUEST_ID: Arc<str>;
+}
+
+/// The id of the call being served: the client's `x-request-id`, else one made up when
+/// the call arrived. Set for the handler and for every poll of its response body (where
+/// streamed errors become statuses); `None` outside a call.
+pub fn request_id() -> Option<Arc<str>> {
+    REQUEST_ID.try_with(Arc::clone).ok()
+}
+
+/// A response body polled with the call's request id in scope.
+struct InCall {
+    request_id: Arc<str>,
+    body: Body,
+}
+
+impl http_body::Body for InCall {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let this = self.get_mut();
+        REQUEST_ID.sync_scope(this.request_id.clone(), || {
+            Pin::new(&mut this.body).poll_frame(cx)
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Gives every call a `grpc` span (method and request id) and records its count and
 /// latency as Prometheus metrics.
 #[derive(Clone, Copy)]
@@ -254,11 +295,14 @@ where
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let span = tracing::info_span!("grpc", method = %method, request_id = %request_id);
+        let request_id: Arc<str> = request_id.into();
         let start = Instant::now();
-        let fut = self.inner.call(req);
+        let fut = REQUEST_ID.scope(request_id.clone(), self.inner.call(req));
         Box::pin(
             async move {
-                let res = fut.await;
+                let res = fut.await.map(|r| {
+                    r.map(|body| Body::new(InCall { request_id, body }))
+                });
                 // Errors of unary calls travel in the headers ("trailers-only"); streams and
                 // successes carry them in trailers, counted here as their header status.
                 let code = match &res {
@@ -301,5 +345,57 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that says, when polled, which request id it sees.
+    struct SaysRequestId(bool);
+
+    impl http_body::Body for SaysRequestId {
+        type Data = bytes::Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+            if std::mem::replace(&mut self.0, true) {
+                return Poll::Ready(None);
+            }
+            let id = request_id().map_or("none".to_string(), |id| id.to_string());
+            Poll::Ready(Some(Ok(http_body::Frame::data(id.into()))))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_id_reaches_the_handler_and_its_streamed_body() {
+        let handler = tower::service_fn(|_: http::Request<Body>| async {
+            let id = request_id().expect("a request id in the handler");
+            let mut response = http::Response::new(Body::new(SaysRequestId(false)));
+            response
+                .headers_mut()
+                .insert("handler-saw", id.to_string().parse().unwrap());
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut service = ObserveLayer.layer(handler);
+        let request = http::Request::builder()
+            .uri("/capstan.test/Call")
+            .header("x-request-id", "req-42")
+            .body(Body::empty())
+            .unwrap();
+        let mut response = service.call(request).await.unwrap();
+        assert_eq!(response.headers()["handler-saw"], "req-42");
+        assert!(request_id().is_none(), "no request id outside a call");
+        let body = response.body_mut();
+        let frame =
+            std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut *body), cx))
+                .await
+                .expect("a frame")
+                .unwrap();
+        assert_eq!(frame.into_data().unwrap(), "req-42");
     }
 }

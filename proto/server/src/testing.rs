@@ -1,117 +1,200 @@
-//! Test support shared by every crate's integration tests (feature `testing`).
+//! Test support for every crate of the workspace (feature `testing`).
 //!
-//! Each test gets its own database: a SQLite file in a temp dir, or a fresh Postgres
-//! database that is dropped afterwards. When no Postgres answers, the Postgres variant
-//! says loudly that it is skipped — unless `CAPSTAN_REQUIRE_POSTGRES=1` (CI), where that
-//! is a failure.
+//! - [`TestDb`]: a database that exists for one test: a SQLite file in a temporary
+//!   directory, or a fresh Postgres database on the server at `CAPSTAN_TEST_POSTGRES_URL`
+//!   (default [`DEFAULT_ADMIN_URL`]), dropped when the test ends. A Postgres that does not
+//!   answer fails the test with a message that says how to start one: a test never passes
+//!   without having run.
+//! - [`test_on_both_backends!`](crate::test_on_both_backends): the one way to run a test
+//!   on both backends, as two test functions `name::sqlite` and `name::postgres`.
+//! - [`jwt_secret`]: a signing secret for servers with auth on.
 
 use std::{path::PathBuf, time::Duration};
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::db::Backend;
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// A database that exists for one test.
+/// The server test databases are made on: `CAPSTAN_TEST_POSTGRES_URL`, else the default.
+pub fn admin_url() -> String {
+    std::env::var("CAPSTAN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
+}
+
+/// A database that exists for one test, and a temporary directory beside it (data dir,
+/// secrets, artifacts). Dropping it drops the Postgres database, ending whatever
+/// connections are still open to it.
 pub struct TestDb {
     pub url: String,
     pub dir: tempfile::TempDir,
+    backend: Backend,
     pg_name: Option<String>,
 }
 
 impl TestDb {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the test database");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+        Self {
+            url,
+            dir,
+            backend: Backend::Sqlite,
+            pg_name: None,
+        }
+    }
+
+    /// A fresh database on the test Postgres server. Panics, saying how to start one,
+    /// when the server does not answer.
+    pub async fn postgres() -> Self {
+        let admin = admin_url();
+        let mut conn = admin_connection(&admin).await;
+        let name = format!("capstan_t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {admin}: {e}"));
+        // The test database replaces the admin URL's database; its parameters (`sslmode`,
+        // a socket `host`) stay.
+        let (location, params) = admin
+            .split_once('?')
+            .map_or((admin.as_str(), String::new()), |(l, p)| {
+                (l, format!("?{p}"))
+            });
+        let base = location.rsplit_once('/').map_or(location, |(b, _)| b);
+        Self {
+            url: format!("{base}/{name}{params}"),
+            dir: tempfile::tempdir().expect("temp dir for the test"),
+            backend: Backend::Postgres,
+            pg_name: Some(name),
+        }
+    }
+
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => Self::sqlite(),
+            Backend::Postgres => Self::postgres().await,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
-    pub fn is_postgres(&self) -> bool {
-        self.pg_name.is_some()
-    }
-}
 
-pub fn sqlite() -> TestDb {
-    let dir = tempfile::tempdir().expect("temp dir for the test database");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
-    TestDb {
-        url,
-        dir,
-        pg_name: None,
-    }
-}
-
-fn admin_url() -> String {
-    std::env::var("CAPSTAN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
-}
-
-fn required() -> bool {
-    std::env::var("CAPSTAN_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
-}
-
-/// A fresh Postgres database, or `None` (announced on stderr) when none is reachable.
-pub async fn postgres(test: &str) -> Option<TestDb> {
-    let admin = admin_url();
-    let conn = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin)).await;
-    let mut conn = match conn {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return skip(test, &admin, &e.to_string()),
-        Err(_) => return skip(test, &admin, "timed out"),
-    };
-    let name = format!("capstan_t_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
+    /// Ends every connection to this test's own Postgres database (`pg_terminate_backend`),
+    /// as a database restart or failover would, and returns how many there were. Other
+    /// tests' databases on the same server are left alone.
+    pub async fn terminate_connections(&self) -> u64 {
+        let name = self
+            .pg_name
+            .as_deref()
+            .expect("terminate_connections needs a Postgres test database");
+        let mut conn = admin_connection(&admin_url()).await;
+        let ended = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
         .await
-        .expect("CREATE DATABASE for the test");
-    // The test database replaces the admin URL's database; its parameters (`sslmode`, a
-    // socket `host`) stay.
-    let (location, params) = admin
-        .split_once('?')
-        .map_or((admin.as_str(), String::new()), |(l, p)| {
-            (l, format!("?{p}"))
-        });
-    let base = location.rsplit_once('/').map_or(location, |(b, _)| b);
-    let dir = tempfile::tempdir().expect("temp dir for the test");
-    Some(TestDb {
-        url: format!("{base}/{name}{params}"),
-        dir,
-        pg_name: Some(name),
-    })
+        .expect("pg_terminate_backend on the test database");
+        ended.get::<i64, _>(0) as u64
+    }
 }
 
-fn skip(test: &str, url: &str, why: &str) -> Option<TestDb> {
-    if required() {
-        panic!(
-            "CAPSTAN_REQUIRE_POSTGRES=1 but Postgres at {url} is unreachable ({why}) for {test}"
-        );
-    }
-    eprintln!("\n*** SKIPPED (Postgres part of {test}): no server at {url}: {why}. Set CAPSTAN_TEST_POSTGRES_URL or start Postgres; CI sets CAPSTAN_REQUIRE_POSTGRES=1. ***\n");
-    None
+async fn admin_connection(admin: &str) -> PgConnection {
+    let why = match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(admin)).await
+    {
+        Ok(Ok(conn)) => return conn,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 5 s".to_string(),
+    };
+    panic!(
+        "this test needs PostgreSQL, and {admin} does not answer ({why}). Start it with \
+         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` (or \
+         `source .ci/setup.sh`), or point CAPSTAN_TEST_POSTGRES_URL at a server where the \
+         user may create databases."
+    )
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(name) = &self.pg_name else { return };
-        // Synchronous on purpose: Drop cannot await, and FORCE ends lingering pool connections.
-        let out = std::process::Command::new("psql")
-            .args([
-                &admin_url(),
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            ])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "could not drop test database {name}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("could not drop test database {name}: psql: {e}"),
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop cannot await, and the test's runtime may be the one dropping: the database
+        // goes on a thread of its own. FORCE ends connections the test left open.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&admin_url())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| format!("DROP DATABASE {name}: {e}"))?;
+                Ok::<_, String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop a test database: {e}"),
+            Err(_) => eprintln!("could not drop a test database: the dropping thread panicked"),
         }
     }
 }
 
-/// Both backends: SQLite always, Postgres when reachable.
-pub async fn all_backends(test: &str) -> Vec<TestDb> {
-    let mut dbs = vec![sqlite()];
-    dbs.extend(postgres(test).await);
-    dbs
+/// Runs each named test function twice, as two tests in a module of its name:
+/// `name::sqlite` gets a [`TestDb::sqlite`], `name::postgres` a [`TestDb::postgres`]
+/// (which fails the test when Postgres is down). The functions are ordinary
+/// `async fn name(db: TestDb)`, so rustfmt and the compiler see them whole. Tests run on
+/// a multi-threaded runtime with 2 workers, or as many as `worker_threads = n;` says.
+///
+/// ```
+/// use capstan_server::testing::TestDb;
+///
+/// capstan_server::test_on_both_backends!(opens_the_database);
+///
+/// async fn opens_the_database(db: TestDb) {
+///     let pool = capstan_server::db::pool(&db.url, db.backend(), 2, None).await.unwrap();
+///     sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+/// }
+/// # fn main() {}
+/// ```
+///
+/// `cargo test opens_the_database` runs both halves; `cargo test postgres` every
+/// Postgres half.
+#[macro_export]
+macro_rules! test_on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $crate::test_on_both_backends!(worker_threads = 2; $($name),+);
+    };
+    (worker_threads = $n:literal; $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = $n)]
+            async fn sqlite() {
+                super::$name($crate::testing::TestDb::sqlite()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = $n)]
+            async fn postgres() {
+                super::$name($crate::testing::TestDb::postgres().await).await
+            }
+        }
+    )+};
 }
 
 /// A random HS256 secret written to a file in `dir`, for servers with auth on.
@@ -120,4 +203,23 @@ pub fn jwt_secret(dir: &std::path::Path) -> (PathBuf, Vec<u8>) {
     let path = dir.join("jwt.secret");
     std::fs::write(&path, &secret).expect("write the test JWT secret");
     (path, secret)
+}
+
+// Transitional: the callers that other branches are moving to `TestDb` and
+// `test_on_both_backends!` (pipeline-svc's tests, tests/). Same behaviour as the new API:
+// no Postgres fails the test, it is never skipped.
+
+/// Same as [`TestDb::sqlite`].
+pub fn sqlite() -> TestDb {
+    TestDb::sqlite()
+}
+
+/// Always `Some`: same as [`TestDb::postgres`].
+pub async fn postgres(_test: &str) -> Option<TestDb> {
+    Some(TestDb::postgres().await)
+}
+
+/// SQLite, then Postgres.
+pub async fn all_backends(_test: &str) -> Vec<TestDb> {
+    vec![TestDb::sqlite(), TestDb::postgres().await]
 }

@@ -1,7 +1,8 @@
 //! Any page token from a client: decoding never panics and only our own tokens decode.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use registry_svc::{domain::paging, store::RunCursor};
+use capstan_server::paging;
+use registry_svc::store::RunCursor;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(token) = std::str::from_utf8(data) {

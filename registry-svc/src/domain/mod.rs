@@ -5,20 +5,9 @@
 pub mod alias;
 pub mod artifacts;
 pub mod cache;
-pub mod paging;
 pub mod registry;
 pub mod run;
 pub mod validate;
 pub mod watch;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Microseconds since the Unix epoch: the one time unit stored in every backend.
-pub type Micros = i64;
-
-pub fn now_micros() -> Micros {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+pub use capstan_server::time::{now_micros, Micros};

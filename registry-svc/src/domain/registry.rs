@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use capstan_server::paging;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -10,7 +11,7 @@ use super::{
         decide_promotion, Alias, AliasAction, AliasHistoryEntry, AliasWrite, PromotionDecision,
     },
     cache::{AliasCache, CoalescedAliasReads, RecentRuns, ServableRuns},
-    now_micros, paging,
+    now_micros,
     run::{NewRun, Run, RunPatch, RunStatus},
     validate,
     watch::AliasWatch,
@@ -167,11 +168,12 @@ impl Registry {
     }
 
     pub async fn list_runs(&self, req: &ListRuns) -> Result<(Vec<Run>, String)> {
-        let limit = paging::page_size(req.page_size)?;
+        let limit = paging::page_size(req.page_size).map_err(Error::from)?;
         let order = parse_order(&req.order_by)?;
         validate_filter(&req.filter)?;
         let query = format!("{:?}|{:?}", req.filter, order);
-        let after: Option<RunCursor> = paging::decode(&req.page_token, &query)?;
+        let after: Option<RunCursor> =
+            paging::decode(&req.page_token, &query).map_err(Error::from)?;
         match (&after, &order) {
             (None, _)
             | (Some(RunCursor::CreateTime(..)), RunOrder::CreateTime { .. })
@@ -396,8 +398,8 @@ impl Registry {
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<Alias>, String)> {
-        let limit = paging::page_size(page_size)?;
-        let after: Option<String> = paging::decode(page_token, "aliases")?;
+        let limit = paging::page_size(page_size).map_err(Error::from)?;
+        let after: Option<String> = paging::decode(page_token, "aliases").map_err(Error::from)?;
         let mut aliases = self.store.list_aliases(after.as_deref(), limit + 1).await?;
         let next = if aliases.len() > limit {
             aliases.truncate(limit);
@@ -439,9 +441,9 @@ impl Registry {
         let mut v = Validator::default();
         validate::alias(&mut v, "alias", alias);
         v.finish()?;
-        let limit = paging::page_size(page_size)?;
+        let limit = paging::page_size(page_size).map_err(Error::from)?;
         let query = format!("history|{alias}");
-        let before: Option<i64> = paging::decode(page_token, &query)?;
+        let before: Option<i64> = paging::decode(page_token, &query).map_err(Error::from)?;
         let mut entries = self.store.alias_history(alias, before, limit + 1).await?;
         if entries.is_empty() && before.is_none() {
             return Err(Error::NotFound(format!("alias {alias:?} has no history")));

@@ -225,8 +225,11 @@ pub fn write_error(e: sqlx::Error) -> Error {
 
 /// Maps a database error, logging it where it becomes a status.
 pub fn db_error(e: sqlx::Error) -> Error {
-    match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+    match capstan_server::db::classify(&e) {
+        capstan_server::db::DbFailure::Conflict => {
+            Error::Aborted(format!("a concurrent transaction won: {e}"))
+        }
+        capstan_server::db::DbFailure::Unavailable => {
             tracing::warn!(error = %e, "database unavailable");
             Error::Unavailable(format!("database unavailable: {e}"))
         }

@@ -194,7 +194,7 @@ struct Bench {
 
 impl Bench {
     async fn client(&self) -> anyhow::Result<RegistryClient> {
-        registry_client(&self.url, Some(&self.token), MAX_MESSAGE_BYTES).await
+        Ok(registry_client(&self.url, Some(&self.token), MAX_MESSAGE_BYTES).await?)
     }
 
     /// One connection per `per_conn` workers.

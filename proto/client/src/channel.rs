@@ -1,22 +1,29 @@
-//! Channels for typed clients: connect to a Capstan service and attach a bearer token.
+//! Channels to Capstan servers: one address, or a client-side balanced pool over several,
+//! each call carrying a bearer token.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::{interceptor::InterceptedService, Interceptor},
-    transport::{Channel, Endpoint},
+    transport::{channel::Change, Channel, Endpoint},
     Request, Status,
 };
+
+use crate::ConnectError;
 
 /// Adds `authorization: Bearer …` to every call when a token is set.
 #[derive(Clone, Default)]
 pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl BearerToken {
-    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(token: Option<&str>) -> Result<Self, ConnectError> {
         Ok(Self(match token {
-            Some(t) => Some(format!("Bearer {t}").parse()?),
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ConnectError::Token)?,
+            ),
             None => None,
         }))
     }
@@ -33,11 +40,16 @@ impl Interceptor for BearerToken {
     }
 }
 
+/// The channel every typed client runs over.
 pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
 
-/// An endpoint with the timeouts and keep-alives every Capstan client wants.
-pub fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_string())?
+/// An endpoint with the timeouts, windows and keep-alives every Capstan client wants.
+pub fn endpoint(url: &str) -> Result<Endpoint, ConnectError> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|cause| ConnectError::Endpoint {
+            url: url.to_string(),
+            cause,
+        })?
         .connect_timeout(Duration::from_secs(5))
         .initial_stream_window_size(Some(8 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
@@ -50,6 +62,7 @@ pub fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
 /// they probe the addresses they have: a dead server leaves the pool within a probe.
 const RESOLVE_EVERY: Duration = Duration::from_secs(15);
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Connects to `urls` and wraps the channel with the token.
 ///
@@ -57,42 +70,46 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// (such as a Kubernetes headless Service), get a client-side balanced channel over every
 /// address they resolve to, re-resolved periodically: HTTP/2 pins a connection to one
 /// pod, so balancing must happen here.
-pub async fn connect(urls: &str, token: Option<&str>) -> anyhow::Result<AuthedChannel> {
+pub async fn connect(urls: &str, token: Option<&str>) -> Result<AuthedChannel, ConnectError> {
     let list: Vec<&str> = urls
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .collect();
     let channel = match list.as_slice() {
-        [] => anyhow::bail!("no server URL given"),
-        [one] if is_literal_address(one) => endpoint(one)?.connect().await?,
+        [] => return Err(ConnectError::NoUrl),
+        [one] if is_literal_address(one) => {
+            endpoint(one)?
+                .connect()
+                .await
+                .map_err(|cause| ConnectError::Endpoint {
+                    url: one.to_string(),
+                    cause,
+                })?
+        }
         _ => balanced(list.iter().map(|u| u.to_string()).collect()).await?,
     };
     Ok(InterceptedService::new(channel, BearerToken::new(token)?))
 }
 
-fn is_literal_address(url: &str) -> bool {
-    let host = url
-        .split("://")
+fn host_port(url: &str) -> &str {
+    url.split("://")
         .nth(1)
         .unwrap_or(url)
         .split('/')
         .next()
-        .unwrap_or("");
-    host.parse::<std::net::SocketAddr>().is_ok() || host.starts_with("localhost:")
+        .unwrap_or("")
 }
 
-async fn resolve(urls: &[String]) -> std::collections::BTreeSet<std::net::SocketAddr> {
-    let mut addrs = std::collections::BTreeSet::new();
+fn is_literal_address(url: &str) -> bool {
+    let host = host_port(url);
+    host.parse::<SocketAddr>().is_ok() || host.starts_with("localhost:")
+}
+
+async fn resolve(urls: &[String]) -> BTreeSet<SocketAddr> {
+    let mut addrs = BTreeSet::new();
     for url in urls {
-        let host = url
-            .split("://")
-            .nth(1)
-            .unwrap_or(url)
-            .split('/')
-            .next()
-            .unwrap_or("");
-        match tokio::net::lookup_host(host).await {
+        match tokio::net::lookup_host(host_port(url)).await {
             Ok(found) => addrs.extend(found),
             Err(e) => tracing::warn!(error = %e, %url, "cannot resolve server address"),
         }
@@ -100,19 +117,21 @@ async fn resolve(urls: &[String]) -> std::collections::BTreeSet<std::net::Socket
     addrs
 }
 
-async fn balanced(urls: Vec<String>) -> anyhow::Result<Channel> {
-    use tonic::transport::channel::Change;
-    for u in &urls {
-        anyhow::ensure!(
-            u.starts_with("http://"),
+async fn balanced(urls: Vec<String>) -> Result<Channel, ConnectError> {
+    if let Some(u) = urls.iter().find(|u| !u.starts_with("http://")) {
+        return Err(ConnectError::Balance(format!(
             "balanced channels take http:// URLs, got {u:?}"
-        );
+        )));
     }
     let first = resolve(&urls).await;
-    anyhow::ensure!(!first.is_empty(), "none of {urls:?} resolves to an address");
-    let (channel, changes) = Channel::balance_channel::<std::net::SocketAddr>(64);
+    if first.is_empty() {
+        return Err(ConnectError::Balance(format!(
+            "none of {urls:?} resolves to an address"
+        )));
+    }
+    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
     tokio::spawn(async move {
-        let mut current = std::collections::BTreeSet::new();
+        let mut current = BTreeSet::new();
         let mut resolved = first;
         let mut last_resolve = tokio::time::Instant::now();
         loop {
@@ -152,39 +171,27 @@ async fn balanced(urls: Vec<String>) -> anyhow::Result<Channel> {
 
 /// The addresses that accept a TCP connection; all of them when none does, so that
 /// calls fail with the real error instead of finding an empty pool.
-async fn reachable(
-    addrs: &std::collections::BTreeSet<std::net::SocketAddr>,
-) -> std::collections::BTreeSet<std::net::SocketAddr> {
-    let probes = addrs.iter().map(|a| async move {
-        let ok = tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::net::TcpStream::connect(a),
-        )
-        .await;
-        matches!(ok, Ok(Ok(_))).then_some(*a)
-    });
-    let up: std::collections::BTreeSet<_> = futures::future::join_all(probes)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+async fn reachable(addrs: &BTreeSet<SocketAddr>) -> BTreeSet<SocketAddr> {
+    let mut probes = tokio::task::JoinSet::new();
+    for &a in addrs {
+        probes.spawn(async move {
+            let ok = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(a)).await;
+            matches!(ok, Ok(Ok(_))).then_some(a)
+        });
+    }
+    let mut up = BTreeSet::new();
+    while let Some(probe) = probes.join_next().await {
+        match probe {
+            Ok(Some(a)) => {
+                up.insert(a);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "address probe failed"),
+        }
+    }
     if up.is_empty() {
         addrs.clone()
     } else {
         up
     }
-}
-
-/// A typed registry client.
-pub type RegistryClient =
-    capstan_proto::registry::v1::registry_service_client::RegistryServiceClient<AuthedChannel>;
-
-pub async fn registry_client(
-    url: &str,
-    token: Option<&str>,
-    max_message_bytes: usize,
-) -> anyhow::Result<RegistryClient> {
-    Ok(RegistryClient::new(connect(url, token).await?)
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes))
 }

@@ -1,23 +1,26 @@
-//! AIP-158 pagination: opaque keyset tokens bound to the query they came from.
+//! AIP-158 pagination: page sizes, and opaque keyset tokens bound to the query they came
+//! from.
 //!
 //! A token is `base64url(json(key)).check`, where `check` hashes the key together with a
-//! fingerprint of the query's filters and order. A token edited by hand, or reused with
-//! other filters, is refused with INVALID_ARGUMENT instead of yielding a wrong page.
+//! fingerprint of the query (its filters and order). A token edited by hand, or reused
+//! with other filters, is refused as an invalid `page_token` instead of yielding a wrong
+//! page. Errors are [`FieldViolation`]s, which every crate's error turns into its
+//! invalid-request variant.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::violations::FieldViolation;
 
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 1000;
 const MAX_TOKEN_LEN: usize = 2048;
 
-/// `0` means the default; negative is refused; larger than the cap is clamped (AIP-158).
-pub fn page_size(requested: i32) -> Result<usize> {
+/// `0` means the default; negative is refused; larger than the cap is clamped.
+pub fn page_size(requested: i32) -> Result<usize, FieldViolation> {
     match requested {
-        n if n < 0 => Err(Error::invalid(
+        n if n < 0 => Err(FieldViolation::new(
             "page_size",
             format!("must not be negative, got {n}"),
         )),
@@ -35,19 +38,20 @@ fn check(payload: &str, query: &str) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
+/// The token that resumes `query` after `key`.
 pub fn encode<K: Serialize>(query: &str, key: &K) -> String {
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).unwrap_or_default());
     let c = check(&payload, query);
     format!("{payload}.{c}")
 }
 
-/// Decodes a token from the same `query`; the empty token means "first page".
-pub fn decode<K: DeserializeOwned>(token: &str, query: &str) -> Result<Option<K>> {
+/// Decodes a token of the same `query`; the empty token means "first page" (`None`).
+pub fn decode<K: DeserializeOwned>(token: &str, query: &str) -> Result<Option<K>, FieldViolation> {
     if token.is_empty() {
         return Ok(None);
     }
     let bad = |why: &str| {
-        Error::invalid(
+        FieldViolation::new(
             "page_token",
             format!("is not a token from this query: {why}"),
         )
@@ -80,12 +84,11 @@ mod tests {
         }
 
         #[test]
-        fn garbage_is_invalid_argument(tok in ".{1,200}") {
+        fn garbage_is_an_invalid_page_token(tok in ".{1,200}") {
             match decode::<(i64, String)>(&tok, "q") {
                 Ok(Some(_)) => prop_assert!(false, "forged token accepted"),
                 Ok(None) => prop_assert!(false, "non-empty token read as empty"),
-                Err(Error::InvalidArgument(_)) => {}
-                Err(e) => prop_assert!(false, "wrong error {e}"),
+                Err(v) => prop_assert_eq!(v.field, "page_token"),
             }
         }
     }
@@ -94,7 +97,7 @@ mod tests {
     fn other_query_is_refused() {
         let tok = encode("status=RUNNING", &(1i64, "x"));
         assert!(decode::<(i64, String)>(&tok, "status=FAILED").is_err());
-        assert!(page_size(-1).is_err());
+        assert_eq!(page_size(-1).unwrap_err().field, "page_size");
         assert_eq!(page_size(0).unwrap(), DEFAULT_PAGE_SIZE);
         assert_eq!(page_size(1_000_000).unwrap(), MAX_PAGE_SIZE);
     }

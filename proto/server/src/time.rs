@@ -1,0 +1,14 @@
+//! The one time unit both services store: microseconds since the Unix epoch.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch, in every backend and every message.
+pub type Micros = i64;
+
+/// Now, in [`Micros`]; a clock set before 1970 reads as the epoch.
+pub fn now_micros() -> Micros {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

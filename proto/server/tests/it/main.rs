@@ -1,0 +1,4 @@
+//! capstan-server's integration tests, in one binary.
+
+mod connections;
+mod db_failures;
