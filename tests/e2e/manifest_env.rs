@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capstan_server::testing;
+use capstan_server::testing::{self, TestDb};
 use capstan_tests::{binary, grpcurl, run_grpcurl, tools, Service};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -151,16 +151,10 @@ fn starts_with_manifest_env(
     (svc, dir)
 }
 
-/// A Postgres database for `test`: the prod manifests run the services on Postgres.
-async fn postgres(test: &str) -> testing::TestDb {
-    testing::postgres(test)
-        .await
-        .expect("PostgreSQL is needed (the prod manifests run on it): start it or set CAPSTAN_TEST_POSTGRES_URL")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_starts_with_the_prod_manifest_environment() {
-    let db = postgres("registry_starts_with_the_prod_manifest_environment").await;
+    // Postgres, as in the prod manifests.
+    let db = TestDb::postgres().await;
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || {
         starts_with_manifest_env("registry-svc", &url, BTreeMap::new());
@@ -194,7 +188,7 @@ fn mint(bin: &Path, secret: &Path, role: &str, subject: &str, dir: &Path) -> Pat
 /// a demo over that registry succeeds, so the token file and URL really are read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_starts_with_the_prod_manifest_environment() {
-    let db = postgres("pipeline_starts_with_the_prod_manifest_environment").await;
+    let db = TestDb::postgres().await;
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();

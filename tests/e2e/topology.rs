@@ -73,14 +73,12 @@ impl Topology {
     /// `up` on fresh ports, state dir and databases. The script probes the instances with
     /// grpcurl, creates its databases with psql and renders the prod overlay with kubectl:
     /// each is looked up first, so that a missing one fails naming it.
-    async fn up(test: &str) -> Self {
+    async fn up() -> Self {
         grpcurl();
         tools::require("psql");
         let kubectl = tools::kubectl();
         // The script makes its own databases on the server the test fixtures use.
-        let probe = testing::postgres(test)
-            .await
-            .expect("PostgreSQL is needed: start it or set CAPSTAN_TEST_POSTGRES_URL");
+        let probe = testing::TestDb::postgres().await;
         let pg_url = probe
             .url
             .rsplit_once('/')
@@ -420,7 +418,7 @@ async fn run_one(r: &mut Replica, request: pb::StartDemoRequest) -> Outcome {
 /// after the registry test has restarted the killed replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_topology_survives_a_registry_crash_and_streams_across_replicas() {
-    let mut topology = Topology::up("topology").await;
+    let mut topology = Topology::up().await;
     let token = topology.admin_token();
     registry_killed_under_load(&topology, &token).await;
     watch_on_a_follows_b(&topology, &token).await;
