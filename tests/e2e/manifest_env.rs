@@ -11,7 +11,7 @@ use std::{
 };
 
 use capstan_server::testing::{self, TestDb};
-use capstan_tests::{binary, grpcurl, run_grpcurl, tools, Service};
+use capstan_tests::{binary, grpcurl, output_text, run_grpcurl, tools, Service};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -82,11 +82,7 @@ fn health(grpcurl: &Path, addr: &str, name: &str) -> String {
         ],
         None,
     );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(&out)
 }
 
 /// Starts `service` with exactly the manifest's environment and checks its health. The

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use capstan_tests::{binary, tools, Service};
+use capstan_tests::{binary, output_text, tools, Service};
 
 #[test]
 fn python_generated_stubs_drive_the_registry() {
@@ -66,11 +66,7 @@ fn python_generated_stubs_drive_the_registry() {
         .args([&svc.addr.to_string(), token.trim(), stubs.to_str().unwrap()])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success() && text.contains("all checks passed"),
         "{text}\nserver log:\n{}",

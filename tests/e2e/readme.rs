@@ -1,7 +1,7 @@
 //! The README's grpcurl walkthrough, run verbatim (bar the port) against the real binary:
 //! it must keep working as documented.
 
-use capstan_tests::{binary, grpcurl, tools, Service};
+use capstan_tests::{binary, grpcurl, output_text, tools, Service};
 
 fn block_after(readme: &str, marker: &str) -> String {
     let start = readme
@@ -73,11 +73,7 @@ fn readme_grpcurl_examples_work_when_pasted() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     let codes: Vec<&str> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Code: "))

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use capstan_tests::{binary, grpcurl, run_grpcurl, Service};
+use capstan_tests::{binary, grpcurl, output_text, run_grpcurl, Service};
 use serde_json::Value;
 
 const SVC: &str = "capstan.registry.v1.RegistryService";
@@ -34,11 +34,7 @@ impl Ctx {
             ],
             Some(data),
         );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         (out.status.success(), text)
     }
 

@@ -183,6 +183,15 @@ pub fn grpcurl() -> PathBuf {
     tools::require("grpcurl")
 }
 
+/// A finished command's stdout, then its stderr, as text: what a failure message shows.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs grpcurl with `args`; `stdin` feeds `-d @`.
 pub fn run_grpcurl(grpcurl: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(grpcurl);
