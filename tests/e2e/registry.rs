@@ -1,9 +1,13 @@
 //! The real registry-svc binary (SQLite in a temp dir, port 0, auth on) driven by the
 //! real grpcurl through server reflection.
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    process::Command,
+    time::Duration,
+};
 
-use capstan_tests::{binary, grpcurl, run_grpcurl, Service};
+use capstan_tests::{binary, grpcurl, output_text, run_grpcurl, Service};
 use serde_json::Value;
 
 const SVC: &str = "capstan.registry.v1.RegistryService";
@@ -30,11 +34,7 @@ impl Ctx {
             ],
             Some(data),
         );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         (out.status.success(), text)
     }
 
@@ -57,7 +57,7 @@ impl Ctx {
 
 #[test]
 fn grpcurl_drives_the_registry_binary() {
-    let Some(grpcurl) = grpcurl() else { return };
+    let grpcurl = grpcurl();
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("jwt.secret");
     std::fs::write(&secret, format!("e2e-secret-{}\n", uuid::Uuid::new_v4())).unwrap();
@@ -221,8 +221,9 @@ fn grpcurl_drives_the_registry_binary() {
         "{metrics}"
     );
 
-    // SIGTERM with a watch stream open: the stream ends and the process exits cleanly.
-    let watch = Command::new(&grpcurl)
+    // SIGTERM with a watch stream open: the stream ends and the process exits cleanly. The
+    // signal waits for the stream's first message: grpcurl may take a while to connect.
+    let mut watch = Command::new(&grpcurl)
         .args([
             "-plaintext",
             "-H",
@@ -236,7 +237,20 @@ fn grpcurl_drives_the_registry_binary() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let (snapshot_tx, snapshot_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("ALIAS_EVENT_TYPE_SNAPSHOT") {
+                // The receiver is gone only if the test already failed.
+                let _ = snapshot_tx.send(());
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    let snapshot = snapshot_rx.recv_timeout(Duration::from_secs(30));
     let status = svc.terminate(Duration::from_secs(15)).unwrap();
     assert!(
         status.success(),
@@ -244,7 +258,12 @@ fn grpcurl_drives_the_registry_binary() {
         svc.log_text()
     );
     let watched = watch.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&watched.stdout).contains("ALIAS_EVENT_TYPE_SNAPSHOT"));
+    let streamed = reader.join().expect("stdout reader");
+    assert!(
+        snapshot.is_ok(),
+        "WatchAliases sent no snapshot within 30 s: {streamed}{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
     assert!(
         svc.log_text().contains("stopped cleanly"),
         "{}",

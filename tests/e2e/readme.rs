@@ -1,7 +1,7 @@
 //! The README's grpcurl walkthrough, run verbatim (bar the port) against the real binary:
 //! it must keep working as documented.
 
-use capstan_tests::{binary, grpcurl, Service};
+use capstan_tests::{binary, grpcurl, output_text, tools, Service};
 
 fn block_after(readme: &str, marker: &str) -> String {
     let start = readme
@@ -15,9 +15,8 @@ fn block_after(readme: &str, marker: &str) -> String {
 
 #[test]
 fn readme_grpcurl_examples_work_when_pasted() {
-    if grpcurl().is_none() {
-        return;
-    }
+    // The script calls grpcurl by name: fail here, saying how to get it, if it is missing.
+    grpcurl();
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let script = block_after(&readme, "## Try it with grpcurl")
@@ -68,17 +67,13 @@ fn readme_grpcurl_examples_work_when_pasted() {
         "{script}\n{}",
         pipeline_script.replace("P=127.0.0.1:50052", &format!("P={}", pipeline.addr))
     );
-    let out = std::process::Command::new("bash")
+    let out = tools::command("bash")
         .arg("-c")
         .arg(&script)
         .current_dir(dir.path())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     let codes: Vec<&str> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Code: "))

@@ -3,30 +3,16 @@
 
 use std::process::Command;
 
-use capstan_tests::{binary, Service};
-
-fn python_has(modules: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {modules}")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use capstan_tests::{binary, output_text, tools, Service};
 
 #[test]
 fn python_generated_stubs_drive_the_registry() {
-    if !python_has("grpc, grpc_tools, grpc_status") {
-        assert!(
-            std::env::var("CAPSTAN_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "CAPSTAN_REQUIRE_TOOLS=1 but grpcio, grpcio-tools or grpcio-status is missing"
-        );
-        eprintln!("\n*** SKIPPED: pip install grpcio grpcio-tools grpcio-status to run the Python client test. ***\n");
-        return;
-    }
-    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let python = tools::python(&["grpc", "grpc_tools", "grpc_status"]);
+    let repo = tools::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let stubs = dir.path().join("stubs");
     std::fs::create_dir_all(&stubs).unwrap();
-    let gen = Command::new("python3")
+    let gen = Command::new(&python)
         .current_dir(repo)
         .args([
             "-m",
@@ -75,16 +61,12 @@ fn python_generated_stubs_drive_the_registry() {
         .output()
         .unwrap();
     let token = String::from_utf8(token.stdout).unwrap();
-    let out = Command::new("python3")
-        .arg(format!("{repo}/tests/python/registry_client.py"))
+    let out = Command::new(&python)
+        .arg(repo.join("tests/python/registry_client.py"))
         .args([&svc.addr.to_string(), token.trim(), stubs.to_str().unwrap()])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success() && text.contains("all checks passed"),
         "{text}\nserver log:\n{}",

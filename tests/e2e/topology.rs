@@ -32,31 +32,13 @@ use capstan_server::{
     client::{connect, AuthedChannel},
     testing,
 };
-use capstan_tests::{binary, grpcurl};
+use capstan_tests::{binary, grpcurl, tools};
 use tempfile::TempDir;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local-topology.sh");
 /// Metrics port = gRPC port + this (the script's METRICS_OFFSET).
 const METRICS_OFFSET: u16 = 10;
 const CREATE_RUN: &str = "/capstan.registry.v1.RegistryService/CreateRun";
-
-fn require_tools() -> bool {
-    std::env::var("CAPSTAN_REQUIRE_TOOLS").as_deref() == Ok("1")
-}
-
-/// Whether `cmd args` runs; otherwise says loudly that the test is skipped (or fails when
-/// CAPSTAN_REQUIRE_TOOLS=1).
-fn tool_works(cmd: &str, args: &[&str], why: &str) -> bool {
-    if matches!(Command::new(cmd).args(args).output(), Ok(o) if o.status.success()) {
-        return true;
-    }
-    assert!(
-        !require_tools(),
-        "CAPSTAN_REQUIRE_TOOLS=1 but `{cmd}` does not work ({why})"
-    );
-    eprintln!("\n*** SKIPPED: `{cmd}` does not work ({why}); CI requires it. ***\n");
-    false
-}
 
 /// Four consecutive gRPC ports (registries, then pipelines) whose metrics ports are free
 /// too, below the ephemeral range that port-0 listeners of other tests draw from.
@@ -78,6 +60,8 @@ fn free_ports() -> [u16; 4] {
 /// A running topology; `clean` on drop.
 struct Topology {
     vars: Vec<(&'static str, String)>,
+    /// The kubectl the script renders the prod overlay with.
+    kubectl: PathBuf,
     info: BTreeMap<String, String>,
     registry_ports: [u16; 2],
     pipeline_ports: [u16; 2],
@@ -86,24 +70,15 @@ struct Topology {
 }
 
 impl Topology {
-    /// `up` on fresh ports, state dir and databases; `None` (announced) when a tool is
-    /// missing and not required.
-    async fn up(test: &str) -> Option<Self> {
-        grpcurl()?;
-        if !tool_works(
-            "psql",
-            &["--version"],
-            "the script creates its databases with it",
-        ) || !tool_works(
-            &std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()),
-            &["kustomize", "--help"],
-            "the script renders the prod overlay with it",
-        ) {
-            return None;
-        }
-        // Reachability (and the skip rule) as every Postgres test has it; the script
-        // makes its own databases on the same server.
-        let probe = testing::postgres(test).await?;
+    /// `up` on fresh ports, state dir and databases. The script probes the instances with
+    /// grpcurl, creates its databases with psql and renders the prod overlay with kubectl:
+    /// each is looked up first, so that a missing one fails naming it.
+    async fn up() -> Self {
+        grpcurl();
+        tools::require("psql");
+        let kubectl = tools::kubectl();
+        // The script makes its own databases on the server the test fixtures use.
+        let probe = testing::TestDb::postgres().await;
         let pg_url = probe
             .url
             .rsplit_once('/')
@@ -139,6 +114,7 @@ impl Topology {
                 ("METRICS_OFFSET", METRICS_OFFSET.to_string()),
                 ("READY_TIMEOUT", "60".into()),
             ],
+            kubectl,
             info: BTreeMap::new(),
             registry_ports: [ports[0], ports[1]],
             pipeline_ports: [ports[2], ports[3]],
@@ -153,7 +129,7 @@ impl Topology {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Some(topology)
+        topology
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -161,8 +137,8 @@ impl Topology {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("bash");
-        cmd.arg(SCRIPT).args(args);
+        let mut cmd = tools::command("bash");
+        cmd.arg(SCRIPT).args(args).env("KUBECTL", &self.kubectl);
         // Inherited overrides would point the script elsewhere.
         for key in ["TOPOLOGY_REGISTRY_URL", "SKIP_PIPELINE", "CARGO_TARGET_DIR"] {
             cmd.env_remove(key);
@@ -442,9 +418,7 @@ async fn run_one(r: &mut Replica, request: pb::StartDemoRequest) -> Outcome {
 /// after the registry test has restarted the killed replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_topology_survives_a_registry_crash_and_streams_across_replicas() {
-    let Some(mut topology) = Topology::up("topology_e2e").await else {
-        return;
-    };
+    let mut topology = Topology::up().await;
     let token = topology.admin_token();
     registry_killed_under_load(&topology, &token).await;
     watch_on_a_follows_b(&topology, &token).await;

@@ -10,15 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capstan_server::testing;
-use capstan_tests::{binary, grpcurl, run_grpcurl, Service};
+use capstan_server::testing::{self, TestDb};
+use capstan_tests::{binary, grpcurl, output_text, run_grpcurl, tools, Service};
 use serde_json::Value;
 use tempfile::TempDir;
 
-fn manifest(service: &str, format: &str) -> Option<Value> {
-    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let out = Command::new("python3")
-        .current_dir(repo)
+/// What deploy/manifest_env.py reads off the rendered prod overlay for `service`.
+fn manifest(service: &str, format: &str) -> Value {
+    let out = Command::new(tools::python(&["yaml"]))
+        .current_dir(tools::repo_root())
+        .env("KUBECTL", tools::kubectl())
         .args([
             "deploy/manifest_env.py",
             "--overlay",
@@ -28,17 +29,13 @@ fn manifest(service: &str, format: &str) -> Option<Value> {
             format,
         ])
         .output()
-        .expect("python3");
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            std::env::var("CAPSTAN_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "CAPSTAN_REQUIRE_TOOLS=1 but rendering the prod overlay failed: {err}"
-        );
-        eprintln!("\n*** SKIPPED: cannot render the prod overlay (kubectl, PyYAML?): {err} ***\n");
-        return None;
-    }
-    Some(serde_json::from_slice(&out.stdout).expect("manifest_env JSON"))
+        .expect("run deploy/manifest_env.py");
+    assert!(
+        out.status.success(),
+        "deploy/manifest_env.py --overlay prod {service} --format {format}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("manifest_env JSON")
 }
 
 /// Loopback stand-ins for what the cluster provides.
@@ -85,23 +82,19 @@ fn health(grpcurl: &Path, addr: &str, name: &str) -> String {
         ],
         None,
     );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    output_text(&out)
 }
 
-/// Starts `service` with exactly the manifest's environment and checks its health; `None`
-/// when the tools are missing (announced). The process lives as long as the result.
-pub fn starts_with_manifest_env(
+/// Starts `service` with exactly the manifest's environment and checks its health. The
+/// process lives as long as the result.
+fn starts_with_manifest_env(
     service: &str,
     db_url: &str,
     extra: BTreeMap<&str, String>,
-) -> Option<(Service, TempDir)> {
-    let grpcurl = grpcurl()?;
-    let describe = manifest(service, "describe")?;
-    let probes = manifest(service, "probes").expect("probes");
+) -> (Service, TempDir) {
+    let grpcurl = grpcurl();
+    let describe = manifest(service, "describe");
+    let probes = manifest(service, "probes");
     let bin = binary(service);
     let help =
         String::from_utf8(Command::new(&bin).arg("--help").output().unwrap().stdout).unwrap();
@@ -151,15 +144,13 @@ pub fn starts_with_manifest_env(
             "{service} {probe} probe ({name:?}): {text}"
         );
     }
-    Some((svc, dir))
+    (svc, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_starts_with_the_prod_manifest_environment() {
-    let db = match testing::postgres("registry_starts_with_the_prod_manifest_environment").await {
-        Some(db) => db,
-        None => testing::sqlite(),
-    };
+    // Postgres, as in the prod manifests.
+    let db = TestDb::postgres().await;
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || {
         starts_with_manifest_env("registry-svc", &url, BTreeMap::new());
@@ -193,11 +184,7 @@ fn mint(bin: &Path, secret: &Path, role: &str, subject: &str, dir: &Path) -> Pat
 /// a demo over that registry succeeds, so the token file and URL really are read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_starts_with_the_prod_manifest_environment() {
-    let test = "pipeline_starts_with_the_prod_manifest_environment";
-    let db = match testing::postgres(test).await {
-        Some(db) => db,
-        None => testing::sqlite(),
-    };
+    let db = TestDb::postgres().await;
     let url = db.url.clone();
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();
@@ -223,11 +210,8 @@ async fn pipeline_starts_with_the_prod_manifest_environment() {
             ("CAPSTAN_REGISTRY_TOKEN_FILE", token.display().to_string()),
             ("CAPSTAN_JWT_SECRET_FILE", secret.display().to_string()),
         ]);
-        let Some((pipeline, _pipeline_dir)) = starts_with_manifest_env("pipeline-svc", &url, extra)
-        else {
-            return;
-        };
-        let grpcurl = grpcurl().expect("checked above");
+        let (pipeline, _pipeline_dir) = starts_with_manifest_env("pipeline-svc", &url, extra);
+        let grpcurl = grpcurl();
         let admin = mint(&binary("pipeline-svc"), &secret, "admin", "e2e-operator", dir.path());
         let admin = std::fs::read_to_string(admin).unwrap();
         let out = run_grpcurl(
