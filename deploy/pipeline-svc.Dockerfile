@@ -7,9 +7,11 @@ WORKDIR /src
 COPY . .
 # Cache mounts keep crates and compiled dependencies between builds. The binary is copied
 # out because a cache mount is not part of any layer. Code generation needs no protoc.
+# Without the default `demo` feature: the server carries no registry-svc code (the
+# `demo` command, which runs both services in one process, is for laptops).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p pipeline-svc \
+    cargo build --release --locked -p pipeline-svc --no-default-features \
  && install -D -m 0555 target/release/pipeline-svc /out/pipeline-svc \
  && install -d -m 0750 /out/data
 

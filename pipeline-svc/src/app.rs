@@ -15,26 +15,28 @@ use uuid::Uuid;
 
 use crate::{
     api::{
-        OperationsApi, OperationsServiceServer, PipelineApi, PipelineServiceServer,
-        ProvisioningApi, ProvisioningServiceServer,
+        self, OperationsApi, OperationsServiceServer, PipelineServiceServer, ProvisioningApi,
+        ProvisioningServiceServer, ResultToPb, Results, ShowcaseApi,
     },
-    clients::registry::GrpcRegistry,
+    clients::{embeddings::HttpEmbedder, registry::GrpcRegistry},
     domain::{
-        engine::{Engine, EngineConfig, Faults},
-        operation::ExecutionMode,
-        provisioning::service::ProvisioningService,
-        workflow::Workflow,
-        workflows::{
-            all_step_names,
-            provisioning::{
-                DeprovisionWorkflow, ProvisionWorkflow, DEPROVISION_KIND, PROVISION_KIND,
-                REPOSITORY_ACCESS_KIND,
-            },
-            showcase::{KnowledgeConfig, Scenario, ShowcaseWorkflow},
+        engine::{
+            operation::ExecutionMode,
+            workflow::{Workflow, Workflows},
+            Engine, EngineConfig, Faults,
+        },
+        provisioning::{
+            ports::{GraphDatabases, ProvisioningStore},
+            service::ProvisioningService,
+            workflow::{DeprovisionWorkflow, ProvisionWorkflow},
+        },
+        showcase::{
+            embedder::{Embedder, LocalEmbedder},
+            ShowcaseWorkflow,
         },
     },
     error::Error,
-    store::{sql::SqlStore, GraphDatabases, ProvisioningStore},
+    store::sql::SqlStore,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -186,6 +188,14 @@ impl PipelineArgs {
                 bail!("{flag} must be at least {min}");
             }
         }
+        if self.knowledge_provider == KnowledgeProvider::External && self.knowledge_url.is_none() {
+            tracing::warn!("--knowledge-provider external without --knowledge-url: the knowledge step will be SKIPPED");
+        }
+        Ok(())
+    }
+
+    /// Fault injection names a step of one of the workflows this server runs.
+    fn check_faults(&self, workflows: &Workflows) -> anyhow::Result<()> {
         for (flag, step) in [
             ("--fail-step (CAPSTAN_FAIL_STEP)", &self.fail_step),
             (
@@ -194,15 +204,12 @@ impl PipelineArgs {
             ),
         ] {
             if let Some(step) = step {
-                let names = all_step_names();
+                let names = workflows.step_names();
                 if !names.contains(&step.as_str()) {
                     bail!("{flag} {step:?} is not a step; steps: {}", names.join(", "));
                 }
                 tracing::warn!(step = %step, "FAULT INJECTION enabled by {flag}");
             }
-        }
-        if self.knowledge_provider == KnowledgeProvider::External && self.knowledge_url.is_none() {
-            tracing::warn!("--knowledge-provider external without --knowledge-url: the knowledge step will be SKIPPED");
         }
         Ok(())
     }
@@ -229,20 +236,21 @@ impl PipelineArgs {
                 fail_step: self.fail_step.clone(),
                 abort_at_step: self.abort_at_step.clone(),
             },
+            ..EngineConfig::default()
         }
     }
 
-    fn knowledge(&self) -> anyhow::Result<KnowledgeConfig> {
+    /// The knowledge step's embedding provider.
+    fn embedder(&self) -> anyhow::Result<Arc<dyn Embedder>> {
         Ok(match self.knowledge_provider {
-            KnowledgeProvider::Local => KnowledgeConfig::Local,
-            KnowledgeProvider::External => KnowledgeConfig::External {
-                url: self.knowledge_url.clone().unwrap_or_default(),
-                api_key: self
-                    .knowledge_api_key_file
+            KnowledgeProvider::Local => Arc::new(LocalEmbedder),
+            KnowledgeProvider::External => Arc::new(HttpEmbedder::new(
+                self.knowledge_url.clone().unwrap_or_default(),
+                self.knowledge_api_key_file
                     .as_ref()
                     .map(|p| read_secret_file("--knowledge-api-key-file", p))
                     .transpose()?,
-            },
+            )),
         })
     }
 }
@@ -261,8 +269,8 @@ async fn connect_store(url: &str, replica: &str, wait: Duration) -> anyhow::Resu
     loop {
         match SqlStore::connect(url, replica).await {
             Ok(s) => return Ok(Arc::new(s)),
-            Err(Error::Unavailable(msg)) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %msg, "database not ready; retrying");
+            Err(e @ Error::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "database not ready; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => {
@@ -272,42 +280,12 @@ async fn connect_store(url: &str, replica: &str, wait: Duration) -> anyhow::Resu
     }
 }
 
-/// Starts a server running the showcase workflows.
-pub async fn start(args: &PipelineArgs, options: ServeOptions) -> anyhow::Result<Running> {
-    start_with(args, options, Vec::new()).await
-}
-
-/// Starts a server running the showcase workflows and `extra` ones (tests add theirs).
-/// Binds first and serves health NOT_SERVING until the store is ready.
-pub async fn start_with(
+/// Every workflow the server runs, each with the API mapping of its result: a feature
+/// registers here, once.
+fn features(
     args: &PipelineArgs,
-    options: ServeOptions,
-    extra: Vec<(String, Arc<dyn Workflow>)>,
-) -> anyhow::Result<Running> {
-    args.validate()?;
-    let listener = serve::bind(args.listen, "pipeline-svc").await?;
-    let addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-
-    let (health, health_service) = serve::health_reporter();
-    health
-        .set_not_serving::<OperationsServiceServer<OperationsApi>>()
-        .await;
-    health
-        .set_not_serving::<PipelineServiceServer<PipelineApi>>()
-        .await;
-    health
-        .set_not_serving::<ProvisioningServiceServer<ProvisioningApi>>()
-        .await;
-
-    let cfg = args.engine_config();
-    let url = args.common.database_url_or("pipeline.db");
-    let store = connect_store(
-        &url,
-        &cfg.replica_id,
-        Duration::from_secs(args.database_wait_seconds),
-    )
-    .await?;
+    store: &Arc<SqlStore>,
+) -> anyhow::Result<Vec<(Arc<dyn Workflow>, ResultToPb)>> {
     let token = args
         .registry_token_file
         .as_ref()
@@ -318,21 +296,60 @@ pub async fn start_with(
         token,
         args.common.max_message_bytes,
     ));
-    let showcase = ShowcaseWorkflow::new(registry, args.knowledge()?);
-    let mut workflows: Vec<(String, Arc<dyn Workflow>)> = Scenario::ALL
-        .iter()
-        .map(|s| (s.kind(), showcase.clone() as Arc<dyn Workflow>))
-        .collect();
-    let databases: Arc<dyn GraphDatabases> = Arc::new(store.graph_databases(&args.common.data_dir));
     let records: Arc<dyn ProvisioningStore> = store.clone();
-    let provision = ProvisionWorkflow::new(records.clone(), databases.clone());
-    workflows.push((PROVISION_KIND.into(), provision.clone()));
-    workflows.push((REPOSITORY_ACCESS_KIND.into(), provision));
-    workflows.push((
-        DEPROVISION_KIND.into(),
-        DeprovisionWorkflow::new(records.clone(), databases.clone()),
-    ));
-    workflows.extend(extra);
+    let databases: Arc<dyn GraphDatabases> = Arc::new(store.graph_databases(&args.common.data_dir));
+    Ok(vec![
+        (
+            ShowcaseWorkflow::new(registry, args.embedder()?),
+            api::demo_result,
+        ),
+        (
+            ProvisionWorkflow::new(records.clone(), databases.clone()),
+            api::provisioning_result,
+        ),
+        (
+            DeprovisionWorkflow::new(records, databases),
+            api::provisioning_result,
+        ),
+    ])
+}
+
+/// Starts a server running the product's workflows.
+pub async fn start(args: &PipelineArgs, options: ServeOptions) -> anyhow::Result<Running> {
+    start_with(args, options, Vec::new()).await
+}
+
+/// Starts a server running the product's workflows and `extra` ones (tests add theirs;
+/// their operations have no result on the wire). Binds first and serves health
+/// NOT_SERVING until the store is ready.
+pub async fn start_with(
+    args: &PipelineArgs,
+    options: ServeOptions,
+    extra: Vec<Arc<dyn Workflow>>,
+) -> anyhow::Result<Running> {
+    args.validate()?;
+    let listener = serve::bind(args.listen, "pipeline-svc").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let (health, health_service) = serve::health_reporter();
+    set_health(&health, false).await;
+
+    let cfg = args.engine_config();
+    let url = args.common.database_url_or("pipeline.db");
+    let store = connect_store(
+        &url,
+        &cfg.replica_id,
+        Duration::from_secs(args.database_wait_seconds),
+    )
+    .await?;
+    let features = features(args, &store)?;
+    let results = Results::new(
+        features
+            .iter()
+            .flat_map(|(w, to_pb)| w.kinds().into_iter().map(move |kind| (kind, *to_pb))),
+    );
+    let workflows = Workflows::new(features.into_iter().map(|(w, _)| w).chain(extra))?;
+    args.check_faults(&workflows)?;
     tracing::info!(
         database = %capstan_server::config::redact_url(&url),
         replica = %cfg.replica_id,
@@ -340,46 +357,31 @@ pub async fn start_with(
         registry = %args.registry_url,
         "pipeline storage ready"
     );
+    let records: Arc<dyn ProvisioningStore> = store.clone();
     let engine = Engine::new(store, cfg, workflows, shutdown.clone());
     engine.spawn_background();
     let provisioning = Arc::new(ProvisioningService::new(engine.clone(), records));
 
     let max = args.common.max_message_bytes;
-    let ops = OperationsServiceServer::new(OperationsApi::new(engine.clone()))
+    let ops = OperationsServiceServer::new(OperationsApi::new(engine.clone(), results.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let pipeline = PipelineServiceServer::new(PipelineApi::new(engine.clone()))
+    let showcase = PipelineServiceServer::new(ShowcaseApi::new(engine.clone(), results.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let provisioning = ProvisioningServiceServer::new(ProvisioningApi::new(provisioning))
+    let provisioning = ProvisioningServiceServer::new(ProvisioningApi::new(provisioning, results))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let routes = tonic::service::Routes::new(health_service)
         .add_service(ops)
-        .add_service(pipeline)
+        .add_service(showcase)
         .add_service(provisioning);
-    health
-        .set_serving::<OperationsServiceServer<OperationsApi>>()
-        .await;
-    health
-        .set_serving::<PipelineServiceServer<PipelineApi>>()
-        .await;
-    health
-        .set_serving::<ProvisioningServiceServer<ProvisioningApi>>()
-        .await;
+    set_health(&health, true).await;
     let server_shutdown = shutdown.clone();
     let drain = engine.clone();
     let task = tokio::spawn(async move {
         let res = serve::serve(listener, options, routes, server_shutdown).await;
-        health
-            .set_not_serving::<OperationsServiceServer<OperationsApi>>()
-            .await;
-        health
-            .set_not_serving::<PipelineServiceServer<PipelineApi>>()
-            .await;
-        health
-            .set_not_serving::<ProvisioningServiceServer<ProvisioningApi>>()
-            .await;
+        set_health(&health, false).await;
         // Running operations stop at their next step boundary and release their leases.
         drain.drained().await;
         res
@@ -390,4 +392,29 @@ pub async fn start_with(
         task,
         engine,
     })
+}
+
+/// Every service SERVING or NOT_SERVING.
+async fn set_health(health: &serve::HealthReporter, serving: bool) {
+    if serving {
+        health
+            .set_serving::<OperationsServiceServer<OperationsApi>>()
+            .await;
+        health
+            .set_serving::<PipelineServiceServer<ShowcaseApi>>()
+            .await;
+        health
+            .set_serving::<ProvisioningServiceServer<ProvisioningApi>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<OperationsServiceServer<OperationsApi>>()
+            .await;
+        health
+            .set_not_serving::<PipelineServiceServer<ShowcaseApi>>()
+            .await;
+        health
+            .set_not_serving::<ProvisioningServiceServer<ProvisioningApi>>()
+            .await;
+    }
 }

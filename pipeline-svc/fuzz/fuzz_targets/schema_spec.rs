@@ -1,6 +1,6 @@
 //! Any bytes as a graph schema spec: reading, validating and generating DDL never panic; a
 //! refusal always names a field under `schema`; every generated statement passes the DDL
-//! audit and its quoted identifiers match the SPEC's regex.
+//! audit and its quoted identifiers match the identifier rule's regular expression.
 #![no_main]
 use std::sync::LazyLock;
 

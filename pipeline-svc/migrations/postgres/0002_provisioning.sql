@@ -1,6 +1,6 @@
--- Graph provisioning (SPEC §3.2). Times are microseconds since the Unix epoch; ids are
--- UUID text; lists are JSON arrays. Tenancy is a column of every row a user may reach
--- (subscriptions.user_id, graphs.owner) and every read filters on it.
+-- Graph provisioning: what a provisioning request creates. Times are microseconds since
+-- the Unix epoch; ids are UUID text; lists are JSON arrays. Tenancy is a column of every
+-- row a user may reach (subscriptions.user_id, graphs.owner) and every read filters on it.
 CREATE TABLE subscriptions (
     subscription_id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL,

@@ -1,38 +1,72 @@
 //! The gRPC layer: authorization, request mapping, status codes. Thin by design: every
-//! rule lives in `domain`.
+//! rule lives in `domain`. One file per service: `operations` (OperationsService, and the
+//! wire form of operations and events), `showcase` (PipelineService: StartDemo, RunDemo),
+//! `provisioning` (ProvisioningService); `status` maps the crate's errors to statuses.
 
-mod convert;
+mod operations;
 mod provisioning;
+mod showcase;
 mod status;
 
-use std::{pin::Pin, sync::Arc};
-
-use capstan_proto::pipeline::v1::{
-    self as pb, operations_service_server::OperationsService,
-    pipeline_service_server::PipelineService,
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    time::{Duration, UNIX_EPOCH},
 };
+
+use capstan_proto::pipeline::v1 as pb;
 use capstan_server::auth::{Principal, Role};
-use futures::{Stream, StreamExt};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use futures::Stream;
+use prost_types::Timestamp;
+use tonic::{Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    domain::engine::{Engine, ListOperations, StartOperation},
-    error::Error,
-    store::OpFilter,
+    domain::{engine::operation::ExecutionMode, Micros},
+    error::{Error, Result},
 };
 
-pub use capstan_proto::pipeline::v1::{
-    operations_service_server::OperationsServiceServer,
-    pipeline_service_server::PipelineServiceServer,
+pub use self::{
+    operations::{OperationsApi, OperationsServiceServer},
+    provisioning::{
+        result_to_pb as provisioning_result, ProvisioningApi, ProvisioningServiceServer,
+    },
+    showcase::{result_to_pb as demo_result, PipelineServiceServer, ShowcaseApi},
 };
-pub use provisioning::{ProvisioningApi, ProvisioningServiceServer};
 
-type ApiResult<T> = Result<Response<T>, Status>;
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+type ApiResult<T> = std::result::Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
 
-/// A `user` sees only its own operations; `admin` and `service` see all.
+/// How a feature's stored operation result becomes the `oneof` of `OperationResult`.
+pub type ResultToPb = fn(&serde_json::Value) -> Result<pb::operation_result::Result>;
+
+/// The result mapping of every operation kind that has one (`app` registers them with
+/// their workflows); an operation of another kind is sent without a result.
+#[derive(Clone, Default)]
+pub struct Results(HashMap<String, ResultToPb>);
+
+impl Results {
+    pub fn new(kinds: impl IntoIterator<Item = (String, ResultToPb)>) -> Self {
+        Self(kinds.into_iter().collect())
+    }
+
+    fn to_pb(&self, kind: &str, result: &serde_json::Value) -> Result<Option<pb::OperationResult>> {
+        let Some(to_pb) = self.0.get(kind) else {
+            return Ok(None);
+        };
+        Ok(Some(pb::OperationResult {
+            result: Some(to_pb(result)?),
+        }))
+    }
+}
+
+/// A typed result read back from its stored JSON (which the workflow wrote itself).
+fn stored_result<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T> {
+    serde_json::from_value(value.clone())
+        .map_err(|e| Error::internal_from("stored operation result unreadable", e))
+}
+
+/// A `user` sees only its own operations and graphs; `admin` and `service` see all.
 fn owner_filter(p: &Principal) -> Option<&str> {
     match p.role {
         Role::User => Some(p.subject.as_str()),
@@ -40,7 +74,7 @@ fn owner_filter(p: &Principal) -> Option<&str> {
     }
 }
 
-fn operation_id(value: &str) -> Result<Uuid, Error> {
+fn operation_id(value: &str) -> Result<Uuid> {
     Uuid::parse_str(value).map_err(|_| {
         Error::invalid(
             "operation_id",
@@ -52,125 +86,43 @@ fn operation_id(value: &str) -> Result<Uuid, Error> {
     })
 }
 
-fn event_stream(
-    rx: tokio::sync::mpsc::Receiver<crate::domain::operation::Event>,
-) -> BoxStream<pb::OperationEvent> {
-    Box::pin(ReceiverStream::new(rx).map(|e| Ok(convert::event_to_pb(e))))
+fn timestamp(micros: Micros) -> Option<Timestamp> {
+    let t = if micros >= 0 {
+        UNIX_EPOCH + Duration::from_micros(micros as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+    };
+    Some(Timestamp::from(t))
 }
 
-pub struct OperationsApi {
-    engine: Arc<Engine>,
-}
-
-impl OperationsApi {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
-    }
-}
-
-#[tonic::async_trait]
-impl OperationsService for OperationsApi {
-    async fn get_operation(
-        &self,
-        req: Request<pb::GetOperationRequest>,
-    ) -> ApiResult<pb::Operation> {
-        let p = Principal::of(&req)?;
-        let id = operation_id(&req.get_ref().operation_id)?;
-        let op = self.engine.get(id, owner_filter(&p)).await?;
-        Ok(Response::new(convert::operation_to_pb(op)))
-    }
-
-    async fn list_operations(
-        &self,
-        req: Request<pb::ListOperationsRequest>,
-    ) -> ApiResult<pb::ListOperationsResponse> {
-        let p = Principal::of(&req)?;
-        let r = req.into_inner();
-        let query = ListOperations {
-            filter: OpFilter {
-                owner: owner_filter(&p).map(str::to_owned),
-                status: convert::status_from_pb("status", r.status)?,
-                kind: (!r.kind.is_empty()).then_some(r.kind),
-            },
-            page_size: r.page_size,
-            page_token: r.page_token,
-        };
-        let (ops, next_page_token) = self.engine.list(&query).await?;
-        Ok(Response::new(pb::ListOperationsResponse {
-            operations: ops.into_iter().map(convert::operation_to_pb).collect(),
-            next_page_token,
-        }))
-    }
-
-    type WatchOperationStream = BoxStream<pb::OperationEvent>;
-
-    async fn watch_operation(
-        &self,
-        req: Request<pb::WatchOperationRequest>,
-    ) -> ApiResult<Self::WatchOperationStream> {
-        let p = Principal::of(&req)?;
-        let r = req.get_ref();
-        let id = operation_id(&r.operation_id)?;
-        let rx = self
-            .engine
-            .watch(id, owner_filter(&p), r.after_sequence)
-            .await?;
-        Ok(Response::new(event_stream(rx)))
-    }
-
-    async fn cancel_operation(
-        &self,
-        req: Request<pb::CancelOperationRequest>,
-    ) -> ApiResult<pb::Operation> {
-        let p = Principal::of(&req)?;
-        let r = req.get_ref();
-        let id = operation_id(&r.operation_id)?;
-        let op = self.engine.cancel(id, owner_filter(&p), &r.reason).await?;
-        Ok(Response::new(convert::operation_to_pb(op)))
+/// `UNSPECIFIED` is `None` (the server's default); numbers outside the enum are refused.
+fn mode_from_pb(field: &str, value: i32) -> Result<Option<ExecutionMode>> {
+    match pb::ExecutionMode::try_from(value) {
+        Ok(pb::ExecutionMode::Unspecified) => Ok(None),
+        Ok(pb::ExecutionMode::Direct) => Ok(Some(ExecutionMode::Direct)),
+        Ok(pb::ExecutionMode::Queued) => Ok(Some(ExecutionMode::Queued)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{value} is not an ExecutionMode"),
+        )),
     }
 }
 
-pub struct PipelineApi {
-    engine: Arc<Engine>,
+/// An optional request id: empty is none.
+fn request_id(r: String) -> Option<String> {
+    (!r.is_empty()).then_some(r)
 }
 
-impl PipelineApi {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
 
-    async fn start(
-        &self,
-        p: &Principal,
-        r: pb::StartDemoRequest,
-    ) -> Result<crate::domain::operation::Operation, Status> {
-        let (params, request_id, mode) = convert::demo_from_pb(r)?;
-        let req = StartOperation {
-            kind: params.scenario.kind(),
-            params: serde_json::to_value(&params)
-                .map_err(|e| Status::internal(format!("cannot encode the parameters: {e}")))?,
-            request_id,
-            mode,
-        };
-        Ok(self.engine.start(&p.subject, req).await?)
-    }
-}
-
-#[tonic::async_trait]
-impl PipelineService for PipelineApi {
-    async fn start_demo(&self, req: Request<pb::StartDemoRequest>) -> ApiResult<pb::Operation> {
-        let p = Principal::of(&req)?;
-        let op = self.start(&p, req.into_inner()).await?;
-        Ok(Response::new(convert::operation_to_pb(op)))
-    }
-
-    type RunDemoStream = BoxStream<pb::OperationEvent>;
-
-    async fn run_demo(&self, req: Request<pb::RunDemoRequest>) -> ApiResult<Self::RunDemoStream> {
-        let p = Principal::of(&req)?;
-        let demo = req.into_inner().demo.unwrap_or_default();
-        let op = self.start(&p, demo).await?;
-        let rx = self.engine.watch(op.id, Some(&p.subject), 0).await?;
-        Ok(Response::new(event_stream(rx)))
+    proptest! {
+        #[test]
+        fn timestamps_keep_microseconds(m in -1_000_000_000_000_000i64..4_000_000_000_000_000i64) {
+            let t = timestamp(m).unwrap();
+            prop_assert_eq!(t.seconds * 1_000_000 + i64::from(t.nanos) / 1000, m);
+        }
     }
 }

@@ -9,7 +9,10 @@ use capstan_proto::pipeline::v1::{
 use capstan_server::auth::{Principal, Role};
 use tonic::{Request, Response};
 
-use super::{convert, owner_filter, ApiResult};
+use super::{
+    mode_from_pb, operations::operation_to_pb, owner_filter, request_id, stored_result, timestamp,
+    ApiResult, Results,
+};
 use crate::{
     domain::provisioning::{
         model::{
@@ -17,25 +20,45 @@ use crate::{
             SubscriptionStatus,
         },
         service::{CheckoutRequest, GraphRequest, ProvisioningService},
-        CustomSchema, NodeType, Property, PropertyType, RelationshipType, SchemaSpec, Violation,
+        CustomSchema, NodeType, Property, PropertyType, ProvisioningResult, RelationshipType,
+        SchemaSpec, Violation,
     },
-    error::Error,
+    error::{Error, Result},
 };
 
 pub use capstan_proto::pipeline::v1::provisioning_service_server::ProvisioningServiceServer;
 
 pub struct ProvisioningApi {
     service: Arc<ProvisioningService>,
+    results: Results,
 }
 
 impl ProvisioningApi {
-    pub fn new(service: Arc<ProvisioningService>) -> Self {
-        Self { service }
+    pub fn new(service: Arc<ProvisioningService>, results: Results) -> Self {
+        Self { service, results }
     }
 }
 
+/// A provisioning operation's stored result as the `provisioning` case of the result
+/// `oneof`.
+pub fn result_to_pb(stored: &serde_json::Value) -> Result<pb::operation_result::Result> {
+    let p: ProvisioningResult = stored_result(stored)?;
+    Ok(pb::operation_result::Result::Provisioning(
+        pb::ProvisioningResult {
+            graph_id: p.graph_id,
+            subscription_id: p.subscription_id,
+            credit_pool_id: p.credit_pool_id,
+            schema_type: p.schema_type,
+            database_backend: p.database_backend,
+            database_location: p.database_location,
+            tables: p.tables,
+            deprovisioned: p.deprovisioned,
+        },
+    ))
+}
+
 /// Paid plans come through the billing webhook; a user provisions on `free` only.
-fn user_plan(p: &Principal, plan: &str) -> Result<(), Error> {
+fn user_plan(p: &Principal, plan: &str) -> Result<()> {
     if p.role == Role::User && !(plan.is_empty() || plan == Plan::Free.as_str()) {
         return Err(Error::PermissionDenied(format!(
             "users provision on the free plan; plan {:?} comes through checkout",
@@ -188,8 +211,8 @@ fn graph_to_pb(g: Graph) -> pb::Graph {
         database_backend: g.backend,
         database_location: g.location,
         operation_id: g.operation_id.to_string(),
-        create_time: convert::timestamp(g.create_time),
-        update_time: convert::timestamp(g.update_time),
+        create_time: timestamp(g.create_time),
+        update_time: timestamp(g.update_time),
         etag,
     }
 }
@@ -202,7 +225,7 @@ fn pool_to_pb(p: CreditPool) -> pb::CreditPool {
         plan: p.plan.as_str().to_string(),
         allocated_credits: p.allocated,
         remaining_credits: p.remaining,
-        create_time: convert::timestamp(p.create_time),
+        create_time: timestamp(p.create_time),
     }
 }
 
@@ -224,13 +247,9 @@ fn subscription_to_pb(s: Subscription) -> pb::Subscription {
         repository: s.repository.unwrap_or_default(),
         operation_id: s.operation_id.to_string(),
         credit_pool: s.pool.map(pool_to_pb),
-        create_time: convert::timestamp(s.create_time),
-        update_time: convert::timestamp(s.update_time),
+        create_time: timestamp(s.create_time),
+        update_time: timestamp(s.update_time),
     }
-}
-
-fn request_id(r: String) -> Option<String> {
-    (!r.is_empty()).then_some(r)
 }
 
 #[tonic::async_trait]
@@ -247,7 +266,7 @@ impl ProvisioningRpc for ProvisioningApi {
             .into());
         }
         let r = req.into_inner();
-        let mode = convert::mode_from_pb("execution_mode", r.execution_mode)?;
+        let mode = mode_from_pb("execution_mode", r.execution_mode)?;
         let op = self
             .service
             .complete_checkout(CheckoutRequest {
@@ -258,7 +277,7 @@ impl ProvisioningRpc for ProvisioningApi {
                 mode,
             })
             .await?;
-        Ok(Response::new(convert::operation_to_pb(op)))
+        Ok(Response::new(operation_to_pb(op, &self.results)?))
     }
 
     async fn provision_graph(
@@ -268,7 +287,7 @@ impl ProvisioningRpc for ProvisioningApi {
         let p = Principal::of(&req)?;
         let r = req.into_inner();
         user_plan(&p, &r.plan)?;
-        let mode = convert::mode_from_pb("execution_mode", r.execution_mode)?;
+        let mode = mode_from_pb("execution_mode", r.execution_mode)?;
         let op = self
             .service
             .provision_graph(
@@ -279,7 +298,7 @@ impl ProvisioningRpc for ProvisioningApi {
                 mode,
             )
             .await?;
-        Ok(Response::new(convert::operation_to_pb(op)))
+        Ok(Response::new(operation_to_pb(op, &self.results)?))
     }
 
     async fn provision_repository_access(
@@ -299,7 +318,7 @@ impl ProvisioningRpc for ProvisioningApi {
             Role::Admin | Role::Service => r.user_id,
         };
         user_plan(&p, &r.plan)?;
-        let mode = convert::mode_from_pb("execution_mode", r.execution_mode)?;
+        let mode = mode_from_pb("execution_mode", r.execution_mode)?;
         let op = self
             .service
             .provision_repository_access(
@@ -310,7 +329,7 @@ impl ProvisioningRpc for ProvisioningApi {
                 mode,
             )
             .await?;
-        Ok(Response::new(convert::operation_to_pb(op)))
+        Ok(Response::new(operation_to_pb(op, &self.results)?))
     }
 
     async fn get_graph(&self, req: Request<pb::GetGraphRequest>) -> ApiResult<pb::Graph> {
@@ -344,7 +363,7 @@ impl ProvisioningRpc for ProvisioningApi {
     ) -> ApiResult<pb::Operation> {
         let p = Principal::of(&req)?;
         let r = req.into_inner();
-        let mode = convert::mode_from_pb("execution_mode", r.execution_mode)?;
+        let mode = mode_from_pb("execution_mode", r.execution_mode)?;
         let op = self
             .service
             .deprovision_graph(
@@ -356,7 +375,7 @@ impl ProvisioningRpc for ProvisioningApi {
                 mode,
             )
             .await?;
-        Ok(Response::new(convert::operation_to_pb(op)))
+        Ok(Response::new(operation_to_pb(op, &self.results)?))
     }
 
     async fn get_subscription(

@@ -1,23 +1,15 @@
-//! The one place where the pipeline's errors become gRPC statuses.
+//! Where the pipeline's errors become gRPC statuses: through the workspace's one mapping
+//! (`capstan_server::error::to_status`), by the kind each variant declares. A lost
+//! database or an unreachable dependency is UNAVAILABLE (clients retry), a lost lease or
+//! a lost compare-and-swap ABORTED (retry from a fresh read), and an internal error tells
+//! the client only the request id (the log has the cause).
 
-use capstan_server::violations;
 use tonic::Status;
 
 use crate::error::Error;
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        let message = e.to_string();
-        match e {
-            Error::InvalidArgument(list) => violations::invalid_argument(message, list),
-            Error::NotFound(_) => Status::not_found(message),
-            Error::FailedPrecondition(_) => Status::failed_precondition(message),
-            Error::Aborted(_) | Error::LeaseLost(_) => Status::aborted(message),
-            Error::DataLoss(_) => Status::data_loss(message),
-            Error::PermissionDenied(_) => Status::permission_denied(message),
-            Error::ResourceExhausted(_) => Status::resource_exhausted(message),
-            Error::Unavailable(_) => Status::unavailable(message),
-            Error::Internal(_) => Status::internal(message),
-        }
+        capstan_server::error::to_status(&e)
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 use tonic::{Code, Response, Status};
 
 use crate::{
-    domain::workflows::registry::{
+    domain::showcase::registry::{
         AliasRef, ArtifactMeta, HistoryEntry, ModelRegistry, NewRun, RunRef,
     },
     error::{Error, Result},
@@ -49,7 +49,7 @@ impl GrpcRegistry {
                 capstan_client::connect(&self.url, self.token.as_deref())
                     .await
                     .map_err(|e| {
-                        Error::Unavailable(format!(
+                        Error::unavailable(format!(
                             "cannot reach the registry at {}: {e:#}",
                             self.url
                         ))
@@ -81,20 +81,31 @@ impl GrpcRegistry {
     }
 }
 
-/// Maps a registry status to this crate's error, keeping its code and naming the call.
+/// Maps a registry status to this crate's error, naming the call: what the registry
+/// refused for a state reason (including a run or alias it does not have) is a
+/// precondition of the step, a lost compare-and-swap a conflict, and a registry that
+/// cannot answer is unavailable.
 fn upstream(call: &str, s: tonic::Status) -> Error {
     let m = format!("registry {call}: {}", s.message());
     match s.code() {
         Code::InvalidArgument | Code::OutOfRange => Error::invalid("registry", m),
-        Code::NotFound => Error::NotFound(m),
-        Code::FailedPrecondition | Code::AlreadyExists => Error::FailedPrecondition(m),
-        Code::Aborted => Error::Aborted(m),
-        Code::DataLoss => Error::DataLoss(m),
+        Code::NotFound | Code::FailedPrecondition | Code::AlreadyExists => Error::Precondition(m),
+        Code::Aborted => Error::Conflict(m),
+        Code::DataLoss => Error::Corrupt(m),
         Code::PermissionDenied | Code::Unauthenticated => Error::PermissionDenied(m),
-        Code::ResourceExhausted => Error::ResourceExhausted(m),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable(m),
-        _ if failed_in_transit(&s) => Error::Unavailable(m),
-        _ => Error::Internal(m),
+        Code::ResourceExhausted => Error::Exhausted(m),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Error::Unavailable {
+            message: m,
+            source: Some(capstan_server::error::source(s)),
+        },
+        _ if failed_in_transit(&s) => Error::Unavailable {
+            message: m,
+            source: Some(capstan_server::error::source(s)),
+        },
+        _ => Error::Internal {
+            message: m,
+            source: Some(capstan_server::error::source(s)),
+        },
     }
 }
 
@@ -110,7 +121,7 @@ fn run_ref(run: pb::Run) -> RunRef {
 }
 
 fn alias_ref(a: Option<pb::Alias>, call: &str) -> Result<AliasRef> {
-    let a = a.ok_or_else(|| Error::Internal(format!("registry {call} returned no alias")))?;
+    let a = a.ok_or_else(|| Error::internal(format!("registry {call} returned no alias")))?;
     Ok(AliasRef {
         run_id: a.run_id,
         revision: a.revision,
@@ -396,13 +407,13 @@ async fn download(
         })) => m,
         Some(Err(s)) => return Err(s),
         _ => {
-            return Ok(Err(Error::DataLoss(
+            return Ok(Err(Error::Corrupt(
                 "registry DownloadArtifact: the stream did not start with metadata".into(),
             )))
         }
     };
     if meta.size_bytes < 0 || meta.size_bytes as u64 > max_bytes as u64 {
-        return Ok(Err(Error::ResourceExhausted(format!(
+        return Ok(Err(Error::Exhausted(format!(
             "artifact of run {run_id} has {} bytes; at most {max_bytes} are loaded",
             meta.size_bytes
         ))));
@@ -412,14 +423,14 @@ async fn download(
         match msg?.payload {
             Some(Payload::Chunk(c)) => {
                 if content.len() + c.len() > max_bytes {
-                    return Ok(Err(Error::ResourceExhausted(format!(
+                    return Ok(Err(Error::Exhausted(format!(
                         "artifact of run {run_id} exceeds {max_bytes} bytes"
                     ))));
                 }
                 content.extend_from_slice(&c);
             }
             _ => {
-                return Ok(Err(Error::DataLoss(
+                return Ok(Err(Error::Corrupt(
                     "registry DownloadArtifact: unexpected message after the metadata".into(),
                 )))
             }

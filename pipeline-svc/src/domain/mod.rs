@@ -1,16 +1,16 @@
-//! Rules of the pipeline: operation and step state machines, the durable engine, event
-//! watching, and the workflows. Knows nothing of gRPC or SQL: storage is reached through
-//! the `store` trait and the registry through the [`workflows::registry::ModelRegistry`]
-//! port.
+//! The rules of the pipeline, free of gRPC and SQL. `engine` runs any workflow as a
+//! durable operation; `showcase`, `provisioning` and `noop` are workflows, each in its
+//! own folder with the ports (traits) it reaches the outside through. `store/` and
+//! `clients/` implement those ports; nothing here imports them.
 
-pub mod demo;
+#[macro_use]
+mod string_enum;
+
 pub mod engine;
-pub mod operation;
+pub mod noop;
 pub mod paging;
 pub mod provisioning;
-pub mod watch;
-pub mod workflow;
-pub mod workflows;
+pub mod showcase;
 
 /// Microseconds since the Unix epoch, as both services store them.
 pub use capstan_server::time::{now_micros, Micros};

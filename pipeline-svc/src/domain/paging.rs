@@ -7,7 +7,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::error::{Error, Result};
 
 pub fn page_size(requested: i32) -> Result<usize> {
-    shared::page_size(requested).map_err(|v| Error::InvalidArgument(vec![v]))
+    shared::page_size(requested).map_err(|v| Error::Invalid(vec![v]))
 }
 
 pub fn encode<K: Serialize>(query: &str, key: &K) -> String {
@@ -15,5 +15,5 @@ pub fn encode<K: Serialize>(query: &str, key: &K) -> String {
 }
 
 pub fn decode<K: DeserializeOwned>(token: &str, query: &str) -> Result<Option<K>> {
-    shared::decode(token, query).map_err(|v| Error::InvalidArgument(vec![v]))
+    shared::decode(token, query).map_err(|v| Error::Invalid(vec![v]))
 }

@@ -12,9 +12,11 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::GraphDatabases;
 use crate::{
-    domain::provisioning::ddl::{self, Dialect},
+    domain::provisioning::{
+        ddl::{self, Dialect},
+        ports::GraphDatabases,
+    },
     error::{Error, Result},
 };
 
@@ -28,15 +30,19 @@ pub enum SqlGraphDatabases {
     Postgres { pool: AnyPool },
 }
 
-fn graph_db_error(what: &str, graph_id: Uuid, e: impl std::fmt::Display) -> Error {
+fn graph_db_error(
+    what: &str,
+    graph_id: Uuid,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
     tracing::error!(graph = %graph_id, error = %e, "{what}");
-    Error::Unavailable(format!("{what} (graph {graph_id}): {e}"))
+    Error::unavailable_from(format!("{what} (graph {graph_id})"), e)
 }
 
 fn audited(statement: &str) -> Result<()> {
     ddl::audit(statement).map_err(|e| {
         tracing::error!(statement, error = %e, "generated DDL failed its audit");
-        Error::Internal(format!("generated DDL failed its audit: {e}"))
+        Error::internal(format!("generated DDL failed its audit: {e}"))
     })
 }
 
@@ -110,9 +116,7 @@ impl GraphDatabases for SqlGraphDatabases {
                     return Ok(());
                 }
                 let Some(statement) = ddl::create_namespace(&self.dialect(graph_id)) else {
-                    return Err(Error::Internal(
-                        "a Postgres dialect without a schema".into(),
-                    ));
+                    return Err(Error::internal("a Postgres dialect without a schema"));
                 };
                 audited(&statement)?;
                 match pool.execute(statement.as_str()).await {
@@ -199,9 +203,7 @@ impl GraphDatabases for SqlGraphDatabases {
             Self::Postgres { pool } => {
                 let existed = self.exists(graph_id).await?;
                 let Some(statement) = ddl::drop_namespace(&self.dialect(graph_id)) else {
-                    return Err(Error::Internal(
-                        "a Postgres dialect without a schema".into(),
-                    ));
+                    return Err(Error::internal("a Postgres dialect without a schema"));
                 };
                 audited(&statement)?;
                 pool.execute(statement.as_str())

@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
         "transport": transport,
         "backends": results,
     });
-    capstan_tests::write_results(&args.out, &out)?;
+    capstan_tests::report::write_results(&args.out, &out)?;
     ensure!(
         errors == 0,
         "{errors} requests failed during measurement (see the `errors` fields)"

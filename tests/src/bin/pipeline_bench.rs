@@ -17,12 +17,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, OnceLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context};
-use async_trait::async_trait;
 use capstan_proto::pipeline::v1::{
     self as pb, operations_service_client::OperationsServiceClient,
     pipeline_service_client::PipelineServiceClient,
@@ -32,13 +31,20 @@ use capstan_server::{
     client::{connect, AuthedChannel},
     testing::{self, TestDb},
 };
-use capstan_tests::{binary, path_str, server_flags, Service};
+use capstan_tests::{
+    binary, path_str,
+    report::{splice, utc, write_results, PIPELINE_BEGIN as BEGIN, PIPELINE_END as END},
+    server_flags, Service,
+};
 use clap::{Parser, ValueEnum};
 use pipeline_svc::{
     domain::{
-        engine::{Engine, EngineConfig, StartOperation},
-        operation::{EventType, ExecutionMode, OpStatus, Operation, OperationResult},
-        workflow::{Execution, StepCx, StepOutcome, StepSpec, Workflow},
+        engine::{
+            operation::{EventType, ExecutionMode, OpStatus},
+            workflow::Workflows,
+            Engine, EngineConfig, StartOperation,
+        },
+        noop::{self, Noop, NoopParams},
     },
     store::sql::SqlStore,
 };
@@ -90,14 +96,11 @@ enum BackendChoice {
     Both,
 }
 
-const BEGIN: &str = "<!-- pipeline:begin -->";
-const END: &str = "<!-- pipeline:end -->";
 /// Targets of issue 3 on 2 cores, in milliseconds.
 const SHOWCASE_TARGET_MS: f64 = 2000.0;
 const FIRST_EVENT_TARGET_MS: f64 = 5.0;
 const NOOP_TARGET_MS: f64 = 25.0;
 const QUEUED_P50_TARGET_MS: f64 = 50.0;
-const NOOP_KIND: &str = "bench.noop";
 /// Bounds every wait for an operation.
 const OP_LIMIT: Duration = Duration::from_secs(120);
 
@@ -174,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
         "backends": results,
         "dagster": dagster,
     });
-    capstan_tests::write_results(&args.out, &out)?;
+    write_results(&args.out, &out)?;
     if let Some(docs) = &args.docs {
         let section = markdown(&out, &args.commands);
         splice(docs, &section)?;
@@ -515,65 +518,6 @@ async fn bench_backend(
 
 // ---- no-op durable steps, in process ---------------------------------------------------
 
-/// `n` no-op steps; each start and end is still a committed event with the state.
-struct Noop;
-
-fn noop_plan() -> &'static [StepSpec] {
-    static PLAN: OnceLock<Vec<StepSpec>> = OnceLock::new();
-    PLAN.get_or_init(|| {
-        (0..200)
-            .map(|i| StepSpec {
-                // Step names are 'static in workflows; 200 short names, once.
-                name: Box::leak(format!("noop_{i:03}").into_boxed_str()),
-                phase: "noop",
-            })
-            .collect()
-    })
-}
-
-impl Workflow for Noop {
-    fn plan(&self, params: &Value) -> pipeline_svc::error::Result<Vec<StepSpec>> {
-        let n = params["steps"].as_u64().unwrap_or(0) as usize;
-        let plan = noop_plan();
-        if !(1..=plan.len()).contains(&n) {
-            return Err(pipeline_svc::error::Error::invalid(
-                "steps",
-                "must be 1-200",
-            ));
-        }
-        Ok(plan[..n].to_vec())
-    }
-
-    fn resume(&self, _op: &Operation) -> pipeline_svc::error::Result<Box<dyn Execution>> {
-        Ok(Box::new(NoopRun))
-    }
-}
-
-struct NoopRun;
-
-#[async_trait]
-impl Execution for NoopRun {
-    async fn run_step(
-        &mut self,
-        _step: &str,
-        _cx: &StepCx<'_>,
-    ) -> pipeline_svc::error::Result<StepOutcome> {
-        Ok(StepOutcome::Passed(String::new()))
-    }
-
-    async fn compensate(&mut self, _step: &str) -> pipeline_svc::error::Result<Option<String>> {
-        Ok(None)
-    }
-
-    fn state(&self) -> Value {
-        Value::Null
-    }
-
-    fn result(&self) -> Option<OperationResult> {
-        None
-    }
-}
-
 /// Start → terminal event received by a watcher, DIRECT, on a fresh store.
 async fn bench_noop(args: &Args, backend: &str) -> anyhow::Result<Value> {
     let db = match backend {
@@ -591,7 +535,7 @@ async fn bench_noop(args: &Args, backend: &str) -> anyhow::Result<Value> {
             default_mode: ExecutionMode::Direct,
             ..Default::default()
         },
-        [(NOOP_KIND.to_string(), Arc::new(Noop) as Arc<dyn Workflow>)],
+        Workflows::new([Noop::new() as _])?,
         shutdown.clone(),
     );
     engine.spawn_background();
@@ -604,8 +548,8 @@ async fn bench_noop(args: &Args, backend: &str) -> anyhow::Result<Value> {
             .start(
                 "bench",
                 StartOperation {
-                    kind: NOOP_KIND.into(),
-                    params: json!({ "steps": args.noop_steps }),
+                    kind: noop::KIND.into(),
+                    params: NoopParams::steps(args.noop_steps).to_json(),
                     request_id: None,
                     mode: Some(ExecutionMode::Direct),
                 },
@@ -681,25 +625,6 @@ fn git_commit() -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// `YYYY-MM-DD HH:MM UTC` of a Unix time (civil-from-days, proleptic Gregorian).
-fn utc(unix: u64) -> String {
-    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60
-    )
 }
 
 fn f(v: &Value) -> String {
@@ -943,68 +868,4 @@ fn markdown(out: &Value, commands: &str) -> String {
     );
     l.push(END.to_string());
     l.join("\n") + "\n"
-}
-
-/// Replaces the text between the markers of `path` with `section` (or appends it).
-fn splice(path: &Path, section: &str) -> anyhow::Result<()> {
-    let old = match std::fs::read_to_string(path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            let rest = old[e + END.len()..].trim_start_matches('\n');
-            format!("{}{section}{rest}", &old[..b])
-        }
-        (None, None) if old.trim().is_empty() => section.to_string(),
-        (None, None) => format!("{}\n\n{section}", old.trim_end()),
-        _ => bail!(
-            "{} has a broken pipeline section (markers {BEGIN} / {END})",
-            path.display()
-        ),
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_formats_civil_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
-        assert_eq!(utc(1_795_294_919), "2026-11-21 21:01 UTC");
-    }
-
-    #[test]
-    fn splice_replaces_only_the_pipeline_section() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("benchmarks.md");
-        let section = |x: &str| format!("{BEGIN}\n## Pipeline\n{x}\n{END}\n");
-        splice(&path, &section("one")).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), section("one"));
-        std::fs::write(
-            &path,
-            format!("# Registry\n\ntext\n\n{}tail\n", section("one")),
-        )
-        .unwrap();
-        splice(&path, &section("two")).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            format!("# Registry\n\ntext\n\n{}tail\n", section("two"))
-        );
-        std::fs::write(&path, "# Registry only\n").unwrap();
-        splice(&path, &section("three")).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            format!("# Registry only\n\n{}", section("three"))
-        );
-        std::fs::write(&path, format!("x {END} y {BEGIN}")).unwrap();
-        assert!(splice(&path, &section("four")).is_err());
-    }
 }

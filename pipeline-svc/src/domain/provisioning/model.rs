@@ -2,12 +2,11 @@
 //! pools — with the state machines that keep their statuses moving forward, the plans and
 //! the catalog of shared repositories.
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::SchemaSpec;
-use crate::domain::{operation::string_enum, Micros};
+use crate::domain::Micros;
 
 string_enum!(
     /// The plans a subscription may have; each grants a fixed credit pool.
@@ -215,19 +214,6 @@ pub struct Subscription {
     pub create_time: Micros,
     pub update_time: Micros,
     pub pool: Option<CreditPool>,
-}
-
-/// What a provisioning operation produced: the ids from the start, the rest on success.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProvisioningResult {
-    pub graph_id: String,
-    pub subscription_id: String,
-    pub credit_pool_id: String,
-    pub schema_type: String,
-    pub database_backend: String,
-    pub database_location: String,
-    pub tables: Vec<String>,
-    pub deprovisioned: bool,
 }
 
 #[cfg(test)]

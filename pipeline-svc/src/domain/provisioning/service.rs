@@ -13,21 +13,23 @@ use uuid::Uuid;
 
 use super::{
     model::{Graph, GraphKind, GraphStatus, Plan, Repository, Subscription},
+    ports::{GraphCursor, NewCheckout, NewSubscription, ProvisioningStore},
     spec::shown,
+    workflow::{
+        self, repository_params, spec_violations, DeprovisionParams, ProvisionParams,
+        ProvisioningResult, DEPROVISION_KIND, PROVISION_KIND, REPOSITORY_ACCESS_KIND,
+    },
     SchemaSpec, Violation,
 };
 use crate::{
     domain::{
-        engine::{Engine, StartOperation},
-        operation::{ExecutionMode, Operation, OperationResult},
-        paging,
-        workflows::provisioning::{
-            repository_params, spec_violations, DeprovisionParams, ProvisionParams,
-            DEPROVISION_KIND, PROVISION_KIND, REPOSITORY_ACCESS_KIND,
+        engine::{
+            operation::{ExecutionMode, Operation},
+            Engine, StartOperation,
         },
+        paging,
     },
     error::{Error, FieldViolation, Result, Validator},
-    store::{GraphCursor, NewCheckout, NewSubscription, ProvisioningStore},
 };
 
 const MAX_ID_CHARS: usize = 128;
@@ -137,7 +139,7 @@ impl ProvisioningService {
                     format!("{hidden} more violations are not shown; fix these first"),
                 ));
             }
-            return Err(Error::InvalidArgument(violations));
+            return Err(Error::Invalid(violations));
         }
         spec.cloned()
             .ok_or_else(|| Error::invalid("graph", "must have a schema"))
@@ -168,7 +170,7 @@ impl ProvisioningService {
             StartOperation {
                 kind: kind.to_string(),
                 params: serde_json::to_value(&params)
-                    .map_err(|e| Error::Internal(format!("cannot encode the parameters: {e}")))?,
+                    .map_err(|e| Error::internal(format!("cannot encode the parameters: {e}")))?,
                 request_id,
                 mode,
             },
@@ -180,7 +182,7 @@ impl ProvisioningService {
             .await?;
         let op = self.engine.launch(created);
         if op.kind != kind {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::Precondition(format!(
                 "request_id {:?} was used for another request (operation {}, {})",
                 new.op.request_id.unwrap_or_default(),
                 op.id,
@@ -296,7 +298,7 @@ impl ProvisioningService {
         self.store
             .graph(id, scope)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("graph {id} does not exist")))
+            .ok_or_else(|| Error::not_found("graph", id))
     }
 
     pub async fn list_graphs(
@@ -345,7 +347,7 @@ impl ProvisioningService {
             )));
         }
         if !(graph.ready || graph.status == GraphStatus::Deprovisioning) {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::Precondition(format!(
                 "graph {} is {} and its provisioning (operation {}) has not succeeded; \
                  it can be deprovisioned once it is ACTIVE",
                 graph.id,
@@ -362,12 +364,12 @@ impl ProvisioningService {
             StartOperation {
                 kind: DEPROVISION_KIND.to_string(),
                 params: serde_json::to_value(DeprovisionParams { graph_id: graph.id })
-                    .map_err(|e| Error::Internal(format!("cannot encode the parameters: {e}")))?,
+                    .map_err(|e| Error::internal(format!("cannot encode the parameters: {e}")))?,
                 request_id,
                 mode,
             },
         )?;
-        new.op.result = Some(OperationResult::Provisioning(super::ProvisioningResult {
+        new.op.result = Some(workflow::result(ProvisioningResult {
             graph_id: graph.id.to_string(),
             database_backend: graph.backend.clone(),
             database_location: graph.location.clone(),
@@ -376,7 +378,7 @@ impl ProvisioningService {
         let created = self.engine.store().create(&new).await?;
         let op = self.engine.launch(created);
         if op.kind != DEPROVISION_KIND {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::Precondition(format!(
                 "request_id was used for another request (operation {}, {})",
                 op.id, op.kind
             )));
@@ -393,6 +395,6 @@ impl ProvisioningService {
         self.store
             .subscription(id, scope)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("subscription {id} does not exist")))
+            .ok_or_else(|| Error::not_found("subscription", id))
     }
 }

@@ -10,20 +10,20 @@ use async_trait::async_trait;
 use sqlx::{any::AnyRow, AnyConnection, Row};
 use uuid::Uuid;
 
-use super::{db_error, sql_list, uuid_col, SqlStore};
+use super::{db_error, rows::uuid_col, sql_list, SqlStore};
 use crate::{
     domain::{
-        provisioning::model::{
-            CreditPool, Graph, GraphKind, GraphStatus, Plan, SchemaRecord, Subscription,
-            SubscriptionStatus,
+        engine::ports::{Created, Lease, NewOperation, OperationStore},
+        provisioning::{
+            model::{
+                CreditPool, Graph, GraphKind, GraphStatus, Plan, SchemaRecord, Subscription,
+                SubscriptionStatus,
+            },
+            ports::{GraphCursor, NewCheckout, NewGraph, NewSubscription, ProvisioningStore},
         },
         Micros,
     },
     error::{Error, Result},
-    store::{
-        Created, GraphCursor, Lease, NewCheckout, NewGraph, NewOperation, NewSubscription,
-        OperationStore, ProvisioningStore,
-    },
 };
 
 const GRAPH_COLS: &str = "g.graph_id, g.owner, g.name, g.kind, g.repository, g.status, \
@@ -149,15 +149,19 @@ impl SqlStore {
         reason: &str,
         time: Micros,
     ) -> Result<()> {
-        let from = sql_list(
-            SubscriptionStatus::ALL
-                .iter()
-                .filter(|s| s.can_move_to(to))
-                .map(|s| s.as_str()),
-        );
+        let from: Vec<&str> = SubscriptionStatus::ALL
+            .iter()
+            .filter(|s| s.can_move_to(to))
+            .map(|s| s.as_str())
+            .collect();
+        if from.is_empty() {
+            // Nothing ever moves there; only a row already there is fine.
+            return refused_move(conn, "subscription", id, to.as_str()).await;
+        }
         let moved = sqlx::query(&format!(
             "UPDATE subscriptions SET status = $2, reason = $3, update_time = $4 \
-             WHERE subscription_id = $1 AND status IN ({from})"
+             WHERE subscription_id = $1 AND status IN ({})",
+            sql_list(from)
         ))
         .bind(id.to_string())
         .bind(to.as_str())
@@ -180,14 +184,17 @@ impl SqlStore {
         to: GraphStatus,
         time: Micros,
     ) -> Result<()> {
-        let from = sql_list(
-            GraphStatus::ALL
-                .iter()
-                .filter(|s| s.can_move_to(to))
-                .map(|s| s.as_str()),
-        );
+        let from: Vec<&str> = GraphStatus::ALL
+            .iter()
+            .filter(|s| s.can_move_to(to))
+            .map(|s| s.as_str())
+            .collect();
+        if from.is_empty() {
+            return refused_move(conn, "graph", id, to.as_str()).await;
+        }
         let moved = sqlx::query(&format!(
-            "UPDATE graphs SET status = $2, update_time = $3 WHERE graph_id = $1 AND status IN ({from})"
+            "UPDATE graphs SET status = $2, update_time = $3 WHERE graph_id = $1 AND status IN ({})",
+            sql_list(from)
         ))
         .bind(id.to_string())
         .bind(to.as_str())
@@ -213,7 +220,7 @@ impl SqlStore {
         let user: String = row.try_get("user_id").map_err(db_error)?;
         let fingerprint: String = row.try_get("fingerprint").map_err(db_error)?;
         if user != checkout.user_id || fingerprint != checkout.fingerprint {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::Precondition(format!(
                 "checkout {:?} was already completed with another user, plan or graph",
                 checkout.checkout_id
             )));
@@ -280,7 +287,7 @@ impl ProvisioningStore for SqlStore {
                     .await?
                     .map(Created::Existing)
                     .ok_or_else(|| {
-                        Error::Internal(format!("checkout operation {id} does not exist"))
+                        Error::internal(format!("checkout operation {id} does not exist"))
                     });
             }
         }
@@ -399,7 +406,7 @@ impl ProvisioningStore for SqlStore {
         tx.commit().await.map_err(db_error)?;
         ProvisioningStore::graph(self, id, None)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("graph {id} does not exist")))
+            .ok_or_else(|| Error::not_found("graph", id))
     }
 
     async fn put_schema(
@@ -461,7 +468,7 @@ impl ProvisioningStore for SqlStore {
         tx.commit().await.map_err(db_error)?;
         subscription_from_row(&row)?
             .pool
-            .ok_or_else(|| Error::Internal("the credit pool vanished".into()))
+            .ok_or_else(|| Error::internal("the credit pool vanished"))
     }
 
     async fn activate(
@@ -567,7 +574,12 @@ impl ProvisioningStore for SqlStore {
 
 /// After a guarded status UPDATE changed no row: already there is success (a retried
 /// step), a missing row is NOT_FOUND, any other status is a refused transition.
-async fn refused_move(conn: &mut AnyConnection, kind: &str, id: Uuid, to: &str) -> Result<()> {
+async fn refused_move(
+    conn: &mut AnyConnection,
+    kind: &'static str,
+    id: Uuid,
+    to: &str,
+) -> Result<()> {
     // `kind` names the table (plural) and its key column; both are fixed strings.
     let sql = format!("SELECT status FROM {kind}s WHERE {kind}_id = $1");
     let status: Option<String> = sqlx::query_scalar(&sql)
@@ -576,10 +588,32 @@ async fn refused_move(conn: &mut AnyConnection, kind: &str, id: Uuid, to: &str) 
         .await
         .map_err(db_error)?;
     match status {
-        None => Err(Error::NotFound(format!("{kind} {id} does not exist"))),
+        None => Err(Error::not_found(kind, id)),
         Some(s) if s == to => Ok(()),
-        Some(s) => Err(Error::FailedPrecondition(format!(
+        Some(s) => Err(Error::Precondition(format!(
             "{kind} {id} is {s}; it cannot become {to}"
         ))),
     }
+}
+
+/// The PENDING subscriptions of an operation cancelled before any worker took it end
+/// CANCELLED with it (in the cancelling transaction): no step ran, so no compensation
+/// will end them.
+pub(super) async fn cancel_pending_subscriptions(
+    conn: &mut AnyConnection,
+    operation_id: Uuid,
+    message: &str,
+    time: Micros,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE subscriptions SET status = 'CANCELLED', reason = $2, update_time = $3 \
+         WHERE operation_id = $1 AND status = 'PENDING'",
+    )
+    .bind(operation_id.to_string())
+    .bind(format!("provisioning {message}"))
+    .bind(time)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }

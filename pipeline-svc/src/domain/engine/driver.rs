@@ -1,0 +1,567 @@
+//! One execution of one operation under one lease: restores the workflow's execution,
+//! runs the steps not done yet, and ends the operation SUCCEEDED, FAILED or CANCELLED (or
+//! hands it back at shutdown).
+//!
+//! A finished step's change is not written alone: it waits for the next change (the next
+//! step's start, or the end) and both commit in one transaction, a commit fewer per step.
+//! A crash in between re-runs the step, as a crash before its end was recorded always did.
+
+use std::{sync::Arc, time::Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    operation::{EventType, OpStatus, Operation, OperationError, Step, StepStatus},
+    ports::{Change, Lease, StepChange, StepUpdate},
+    workflow::{Execution, StepCx, StepOutcome, StopReason},
+    Engine,
+};
+use crate::{
+    domain::now_micros,
+    error::{Error, Result},
+};
+
+pub(super) struct Driver<'a> {
+    engine: &'a Arc<Engine>,
+    lease: &'a Lease,
+    /// Cancelled by a CancelOperation that reached this replica.
+    cancel: CancellationToken,
+    /// Cancelled when the heartbeat finds the lease taken over.
+    lost: CancellationToken,
+    kind: String,
+    steps: Vec<Step>,
+    cancel_requested: bool,
+    /// Set once the operation fails or is cancelled.
+    stopping: bool,
+    /// Changes waiting to commit with the next one (see the module comment).
+    deferred: Vec<Change>,
+    started: Instant,
+}
+
+/// Why the operation ends other than by succeeding.
+enum Stop {
+    /// `step`: the index of the step that failed, if one did.
+    Failed {
+        step: Option<usize>,
+        message: String,
+    },
+    Cancelled,
+}
+
+/// What happens after a step.
+enum Next {
+    Continue,
+    Stop(Stop),
+    /// Shutdown: the job goes back to the queue.
+    Release,
+}
+
+fn lease_lost() -> Error {
+    Error::LeaseLost("the lease heartbeat was refused".into())
+}
+
+impl<'a> Driver<'a> {
+    pub(super) fn new(
+        engine: &'a Arc<Engine>,
+        lease: &'a Lease,
+        cancel: CancellationToken,
+        lost: CancellationToken,
+    ) -> Self {
+        Self {
+            engine,
+            lease,
+            cancel,
+            lost,
+            kind: String::new(),
+            steps: Vec::new(),
+            cancel_requested: false,
+            stopping: false,
+            deferred: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub(super) async fn drive(mut self) -> Result<()> {
+        let op = self.engine.get(self.lease.operation_id, None).await?;
+        if op.status.is_terminal() {
+            return Ok(());
+        }
+        self.steps = op.steps.clone();
+        self.kind = op.kind.clone();
+        self.cancel_requested = op.cancel_requested;
+        let mut exec = match self.restore(&op) {
+            Ok(e) => e,
+            Err(e) => {
+                let message = format!("cannot start the workflow: {e}");
+                return self.finish_failed(None, None, message, Vec::new()).await;
+            }
+        };
+        self.announce_start();
+        if let Some(stop) = self.unfinished_stop() {
+            return self.stop(&mut *exec, stop).await;
+        }
+        for i in 0..self.steps.len() {
+            if self.steps[i].status.is_done() {
+                continue;
+            }
+            match self.step(i, &mut *exec).await? {
+                Next::Continue => {}
+                Next::Stop(stop) => return self.stop(&mut *exec, stop).await,
+                Next::Release => return self.release().await,
+            }
+        }
+        self.succeed(&mut *exec).await
+    }
+
+    fn restore(&self, op: &Operation) -> Result<Box<dyn Execution>> {
+        self.engine
+            .workflows
+            .get(&op.kind)
+            .ok_or_else(|| Error::internal(format!("no workflow runs kind {:?}", op.kind)))?
+            .resume(op)
+    }
+
+    /// The STARTED event (written with the first step's start).
+    fn announce_start(&mut self) {
+        let done = self.steps.iter().filter(|s| s.status.is_done()).count();
+        let replica = &self.engine.cfg.replica_id;
+        let message = if self.lease.attempts > 1 || done > 0 {
+            format!(
+                "resumed on {replica} (attempt {}); {done} of {} steps already done",
+                self.lease.attempts,
+                self.steps.len()
+            )
+        } else {
+            format!("started on {replica}")
+        };
+        self.deferred.push(Change {
+            status: Some(OpStatus::Running),
+            ..Change::new(EventType::Started, message, now_micros())
+        });
+    }
+
+    /// An operation that must not run its steps again: a worker crashed while it was
+    /// failing (its compensations are idempotent, so those already done run again
+    /// harmlessly), or its workers kept crashing.
+    fn unfinished_stop(&self) -> Option<Stop> {
+        if let Some(i) = self
+            .steps
+            .iter()
+            .position(|s| s.status == StepStatus::Failed)
+        {
+            return Some(Stop::Failed {
+                step: Some(i),
+                message: self.steps[i].detail.clone(),
+            });
+        }
+        if self.lease.attempts > self.engine.cfg.max_attempts {
+            return Some(Stop::Failed {
+                step: None,
+                message: format!(
+                    "given up after {} attempts (the workers running it kept crashing)",
+                    self.lease.attempts - 1
+                ),
+            });
+        }
+        None
+    }
+
+    /// Starts, runs and (on success, deferred) finishes step `i`.
+    async fn step(&mut self, i: usize, exec: &mut dyn Execution) -> Result<Next> {
+        if self.cancel.is_cancelled() || self.cancel_requested {
+            return Ok(Next::Stop(Stop::Cancelled));
+        }
+        if self.engine.shutdown.is_cancelled() {
+            return Ok(Next::Release);
+        }
+        self.start_step(i).await?;
+        // A cancellation seen while recording the start stops the step before it runs.
+        if self.cancel_requested {
+            return Ok(Next::Stop(Stop::Cancelled));
+        }
+        let mut retries = 0;
+        loop {
+            match self.run_step(i, exec).await? {
+                Ok(outcome) => {
+                    self.defer_step_end(i, outcome, exec);
+                    return Ok(Next::Continue);
+                }
+                Err(Error::LeaseLost(m)) => return Err(Error::LeaseLost(m)),
+                Err(e @ Error::Unavailable { .. }) if retries < self.engine.cfg.step_retries => {
+                    retries += 1;
+                    if let Some(next) = self.back_off(i, retries, &e).await? {
+                        return Ok(next);
+                    }
+                }
+                Err(e) => {
+                    return Ok(Next::Stop(Stop::Failed {
+                        step: Some(i),
+                        message: e.to_string(),
+                    }))
+                }
+            }
+        }
+    }
+
+    /// Waits before the `retry`th run of step `i`, which failed with `e`, and says so to
+    /// watchers. `Some`: what to do instead of running it again (the operation was
+    /// cancelled or the replica is shutting down).
+    async fn back_off(&mut self, i: usize, retry: u32, e: &Error) -> Result<Option<Next>> {
+        let cfg = &self.engine.cfg;
+        let wait = cfg
+            .step_retry_backoff
+            .saturating_mul(1 << (retry - 1).min(16))
+            .min(super::MAX_STEP_BACKOFF);
+        let message = format!(
+            "{} failed ({e}); running it again in {} ms (retry {retry} of {})",
+            self.steps[i].name,
+            wait.as_millis(),
+            cfg.step_retries
+        );
+        tracing::warn!(operation = %self.lease.operation_id, step = %self.steps[i].name, error = %e, retry, "step failed as unavailable; retrying");
+        self.record(Change {
+            step: Some(self.step_ref(i)),
+            ..Change::new(EventType::Progress, message, now_micros())
+        })
+        .await?;
+        let shutdown = self.engine.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.lost.cancelled() => return Err(lease_lost()),
+            _ = self.cancel.cancelled() => return Ok(Some(Next::Stop(Stop::Cancelled))),
+            _ = shutdown.cancelled() => return Ok(Some(Next::Release)),
+        }
+        Ok(self.cancel_requested.then_some(Next::Stop(Stop::Cancelled)))
+    }
+
+    async fn start_step(&mut self, i: usize) -> Result<()> {
+        let name = self.steps[i].name.clone();
+        let attempt = self.steps[i].attempt + 1;
+        let message = if attempt > 1 {
+            format!("{name} started (attempt {attempt})")
+        } else {
+            format!("{name} started")
+        };
+        let update = StepUpdate {
+            status: StepStatus::Running,
+            detail: None,
+            started: true,
+            ended: false,
+        };
+        self.move_step(i, EventType::StepStarted, update, message, None)
+            .await?;
+        // After the start is recorded: the crash leaves the step RUNNING, as a real one
+        // mid-step would.
+        if self.engine.cfg.faults.abort_at_step.as_deref() == Some(name.as_str()) {
+            tracing::error!(step = %name, "aborting the process (--abort-at-step)");
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    /// The workflow's step, stopped early when the lease is lost. The outer error is the
+    /// driver's own (it stops the execution); the inner result is the step's.
+    async fn run_step(
+        &mut self,
+        i: usize,
+        exec: &mut dyn Execution,
+    ) -> Result<Result<StepOutcome>> {
+        let name = self.steps[i].name.clone();
+        let cx = StepCx {
+            engine: self.engine,
+            lease: self.lease,
+            step: self.step_ref(i),
+        };
+        let began = Instant::now();
+        let outcome = tokio::select! {
+            o = exec.run_step(&name, &cx) => o,
+            _ = self.lost.cancelled() => return Err(lease_lost()),
+        };
+        let outcome = match outcome {
+            Ok(_) if self.engine.cfg.faults.fail_step.as_deref() == Some(name.as_str()) => Err(
+                Error::Precondition(format!("injected failure (--fail-step {name})")),
+            ),
+            o => o,
+        };
+        let status = match &outcome {
+            Ok(StepOutcome::Passed(_)) => "PASSED",
+            Ok(StepOutcome::Skipped(_)) => "SKIPPED",
+            Err(_) => "FAILED",
+        };
+        metrics::histogram!("capstan_operation_step_duration_seconds", "kind" => self.kind.clone(), "step" => name, "status" => status)
+            .record(began.elapsed().as_secs_f64());
+        Ok(outcome)
+    }
+
+    /// The step's end with the workflow's state, written with the next change.
+    fn defer_step_end(&mut self, i: usize, outcome: StepOutcome, exec: &dyn Execution) {
+        let (status, detail) = match outcome {
+            StepOutcome::Passed(d) => (StepStatus::Passed, d),
+            StepOutcome::Skipped(d) => (StepStatus::Skipped, d),
+        };
+        let message = format!(
+            "{} {}: {detail}",
+            self.steps[i].name,
+            status.as_str().to_lowercase()
+        );
+        let update = StepUpdate {
+            status,
+            detail: Some(detail),
+            started: false,
+            ended: true,
+        };
+        let change = self.step_change(
+            i,
+            EventType::StepFinished,
+            update,
+            message,
+            Some(exec.state()),
+        );
+        self.steps[i].status = status;
+        self.deferred.push(change);
+    }
+
+    async fn succeed(&mut self, exec: &mut dyn Execution) -> Result<()> {
+        let elapsed = self.started.elapsed();
+        self.record(Change {
+            status: Some(OpStatus::Succeeded),
+            percent: Some(100),
+            result: exec.result(),
+            state: Some(exec.state()),
+            ..Change::new(
+                EventType::Finished,
+                format!("succeeded in {} ms", elapsed.as_millis()),
+                now_micros(),
+            )
+        })
+        .await
+    }
+
+    /// Ends the operation FAILED or CANCELLED: marks the failed step, undoes what was done
+    /// (in reverse), skips what was not, and records the terminal event. A failing
+    /// compensation is logged and recorded, and never replaces the original failure.
+    async fn stop(&mut self, exec: &mut dyn Execution, stop: Stop) -> Result<()> {
+        let (failed, reason) = match &stop {
+            Stop::Failed { step, message } => (*step, message.clone()),
+            Stop::Cancelled => (None, "the operation was cancelled".to_string()),
+        };
+        self.stopping = true;
+        exec.stopping(&StopReason {
+            cancelled: matches!(stop, Stop::Cancelled),
+            step: failed.map(|i| self.steps[i].name.as_str()),
+            message: &reason,
+        });
+        if let Some(i) = failed {
+            self.fail_step(i, &reason, exec).await?;
+        }
+        let compensation_errors = self.compensate(exec).await?;
+        self.skip_rest(&stop, failed).await?;
+        let step = failed.map(|i| self.steps[i].name.clone());
+        match stop {
+            Stop::Failed { .. } => {
+                self.finish_failed(step, Some(exec), reason, compensation_errors)
+                    .await
+            }
+            Stop::Cancelled => {
+                let change = Change {
+                    status: Some(OpStatus::Cancelled),
+                    result: exec.result(),
+                    error: Some(OperationError {
+                        step: None,
+                        message: reason.clone(),
+                        compensation_errors,
+                    }),
+                    ..Change::new(EventType::Finished, "cancelled", now_micros())
+                };
+                self.record(change).await
+            }
+        }
+    }
+
+    /// Records step `i` FAILED, unless a resumed failure recorded it already.
+    async fn fail_step(&mut self, i: usize, reason: &str, exec: &mut dyn Execution) -> Result<()> {
+        if self.steps[i].status == StepStatus::Failed {
+            return Ok(());
+        }
+        let message = format!("{} failed: {reason}", self.steps[i].name);
+        let update = StepUpdate {
+            status: StepStatus::Failed,
+            detail: Some(reason.to_string()),
+            started: false,
+            ended: true,
+        };
+        self.move_step(
+            i,
+            EventType::StepFinished,
+            update,
+            message,
+            Some(exec.state()),
+        )
+        .await
+    }
+
+    /// Runs the compensations of every step that did (or may have done) something, last
+    /// first; returns the ones that failed.
+    async fn compensate(&mut self, exec: &mut dyn Execution) -> Result<Vec<String>> {
+        let mut errors = Vec::new();
+        for i in (0..self.steps.len()).rev() {
+            // A failed step, or one a crashed worker left RUNNING, may have done part of
+            // its work, so it is compensated too.
+            let touched = matches!(
+                self.steps[i].status,
+                StepStatus::Passed | StepStatus::Running | StepStatus::Failed
+            );
+            if !touched {
+                continue;
+            }
+            let name = self.steps[i].name.clone();
+            let message = match exec.compensate(&name).await {
+                Ok(None) => continue,
+                Ok(Some(detail)) => format!("compensated {name}: {detail}"),
+                Err(e) => {
+                    tracing::error!(operation = %self.lease.operation_id, step = %name, error = %e, "compensation failed");
+                    errors.push(format!("{name}: {e}"));
+                    format!("compensation of {name} failed: {e}")
+                }
+            };
+            let change = Change {
+                step: Some(self.step_ref(i)),
+                ..Change::new(EventType::Compensation, message, now_micros())
+            };
+            self.record(change).await?;
+        }
+        Ok(errors)
+    }
+
+    /// Records every step that did not finish SKIPPED, saying why.
+    async fn skip_rest(&mut self, stop: &Stop, failed: Option<usize>) -> Result<()> {
+        let why = match (stop, failed) {
+            (_, Some(i)) => format!("not run: {} failed", self.steps[i].name),
+            (Stop::Failed { message, .. }, None) => format!("not run: {message}"),
+            (Stop::Cancelled, None) => "not run: the operation was cancelled".to_string(),
+        };
+        for i in 0..self.steps.len() {
+            if self.steps[i].status.is_terminal() {
+                continue;
+            }
+            let message = format!("{} skipped: {why}", self.steps[i].name);
+            let update = StepUpdate {
+                status: StepStatus::Skipped,
+                detail: Some(why.clone()),
+                started: false,
+                ended: true,
+            };
+            self.move_step(i, EventType::StepFinished, update, message, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_failed(
+        &mut self,
+        step: Option<String>,
+        exec: Option<&mut dyn Execution>,
+        message: String,
+        compensation_errors: Vec<String>,
+    ) -> Result<()> {
+        let summary = match &step {
+            Some(s) => format!("failed at step {s}: {message}"),
+            None => format!("failed: {message}"),
+        };
+        let change = Change {
+            status: Some(OpStatus::Failed),
+            result: exec.and_then(|e| e.result()),
+            error: Some(OperationError {
+                step,
+                message,
+                compensation_errors,
+            }),
+            ..Change::new(EventType::Finished, summary, now_micros())
+        };
+        self.record(change).await
+    }
+
+    /// Shutdown: hand the job back so that another replica resumes it at once.
+    async fn release(&mut self) -> Result<()> {
+        let replica = self.engine.cfg.replica_id.clone();
+        self.record(Change::new(
+            EventType::Progress,
+            format!("{replica} is shutting down; the operation goes back to the queue"),
+            now_micros(),
+        ))
+        .await?;
+        if !self.engine.jobs.release(self.lease, now_micros()).await? {
+            tracing::warn!(operation = %self.lease.operation_id, "lease was already gone at release");
+        }
+        Ok(())
+    }
+
+    /// Records the deferred changes and `change`, in one transaction.
+    async fn record(&mut self, change: Change) -> Result<()> {
+        if self.lost.is_cancelled() {
+            return Err(lease_lost());
+        }
+        let mut changes = std::mem::take(&mut self.deferred);
+        changes.push(change);
+        for r in self.engine.record_all(self.lease, &changes).await? {
+            self.cancel_requested |= r.cancel_requested;
+        }
+        for status in changes.iter().filter_map(|c| c.status) {
+            if status.is_terminal() {
+                metrics::counter!("capstan_operations_finished_total", "kind" => self.kind.clone(), "status" => status.as_str()).increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn step_ref(&self, i: usize) -> StepChange {
+        StepChange {
+            index: self.steps[i].index,
+            name: self.steps[i].name.clone(),
+            phase: self.steps[i].phase.clone(),
+            update: None,
+        }
+    }
+
+    /// The change moving step `i`; a finished step advances the percent unless the
+    /// operation is stopping (steps skipped after a failure are not progress).
+    fn step_change(
+        &self,
+        i: usize,
+        event: EventType,
+        update: StepUpdate,
+        message: String,
+        state: Option<serde_json::Value>,
+    ) -> Change {
+        let mut percent = None;
+        if update.status.is_terminal() && !self.stopping {
+            let done = self.steps.iter().filter(|s| s.status.is_terminal()).count() + 1;
+            percent = Some((done * 100 / self.steps.len().max(1)) as i64);
+        }
+        Change {
+            step: Some(StepChange {
+                update: Some(update),
+                ..self.step_ref(i)
+            }),
+            percent,
+            state,
+            ..Change::new(event, message, now_micros())
+        }
+    }
+
+    /// Moves step `i` (see `step_change`).
+    async fn move_step(
+        &mut self,
+        i: usize,
+        event: EventType,
+        update: StepUpdate,
+        message: String,
+        state: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let status = update.status;
+        let change = self.step_change(i, event, update, message, state);
+        self.record(change).await?;
+        self.steps[i].status = status;
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! The durable operations engine: creates operations, runs them (DIRECT on this replica,
+//! QUEUED through leased jobs that any replica's worker claims), records every change
+//! with its event, resumes crashed work from the last finished step, and cancels. It
+//! knows no workflow: each registers its kinds, steps and codecs ([`workflow`]).
+//!
+//! - [`operation`]: operations, steps, events and their state machines;
+//! - [`ports`]: the storage it needs (operation store, job queue);
+//! - this file: the facade the API and the workflows' services call;
+//! - `worker`: the job worker, lease heartbeats and the executions of this replica;
+//! - `driver`: one execution of one operation, step by step, and how it stops;
+//! - [`watch`]: event streams for watchers.
+
+mod driver;
+pub mod operation;
+pub mod ports;
+pub mod watch;
+mod worker;
+pub mod workflow;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use self::{
+    operation::{ExecutionMode, OpStatus, Operation, Step},
+    ports::{
+        Change, Created, JobQueue, JobStart, Lease, NewOperation, OpCursor, OpFilter,
+        OperationStore, Recorded,
+    },
+    watch::Hub,
+    workflow::Workflows,
+};
+use crate::{
+    domain::{now_micros, paging, Micros},
+    error::{Error, Result, Validator},
+};
+
+/// Fault injection for tests and drills; both off by default.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// This step fails after doing its work, so compensations have something to undo.
+    pub fail_step: Option<String>,
+    /// The process aborts when this step starts: a crash, for resume drills.
+    pub abort_at_step: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Names this process in leases and notifications.
+    pub replica_id: String,
+    pub default_mode: ExecutionMode,
+    /// A worker that stops heartbeating loses its job after this long.
+    pub lease: Duration,
+    /// Operations this replica runs at once (DIRECT ones count too).
+    pub worker_concurrency: usize,
+    /// Whether this replica claims queued jobs; `false` makes an API-only replica that
+    /// runs only its own DIRECT work.
+    pub queue_workers: bool,
+    /// How often idle workers look for jobs and watchers re-read the store when no
+    /// notification woke them.
+    pub poll_interval: Duration,
+    /// Idle watch streams get a heartbeat this often.
+    pub watch_heartbeat: Duration,
+    /// A job claimed more often than this (a crash loop) is failed instead of run again.
+    pub max_attempts: i64,
+    /// A step that fails as unavailable (a dependency it needs is down, the database
+    /// restarts) runs again this many times before its failure fails the operation;
+    /// steps are idempotent, so that is safe.
+    pub step_retries: u32,
+    /// The wait before the first of those retries; it doubles each time, to at most
+    /// [`MAX_STEP_BACKOFF`].
+    pub step_retry_backoff: Duration,
+    pub faults: Faults,
+}
+
+/// The longest wait between two runs of a step that failed as unavailable.
+pub const MAX_STEP_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            replica_id: format!("replica-{}", Uuid::new_v4().simple()),
+            default_mode: ExecutionMode::Direct,
+            lease: Duration::from_secs(30),
+            worker_concurrency: 4,
+            queue_workers: true,
+            poll_interval: Duration::from_secs(1),
+            watch_heartbeat: Duration::from_secs(15),
+            max_attempts: 5,
+            step_retries: 5,
+            step_retry_backoff: Duration::from_millis(200),
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// A request to start an operation.
+#[derive(Debug, Clone)]
+pub struct StartOperation {
+    pub kind: String,
+    pub params: serde_json::Value,
+    pub request_id: Option<String>,
+    /// `None`: the configured default.
+    pub mode: Option<ExecutionMode>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListOperations {
+    pub filter: OpFilter,
+    pub page_size: i32,
+    pub page_token: String,
+}
+
+pub struct Engine {
+    store: Arc<dyn OperationStore>,
+    jobs: Arc<dyn JobQueue>,
+    workflows: Workflows,
+    cfg: EngineConfig,
+    hub: Hub,
+    jobs_wake: Notify,
+    /// Cancellation signals of the operations running here.
+    local: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Bounds what runs here at once, DIRECT and QUEUED alike.
+    slots: Arc<Semaphore>,
+    watch_slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+const MAX_REQUEST_ID_CHARS: usize = 128;
+const MAX_WATCHERS: usize = 10_000;
+const MAX_REASON_CHARS: usize = 1024;
+
+impl Engine {
+    /// An engine on `store` (its operation store and job queue), running `workflows`.
+    pub fn new<S: OperationStore + JobQueue>(
+        store: Arc<S>,
+        cfg: EngineConfig,
+        workflows: Workflows,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store: store.clone(),
+            jobs: store,
+            workflows,
+            slots: Arc::new(Semaphore::new(cfg.worker_concurrency.max(1))),
+            cfg,
+            hub: Hub::default(),
+            jobs_wake: Notify::new(),
+            local: Mutex::new(HashMap::new()),
+            watch_slots: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            shutdown,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn OperationStore> {
+        &self.store
+    }
+
+    pub fn jobs(&self) -> &Arc<dyn JobQueue> {
+        &self.jobs
+    }
+
+    pub async fn start(self: &Arc<Self>, owner: &str, req: StartOperation) -> Result<Operation> {
+        let new = self.prepare(owner, req)?;
+        let created = self.store.create(&new).await?;
+        Ok(self.launch(created))
+    }
+
+    /// The operation `req` would create, checked and planned but not stored yet: callers
+    /// that store other rows with it (atomically) use this, then [`Engine::launch`].
+    pub fn prepare(&self, owner: &str, req: StartOperation) -> Result<NewOperation> {
+        let mut v = Validator::default();
+        let workflow = self.workflows.get(&req.kind);
+        v.check(workflow.is_some(), "kind", || {
+            format!("unknown operation kind {:?}", req.kind)
+        });
+        if let Some(r) = &req.request_id {
+            v.check(
+                !r.is_empty() && r.chars().count() <= MAX_REQUEST_ID_CHARS,
+                "request_id",
+                || format!("must be 1-{MAX_REQUEST_ID_CHARS} characters"),
+            );
+        }
+        v.finish()?;
+        let workflow = workflow.ok_or_else(|| Error::invalid("kind", "unknown operation kind"))?;
+        let plan = workflow.plan(&req.params)?;
+        let mode = req.mode.unwrap_or(self.cfg.default_mode);
+        let now = now_micros();
+        let op = Operation {
+            id: Uuid::now_v7(),
+            kind: req.kind.clone(),
+            status: OpStatus::Pending,
+            progress_percent: 0,
+            message: format!("created ({})", mode.as_str()),
+            owner: owner.to_string(),
+            execution_mode: mode,
+            request_id: req.request_id,
+            params: req.params,
+            state: serde_json::Value::Null,
+            result: None,
+            error: None,
+            cancel_requested: false,
+            last_sequence: 0,
+            attempts: 0,
+            create_time: now,
+            update_time: now,
+            start_time: None,
+            end_time: None,
+            steps: plan
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Step::pending(i, s.name, s.phase))
+                .collect(),
+        };
+        let job = match mode {
+            ExecutionMode::Direct => JobStart::Leased {
+                owner: self.cfg.replica_id.clone(),
+                expires: now + self.lease_micros(),
+            },
+            ExecutionMode::Queued => JobStart::Queued,
+        };
+        Ok(NewOperation { op, job })
+    }
+
+    /// Runs (DIRECT) or announces (QUEUED) what a store created from
+    /// [`Engine::prepare`]; an operation that existed already is returned as it is.
+    pub fn launch(self: &Arc<Self>, created: Created) -> Operation {
+        match created {
+            Created::Existing(op) => op,
+            Created::New { op, event, lease } => {
+                metrics::counter!("capstan_operations_started_total", "kind" => op.kind.clone(), "mode" => op.execution_mode.as_str()).increment(1);
+                self.hub.publish(event);
+                match lease {
+                    Some(lease) => self.spawn_execution(lease, None),
+                    None => self.jobs_wake.notify_one(),
+                }
+                op
+            }
+        }
+    }
+
+    pub async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<Operation> {
+        self.store
+            .get(id, owner)
+            .await?
+            .ok_or_else(|| Error::not_found("operation", id))
+    }
+
+    pub async fn list(&self, req: &ListOperations) -> Result<(Vec<Operation>, String)> {
+        let size = paging::page_size(req.page_size)?;
+        let query = format!(
+            "owner={:?};status={:?};kind={:?}",
+            req.filter.owner, req.filter.status, req.filter.kind
+        );
+        let after: Option<OpCursor> = paging::decode(&req.page_token, &query)?;
+        let mut ops = self
+            .store
+            .list(&req.filter, after.as_ref(), size + 1)
+            .await?;
+        let next = if ops.len() > size {
+            ops.truncate(size);
+            ops.last()
+                .map(|o| paging::encode(&query, &OpCursor(o.create_time, o.id)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((ops, next))
+    }
+
+    pub async fn cancel(&self, id: Uuid, owner: Option<&str>, reason: &str) -> Result<Operation> {
+        let mut v = Validator::default();
+        v.check(reason.chars().count() <= MAX_REASON_CHARS, "reason", || {
+            format!("must be at most {MAX_REASON_CHARS} characters")
+        });
+        v.finish()?;
+        if let Some(event) = self.store.cancel(id, owner, reason, now_micros()).await? {
+            self.hub.publish(event);
+        }
+        let local = self.local.lock().ok().and_then(|m| m.get(&id).cloned());
+        if let Some(token) = local {
+            token.cancel();
+        }
+        self.get(id, owner).await
+    }
+
+    fn lease_micros(&self) -> Micros {
+        self.cfg.lease.as_micros() as Micros
+    }
+
+    /// Records changes under `lease` in one transaction and tells local watchers.
+    async fn record_all(&self, lease: &Lease, changes: &[Change]) -> Result<Vec<Recorded>> {
+        let recorded = self
+            .store
+            .record_all(lease.operation_id, Some(lease), changes)
+            .await?;
+        for r in &recorded {
+            self.hub.publish(r.event.clone());
+        }
+        Ok(recorded)
+    }
+
+    /// Records a change under `lease` and tells local watchers.
+    async fn record(&self, lease: &Lease, change: &Change) -> Result<Recorded> {
+        let recorded = self
+            .store
+            .record(lease.operation_id, Some(lease), change)
+            .await?;
+        self.hub.publish(recorded.event.clone());
+        Ok(recorded)
+    }
+}

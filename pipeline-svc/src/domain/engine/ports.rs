@@ -1,0 +1,208 @@
+//! What the engine needs from storage: the [`OperationStore`] (operations, their steps and
+//! their event log) and the [`JobQueue`] (leases on queued work), with the types they
+//! exchange. `store::sql` implements both on SQLite and Postgres; the contract suites in
+//! `tests/it/contract` hold every implementation to the rules written here.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::operation::{Event, EventType, OpStatus, Operation, OperationError, StepStatus};
+use crate::{domain::Micros, error::Result};
+
+/// How a new operation's job starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobStart {
+    /// Waits for any replica's worker.
+    Queued,
+    /// Already leased by the replica that creates it (DIRECT execution).
+    Leased { owner: String, expires: Micros },
+}
+
+#[derive(Debug, Clone)]
+pub struct NewOperation {
+    /// PENDING, with its steps PENDING and `last_sequence` 0.
+    pub op: Operation,
+    pub job: JobStart,
+}
+
+/// A worker's claim on an operation. `token` fences every write the worker makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub operation_id: Uuid,
+    pub token: i64,
+    pub owner: String,
+    pub attempts: i64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Created {
+    /// The operation, its CREATED event, and the lease when it was created leased.
+    New {
+        op: Operation,
+        event: Event,
+        lease: Option<Lease>,
+    },
+    /// The owner used this request id before: the operation it created then.
+    Existing(Operation),
+}
+
+/// The step an event is about, and how it moves (if it does).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepChange {
+    pub index: i64,
+    pub name: String,
+    pub phase: String,
+    pub update: Option<StepUpdate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepUpdate {
+    pub status: StepStatus,
+    pub detail: Option<String>,
+    /// Sets the start time and counts an attempt.
+    pub started: bool,
+    /// Sets the end time.
+    pub ended: bool,
+}
+
+/// One state change of an operation and the event that reports it, written atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub event: EventType,
+    /// The event's message; it also becomes the operation's message.
+    pub message: String,
+    pub status: Option<OpStatus>,
+    /// Applied only when above the current percent.
+    pub percent: Option<i64>,
+    pub step: Option<StepChange>,
+    pub state: Option<serde_json::Value>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<OperationError>,
+    pub cancel_requested: bool,
+    pub time: Micros,
+}
+
+impl Change {
+    pub fn new(event: EventType, message: impl Into<String>, time: Micros) -> Self {
+        Self {
+            event,
+            message: message.into(),
+            status: None,
+            percent: None,
+            step: None,
+            state: None,
+            result: None,
+            error: None,
+            cancel_requested: false,
+            time,
+        }
+    }
+}
+
+/// What `record` wrote, and whether somebody asked the operation to stop.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub event: Event,
+    pub cancel_requested: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpFilter {
+    /// Only this owner's operations (callers with the `user` role).
+    pub owner: Option<String>,
+    pub status: Option<OpStatus>,
+    pub kind: Option<String>,
+}
+
+/// Where the previous page ended (newest first): create time and operation id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpCursor(pub Micros, pub Uuid);
+
+/// Wake-ups from other replicas (Postgres LISTEN/NOTIFY). Hints only: readers always
+/// re-read the store, so a lost hint costs latency, never an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    Operation(Uuid),
+    Jobs,
+}
+
+/// Operations, their steps and their event log.
+///
+/// Every write appends exactly one event per change, numbered 1, 2, 3… per operation with
+/// no gap; status and percent only move forward; a terminal operation refuses every
+/// change. Writes `fence`d by a lease happen only while that lease is current.
+#[async_trait]
+pub trait OperationStore: Send + Sync + 'static {
+    /// Succeeds once the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Inserts the operation, its steps, its CREATED event (sequence 1) and its job in one
+    /// transaction; idempotent on (owner, request_id).
+    async fn create(&self, new: &NewOperation) -> Result<Created>;
+
+    /// `owner`: only if the operation belongs to it.
+    async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<Option<Operation>>;
+
+    /// Newest first, after `after`.
+    async fn list(
+        &self,
+        filter: &OpFilter,
+        after: Option<&OpCursor>,
+        limit: usize,
+    ) -> Result<Vec<Operation>>;
+
+    /// Stored events with a sequence above `after`, in order.
+    async fn events(&self, id: Uuid, after: i64, limit: usize) -> Result<Vec<Event>>;
+
+    /// Applies `change` and appends its event with the next sequence, atomically. Status
+    /// and percent only move forward; a terminal operation refuses every change
+    /// (`Precondition`), as does a step that cannot make the requested move. With
+    /// `fence`, the write happens only while that lease is current (else `LeaseLost`).
+    /// A terminal status also finishes the job.
+    async fn record(&self, id: Uuid, fence: Option<&Lease>, change: &Change) -> Result<Recorded>;
+
+    /// `record` for several changes in order, in one transaction (one commit where the
+    /// engine would otherwise wait for several): all of them or none.
+    async fn record_all(
+        &self,
+        id: Uuid,
+        fence: Option<&Lease>,
+        changes: &[Change],
+    ) -> Result<Vec<Recorded>>;
+
+    /// Saves workflow state mid-step (no event: nothing visible changed); fenced.
+    async fn checkpoint(&self, lease: &Lease, state: &serde_json::Value) -> Result<()>;
+
+    /// Cancels a job nobody claimed yet (FINISHED event, CANCELLED, its steps SKIPPED) or
+    /// flags a running operation (CANCEL_REQUESTED event). `None` when it was already
+    /// finished or flagged.
+    async fn cancel(
+        &self,
+        id: Uuid,
+        owner: Option<&str>,
+        reason: &str,
+        time: Micros,
+    ) -> Result<Option<Event>>;
+
+    /// Other replicas' wake-ups; `None` where only this process writes.
+    async fn hints(&self) -> Option<BoxStream<'static, Hint>>;
+}
+
+/// Leases on operations' jobs. A job is queued when created QUEUED (or handed back), and
+/// leased to one worker at a time; each claim gets a higher token, so a worker whose
+/// lease expired and was claimed again is fenced off by the [`OperationStore`].
+#[async_trait]
+pub trait JobQueue: Send + Sync + 'static {
+    /// Claims the oldest queued job, or one whose lease expired, for `owner`. Of several
+    /// concurrent claimers of one job, exactly one gets it.
+    async fn claim(&self, owner: &str, now: Micros, lease_ms: i64) -> Result<Option<Lease>>;
+
+    /// Extends the lease; `false` when it is no longer current.
+    async fn heartbeat(&self, lease: &Lease, now: Micros, lease_ms: i64) -> Result<bool>;
+
+    /// Gives the job back to the queue (graceful shutdown), not counting this claim as
+    /// an attempt; `false` when the lease is not current.
+    async fn release(&self, lease: &Lease, now: Micros) -> Result<bool>;
+}

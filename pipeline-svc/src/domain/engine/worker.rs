@@ -1,0 +1,160 @@
+//! The executions of this replica: the worker that claims queued jobs, the listener for
+//! other replicas' hints, lease heartbeats, and the tasks that drive executions.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    driver::Driver,
+    ports::{Hint, JobQueue, Lease},
+    Engine,
+};
+use crate::{domain::now_micros, error::Error};
+
+impl Engine {
+    /// Starts the job worker and, on Postgres, the listener for other replicas' hints.
+    pub fn spawn_background(self: &Arc<Self>) {
+        if self.cfg.queue_workers {
+            let this = self.clone();
+            self.tasks.spawn(async move { this.worker_loop().await });
+        }
+        let this = self.clone();
+        self.tasks.spawn(async move { this.follow_hints().await });
+    }
+
+    /// Waits until every execution of this replica has stopped (after shutdown they
+    /// release their leases at the next step boundary).
+    pub async fn drained(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn follow_hints(self: Arc<Self>) {
+        let Some(mut hints) = self.store.hints().await else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                h = hints.next() => match h {
+                    Some(Hint::Jobs) => self.jobs_wake.notify_one(),
+                    Some(Hint::Operation(id)) => self.hub.wake(id),
+                    None => {
+                        tracing::warn!("notification stream ended; workers and watchers fall back to polling");
+                        return;
+                    }
+                },
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Claims jobs while there is room, and waits for a wake-up or the poll otherwise.
+    async fn worker_loop(self: Arc<Self>) {
+        loop {
+            let permit = tokio::select! {
+                p = self.slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = self.shutdown.cancelled() => return,
+            };
+            let claimed = self
+                .jobs
+                .claim(
+                    &self.cfg.replica_id,
+                    now_micros(),
+                    self.cfg.lease.as_millis() as i64,
+                )
+                .await;
+            match claimed {
+                Ok(Some(lease)) => {
+                    metrics::counter!("capstan_jobs_claimed_total").increment(1);
+                    tracing::info!(operation = %lease.operation_id, attempt = lease.attempts, "claimed job");
+                    self.spawn_execution(lease, Some(permit));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot claim jobs; retrying"),
+            }
+            drop(permit);
+            tokio::select! {
+                _ = self.jobs_wake.notified() => {}
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    pub(super) fn spawn_execution(
+        self: &Arc<Self>,
+        lease: Lease,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            // DIRECT work runs at once, but still takes a slot so that queued work waits.
+            let _permit = match permit {
+                Some(p) => Some(p),
+                None => this.slots.clone().acquire_owned().await.ok(),
+            };
+            this.execute(lease).await
+        });
+    }
+
+    async fn execute(self: Arc<Self>, lease: Lease) {
+        let id = lease.operation_id;
+        let cancel = CancellationToken::new();
+        if let Ok(mut m) = self.local.lock() {
+            m.insert(id, cancel.clone());
+        }
+        let lost = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat(
+            self.jobs.clone(),
+            lease.clone(),
+            self.cfg.lease,
+            lost.clone(),
+        ));
+        let outcome = Driver::new(&self, &lease, cancel, lost).drive().await;
+        heartbeat.abort();
+        if let Ok(mut m) = self.local.lock() {
+            m.remove(&id);
+        }
+        match outcome {
+            Ok(()) => {}
+            Err(Error::LeaseLost(m)) => {
+                tracing::warn!(operation = %id, reason = %m, "stopped: another worker owns the operation now")
+            }
+            Err(e) => tracing::error!(
+                operation = %id, error = %e,
+                "execution stopped; the lease expires and a worker resumes the operation"
+            ),
+        }
+    }
+}
+
+/// Extends the lease every third of its length; a refused extension means another
+/// worker took over, and `lost` stops this one.
+async fn heartbeat(
+    jobs: Arc<dyn JobQueue>,
+    lease: Lease,
+    length: Duration,
+    lost: CancellationToken,
+) {
+    let ms = length.as_millis() as i64;
+    loop {
+        tokio::time::sleep(length / 3).await;
+        match jobs.heartbeat(&lease, now_micros(), ms).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lost.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(operation = %lease.operation_id, error = %e, "lease heartbeat failed; retrying")
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The showcase demo with a real registry in process (and, for the drills, real
+//! pipeline-svc processes).
+
+mod crash_phases;
+mod demo_command;
+mod end_to_end;
+mod faults;

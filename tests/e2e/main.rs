@@ -1,0 +1,11 @@
+//! The end-to-end suite: the built binaries driven the way users, operators and
+//! Kubernetes drive them, and checks over the source tree. One test binary, so the
+//! workspace's dependencies are linked once for all of it.
+
+mod bench_report;
+mod layers;
+mod manifest_env;
+mod python_client;
+mod readme;
+mod registry;
+mod topology;
