@@ -119,9 +119,10 @@ async fn admin_connection(admin: &str) -> PgConnection {
     };
     panic!(
         "this test needs PostgreSQL, and {admin} does not answer ({why}). Start it with \
-         `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` (or \
-         `source .ci/setup.sh`), or point CAPSTAN_TEST_POSTGRES_URL at a server where the \
-         user may create databases."
+         `tests/setup.sh` (the first half of the README's test command, which starts the local \
+         cluster), or `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main \
+         start`, or point CAPSTAN_TEST_POSTGRES_URL at a server where the user may create \
+         databases."
     )
 }
 

@@ -1,7 +1,9 @@
-//! A real local S3 server (moto) for one test, with one bucket.
+//! A real local S3 server (moto) for one test, with one bucket. moto and boto3 come from
+//! `.tools/venv` (what `tests/setup.sh` installs), else from PATH.
 
 use std::{
     net::TcpListener,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -25,8 +27,25 @@ impl Drop for Moto {
     }
 }
 
+/// `name` from `.tools/venv/bin`, else from PATH; fails the test, saying how to get it,
+/// when neither has it.
+fn tool(name: &str) -> PathBuf {
+    let venv = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::iter::once(venv)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs `{name}` (moto's S3 server and boto3): run tests/setup.sh, the \
+                 first half of the README's test command, which installs them into .tools/venv"
+            )
+        })
+}
+
 fn boto3(endpoint: &str, code: &str) -> String {
-    let out = Command::new("python3")
+    let out = Command::new(tool("python3"))
         .args([
             "-c",
             &format!(
@@ -36,10 +55,10 @@ fn boto3(endpoint: &str, code: &str) -> String {
             ),
         ])
         .output()
-        .expect("python3 runs (boto3 comes with moto[server])");
+        .expect("python3 runs (boto3 comes with moto)");
     assert!(
         out.status.success(),
-        "boto3 against moto failed: {}",
+        "boto3 against moto failed (tests/setup.sh installs boto3 into .tools/venv): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -47,23 +66,18 @@ fn boto3(endpoint: &str, code: &str) -> String {
 
 impl Moto {
     /// Starts moto and makes [`BUCKET`]. Fails the test, saying how to install moto, when
-    /// `moto_server` is not on PATH.
+    /// `moto_server` is missing.
     pub async fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port for moto")
             .port();
-        let child = Command::new("moto_server")
+        let child = Command::new(tool("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "this test needs moto_server ({e}): `python3 -m pip install 'moto[server]'`, \
-                     or `source .ci/setup.sh`, which installs every test tool"
-                )
-            });
+            .expect("start moto_server");
         let moto = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
