@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Context;
+use capstan_client as client;
 use capstan_proto::{
     pipeline::v1::{
         self as pb, operations_service_client::OperationsServiceClient,
@@ -18,7 +19,6 @@ use capstan_proto::{
 };
 use capstan_server::{
     auth::{issue_hs256, Role},
-    client,
     config::{AuthMode, CommonArgs, LogFormat},
     serve::ServeOptions,
 };

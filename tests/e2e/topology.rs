@@ -24,14 +24,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use capstan_client::{connect, AuthedChannel};
 use capstan_proto::pipeline::v1::{
     self as pb, operations_service_client::OperationsServiceClient,
     pipeline_service_client::PipelineServiceClient,
 };
-use capstan_server::{
-    client::{connect, AuthedChannel},
-    testing,
-};
+use capstan_server::testing;
 use capstan_tests::{binary, grpcurl, tools};
 use tempfile::TempDir;
 

@@ -10,7 +10,6 @@
 //! - [`auth`]: bearer-JWT verification as a tower layer, roles, token minting.
 //! - [`serve`]: server bootstrap — health, reflection v1 + v1alpha, request ids, tracing
 //!   and metrics, message limits, TLS, and graceful shutdown under a deadline.
-//! - [`client`]: the typed clients, from the `capstan-client` crate.
 //! - [`telemetry`]: `tracing` subscriber and the Prometheus exporter.
 //! - [`violations`]: field violations of bad requests and their `google.rpc` details.
 //! - `testing` (feature `testing`): the test-database fixture of every crate's tests.
@@ -26,7 +25,3 @@ pub mod telemetry;
 pub mod testing;
 pub mod time;
 pub mod violations;
-
-/// The typed clients live in `capstan-client`, which a service outside this repository
-/// can use without the server crates.
-pub use capstan_client as client;

@@ -205,22 +205,3 @@ pub fn jwt_secret(dir: &std::path::Path) -> (PathBuf, Vec<u8>) {
     std::fs::write(&path, &secret).expect("write the test JWT secret");
     (path, secret)
 }
-
-// Transitional: the callers that other branches are moving to `TestDb` and
-// `test_on_both_backends!` (pipeline-svc's tests, tests/). Same behaviour as the new API:
-// no Postgres fails the test, it is never skipped.
-
-/// Same as [`TestDb::sqlite`].
-pub fn sqlite() -> TestDb {
-    TestDb::sqlite()
-}
-
-/// Always `Some`: same as [`TestDb::postgres`].
-pub async fn postgres(_test: &str) -> Option<TestDb> {
-    Some(TestDb::postgres().await)
-}
-
-/// SQLite, then Postgres.
-pub async fn all_backends(_test: &str) -> Vec<TestDb> {
-    vec![TestDb::sqlite(), TestDb::postgres().await]
-}

@@ -16,10 +16,10 @@ use std::{
 
 use anyhow::{bail, ensure, Context};
 use bytes::Bytes;
+use capstan_client::{registry_client, RegistryClient};
 use capstan_proto::registry::v1::{self as pb};
 use capstan_server::{
     auth::{issue_hs256, Role},
-    client::{registry_client, RegistryClient},
     testing::{self, TestDb},
 };
 use capstan_tests::{binary, server_flags, Service};
@@ -138,10 +138,8 @@ async fn main() -> anyhow::Result<()> {
     };
     for &backend in backends {
         let db = match backend {
-            "sqlite" => testing::sqlite(),
-            _ => testing::postgres("bench")
-                .await
-                .context("Postgres at 127.0.0.1:5432 is needed for --backend postgres")?,
+            "sqlite" => TestDb::sqlite(),
+            _ => TestDb::postgres().await,
         };
         eprintln!("\n=== {backend} ===");
         let result = bench_backend(&args, &bin, &db).await?;
@@ -312,9 +310,7 @@ async fn transport_phases(args: &Args) -> anyhow::Result<serde_json::Map<String,
     for c in [1usize, 16, 64] {
         let mut clients = Vec::new();
         for _ in 0..c.div_ceil(args.workers_per_connection) {
-            let channel = capstan_server::client::endpoint(&svc.url())?
-                .connect()
-                .await?;
+            let channel = capstan_client::endpoint(&svc.url())?.connect().await?;
             clients.push(HealthClient::new(channel));
         }
         phases

@@ -22,13 +22,13 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context};
+use capstan_client::{connect, AuthedChannel};
 use capstan_proto::pipeline::v1::{
     self as pb, operations_service_client::OperationsServiceClient,
     pipeline_service_client::PipelineServiceClient,
 };
 use capstan_server::{
     auth::{issue_hs256, Role},
-    client::{connect, AuthedChannel},
     testing::{self, TestDb},
 };
 use capstan_tests::{
@@ -370,10 +370,8 @@ async fn bench_backend(
     pipeline_bin: &Path,
 ) -> anyhow::Result<Value> {
     let db = match backend {
-        "sqlite" => testing::sqlite(),
-        _ => testing::postgres("pipeline-bench")
-            .await
-            .context("Postgres at 127.0.0.1:5432 is needed for --backend postgres")?,
+        "sqlite" => TestDb::sqlite(),
+        _ => TestDb::postgres().await,
     };
     // Two replicas on Postgres: queued jobs may be claimed by either process.
     let replicas = if backend == "postgres" { 2 } else { 1 };
@@ -521,10 +519,8 @@ async fn bench_backend(
 /// Start → terminal event received by a watcher, DIRECT, on a fresh store.
 async fn bench_noop(args: &Args, backend: &str) -> anyhow::Result<Value> {
     let db = match backend {
-        "sqlite" => testing::sqlite(),
-        _ => testing::postgres("pipeline-bench-noop")
-            .await
-            .context("Postgres at 127.0.0.1:5432 is needed for --backend postgres")?,
+        "sqlite" => TestDb::sqlite(),
+        _ => TestDb::postgres().await,
     };
     let store = SqlStore::connect(&db.url, "bench-noop").await?;
     let shutdown = CancellationToken::new();

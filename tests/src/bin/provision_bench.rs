@@ -16,10 +16,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context};
+use capstan_client::{connect, AuthedChannel};
 use capstan_proto::pipeline::v1 as pb;
 use capstan_server::{
     auth::{issue_hs256, Role},
-    client::{connect, AuthedChannel},
     testing::{self, TestDb},
 };
 use capstan_tests::{binary, server_flags, Service};
@@ -348,9 +348,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     if args.backend != BackendChoice::Sqlite {
-        let db: TestDb = testing::postgres("provision_bench")
-            .await
-            .context("Postgres at 127.0.0.1:5432 is needed for the postgres backend")?;
+        let db: TestDb = TestDb::postgres().await;
         let dir = work.path().join("postgres");
         std::fs::create_dir_all(&dir)?;
         backends.insert(
