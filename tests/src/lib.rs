@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests and benchmarks: finds the built binaries, starts them on
 //! port 0 with JSON logs, learns their address from the log, runs real `grpcurl`.
 
+pub mod plot;
 pub mod report;
 pub mod tools;
 
