@@ -2,7 +2,22 @@
 //!
 //! The layer verifies `authorization: Bearer …` on every call except health and
 //! reflection, and puts a [`Principal`] into the request extensions; handlers then check
-//! the role. Tokens carry `sub`, `role` (`admin`, `service` or `user`) and `exp`.
+//! the role and the namespace grants. Tokens carry `sub`, `role` (`admin`, `service` or
+//! `user`), `exp` and, optionally, `namespaces`: the [`Grants`] of the caller.
+//!
+//! # Namespace grants
+//!
+//! Registry data lives in namespaces (one per team, say). A caller may read the
+//! namespaces its grants name for reading or writing, and write those named for writing;
+//! `*` names every namespace. The role still decides what kind of caller it is: `admin`
+//! may read and write every namespace whatever its grants say, `service` may write where
+//! it is granted, `user` only ever reads.
+//!
+//! The claim is `"namespaces": {"read": ["team-b"], "write": ["team-a"]}` (either list may
+//! be left out). A token without it gets the grants its role had before namespaces
+//! existed, on the `default` namespace where every older run and alias lives
+//! ([`Grants::role_default`]): `service` reads and writes `default`, `user` reads
+//! `default`. Existing tokens and deployments keep working, and see no other team's data.
 
 use std::{
     path::Path,
@@ -39,19 +54,120 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// The namespace every request that names none uses, and where data from before
+/// namespaces lives.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Which namespaces a caller may read and write (the token's `namespaces` claim). `*`
+/// names every namespace; a namespace granted for writing may also be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write: Vec<String>,
+}
+
+impl Grants {
+    /// Names every namespace in a grant list.
+    pub const EVERY: &'static str = "*";
+
+    /// Read and write on every namespace.
+    pub fn all() -> Self {
+        Self {
+            read: Vec::new(),
+            write: vec![Self::EVERY.into()],
+        }
+    }
+
+    /// What a token without the claim may do: what its role could do before namespaces,
+    /// on `default` (admin: everything).
+    pub fn role_default(role: Role) -> Self {
+        let default = vec![DEFAULT_NAMESPACE.to_string()];
+        match role {
+            Role::Admin => Self::all(),
+            Role::Service => Self {
+                read: Vec::new(),
+                write: default,
+            },
+            Role::User => Self {
+                read: default,
+                write: Vec::new(),
+            },
+        }
+    }
+
+    fn names(list: &[String], namespace: &str) -> bool {
+        list.iter().any(|g| g == Self::EVERY || g == namespace)
+    }
+
+    pub fn can_read(&self, namespace: &str) -> bool {
+        Self::names(&self.read, namespace) || self.can_write(namespace)
+    }
+
+    pub fn can_write(&self, namespace: &str) -> bool {
+        Self::names(&self.write, namespace)
+    }
+
+    /// The namespaces that may be read, in order and once each; `None` when that is every
+    /// namespace.
+    pub fn readable(&self) -> Option<Vec<String>> {
+        let mut names: Vec<String> = self.read.iter().chain(&self.write).cloned().collect();
+        if names.iter().any(|n| n == Self::EVERY) {
+            return None;
+        }
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+}
+
 /// Who is calling. With auth disabled every caller is `anonymous` with the admin role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub subject: String,
     pub role: Role,
+    /// Where the caller may read and write; see [`Principal::can_read`] and
+    /// [`Principal::can_write`], which also weigh the role.
+    pub grants: Grants,
 }
 
 impl Principal {
-    pub fn anonymous_admin() -> Self {
+    /// A caller with these grants, or its role's default ([`Grants::role_default`]) when
+    /// the token carried none.
+    pub fn new(subject: impl Into<String>, role: Role, grants: Option<Grants>) -> Self {
         Self {
-            subject: "anonymous".into(),
-            role: Role::Admin,
+            subject: subject.into(),
+            role,
+            grants: grants.unwrap_or_else(|| Grants::role_default(role)),
         }
+    }
+
+    pub fn anonymous_admin() -> Self {
+        Self::new("anonymous", Role::Admin, None)
+    }
+
+    /// Whether the caller may read `namespace`: admins always, others where granted.
+    pub fn can_read(&self, namespace: &str) -> bool {
+        self.is_admin() || self.grants.can_read(namespace)
+    }
+
+    /// Whether the caller may write `namespace`: admins always, services where granted,
+    /// users never.
+    pub fn can_write(&self, namespace: &str) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Service => self.grants.can_write(namespace),
+            Role::User => false,
+        }
+    }
+
+    /// The namespaces the caller may read, sorted; `None` when that is every namespace.
+    pub fn readable_namespaces(&self) -> Option<Vec<String>> {
+        if self.is_admin() {
+            return None;
+        }
+        self.grants.readable()
     }
 
     /// The caller of a request that passed the [`AuthLayer`].
@@ -74,6 +190,9 @@ pub struct Claims {
     pub sub: String,
     pub role: Role,
     pub exp: u64,
+    /// Namespace grants; absent: the role's default ([`Grants::role_default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Grants>,
 }
 
 /// Verifies tokens; `None` inside means auth is disabled.
@@ -139,10 +258,11 @@ impl Verifier {
         if data.claims.sub.is_empty() {
             return Err(Status::unauthenticated("token has an empty subject"));
         }
-        Ok(Principal {
-            subject: data.claims.sub,
-            role: data.claims.role,
-        })
+        Ok(Principal::new(
+            data.claims.sub,
+            data.claims.role,
+            data.claims.namespaces,
+        ))
     }
 }
 
@@ -155,11 +275,23 @@ pub fn trim_secret(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-/// Mints an HS256 token (operators' `token` command, tests, the demo).
+/// Mints an HS256 token (operators' `token` command, tests, the demo) without a
+/// `namespaces` claim: the role's default grants.
 pub fn issue_hs256(
     secret: &[u8],
     subject: &str,
     role: Role,
+    ttl_secs: u64,
+) -> anyhow::Result<String> {
+    issue_hs256_granted(secret, subject, role, None, ttl_secs)
+}
+
+/// Mints an HS256 token carrying `grants` as its `namespaces` claim (`None`: no claim).
+pub fn issue_hs256_granted(
+    secret: &[u8],
+    subject: &str,
+    role: Role,
+    grants: Option<&Grants>,
     ttl_secs: u64,
 ) -> anyhow::Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -167,6 +299,7 @@ pub fn issue_hs256(
         sub: subject.into(),
         role,
         exp: now + ttl_secs,
+        namespaces: grants.cloned(),
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -252,13 +385,7 @@ mod tests {
         let v = Verifier::hs256(b"0123456789abcdef0123");
         let t = issue_hs256(b"0123456789abcdef0123", "alice", Role::User, 60).unwrap();
         let p = v.verify(Some(&format!("Bearer {t}"))).unwrap();
-        assert_eq!(
-            p,
-            Principal {
-                subject: "alice".into(),
-                role: Role::User
-            }
-        );
+        assert_eq!(p, Principal::new("alice", Role::User, None));
 
         let other = issue_hs256(b"another-secret-0123456", "alice", Role::Admin, 60).unwrap();
         for bad in [
@@ -278,6 +405,7 @@ mod tests {
             sub: "a".into(),
             role: Role::Admin,
             exp: 1_000,
+            namespaces: None,
         };
         let t = jsonwebtoken::encode(
             &Header::default(),
@@ -289,6 +417,103 @@ mod tests {
             .verify(Some(&format!("Bearer {t}")))
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+
+    fn granted(role: Role, read: &[&str], write: &[&str]) -> Principal {
+        let secret = b"0123456789abcdef0123";
+        let grants = Grants {
+            read: read.iter().map(|s| s.to_string()).collect(),
+            write: write.iter().map(|s| s.to_string()).collect(),
+        };
+        let t = issue_hs256_granted(secret, "caller", role, Some(&grants), 60).unwrap();
+        Verifier::hs256(secret)
+            .verify(Some(&format!("Bearer {t}")))
+            .unwrap()
+    }
+
+    #[test]
+    fn grants_travel_in_the_token_and_weigh_with_the_role() {
+        let a = granted(Role::Service, &["team-b"], &["team-a"]);
+        assert!(a.can_write("team-a") && a.can_read("team-a"));
+        assert!(a.can_read("team-b") && !a.can_write("team-b"));
+        assert!(!a.can_read("default") && !a.can_read("team-c"));
+        assert_eq!(
+            a.readable_namespaces(),
+            Some(vec!["team-a".to_string(), "team-b".to_string()])
+        );
+
+        // Users never write, whatever their grants say; admins do everything.
+        let u = granted(Role::User, &[], &["team-a"]);
+        assert!(u.can_read("team-a") && !u.can_write("team-a"));
+        let admin = granted(Role::Admin, &[], &[]);
+        assert!(admin.can_write("anything") && admin.readable_namespaces().is_none());
+
+        // `*` names every namespace.
+        let reader = granted(Role::Service, &["*"], &[]);
+        assert!(reader.can_read("x") && !reader.can_write("x"));
+        assert_eq!(reader.readable_namespaces(), None);
+
+        // A claim that grants nothing grants nothing (it is not the role's default).
+        let none = granted(Role::Service, &[], &[]);
+        assert!(!none.can_read("default") && !none.can_write("default"));
+    }
+
+    #[test]
+    fn tokens_without_the_claim_keep_their_roles_old_reach_on_default() {
+        let service = Principal::new("svc", Role::Service, None);
+        assert!(service.can_write("default") && service.can_read("default"));
+        assert!(!service.can_read("team-a") && !service.can_write("team-a"));
+        let user = Principal::new("u", Role::User, None);
+        assert!(user.can_read("default") && !user.can_write("default"));
+        assert!(!user.can_read("team-a"));
+        let admin = Principal::anonymous_admin();
+        assert!(admin.can_write("team-a") && admin.can_read("team-z"));
+        // A claim-less token's payload has no `namespaces` field at all.
+        let t = issue_hs256(b"0123456789abcdef", "s", Role::Service, 60).unwrap();
+        let payload = t.split('.').nth(1).unwrap();
+        use base64::Engine as _;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        assert!(!String::from_utf8(json).unwrap().contains("namespaces"));
+    }
+
+    #[test]
+    fn the_token_command_mints_grants_from_its_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            token: TokenArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "0123456789abcdef0123\n").unwrap();
+        let mint = |extra: &[&str]| {
+            let base = [
+                "token",
+                "--jwt-secret-file",
+                key.to_str().unwrap(),
+                "--role",
+                "service",
+            ];
+            let cli = Cli::parse_from(base.iter().chain(extra));
+            let t = cli.token.mint().unwrap();
+            Verifier::hs256(b"0123456789abcdef0123")
+                .verify(Some(&format!("Bearer {t}")))
+                .unwrap()
+        };
+        let p = mint(&[
+            "--write-namespace",
+            "team-a",
+            "--read-namespace",
+            "team-b",
+            "--read-namespace",
+            "team-c",
+        ]);
+        assert_eq!(p.grants.write, ["team-a"]);
+        assert_eq!(p.grants.read, ["team-b", "team-c"]);
+        assert_eq!(mint(&[]).grants, Grants::role_default(Role::Service));
     }
 }
 
@@ -306,6 +531,14 @@ pub struct TokenArgs {
     pub role: Role,
     #[arg(long, default_value_t = 3600)]
     pub ttl_seconds: u64,
+    /// Registry namespace the token may read (repeatable; `*`: every namespace).
+    #[arg(long = "read-namespace", value_name = "NAMESPACE")]
+    pub read_namespaces: Vec<String>,
+    /// Registry namespace the token may read and write (repeatable; `*`: every namespace).
+    /// Without `--read-namespace` or `--write-namespace` the token carries no grants and
+    /// gets its role's default: `default` only.
+    #[arg(long = "write-namespace", value_name = "NAMESPACE")]
+    pub write_namespaces: Vec<String>,
 }
 
 impl TokenArgs {
@@ -316,10 +549,18 @@ impl TokenArgs {
                 self.jwt_secret_file.display()
             )
         })?;
-        issue_hs256(
+        let grants =
+            (!self.read_namespaces.is_empty() || !self.write_namespaces.is_empty()).then(|| {
+                Grants {
+                    read: self.read_namespaces.clone(),
+                    write: self.write_namespaces.clone(),
+                }
+            });
+        issue_hs256_granted(
             trim_secret(&bytes),
             &self.subject,
             self.role,
+            grants.as_ref(),
             self.ttl_seconds,
         )
     }
