@@ -100,6 +100,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "CAPSTAN_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: i64,
 
+    /// Operations of one owner running at once, across every replica (0: no limit); the
+    /// owner's later ones wait PENDING until one ends.
+    #[arg(long, env = "CAPSTAN_MAX_RUNNING_PER_OWNER", default_value_t = 0)]
+    pub max_running_per_owner: u32,
+
     /// Names this replica in leases (default: $HOSTNAME plus a random suffix).
     #[arg(long, env = "CAPSTAN_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -232,6 +237,7 @@ impl PipelineArgs {
             poll_interval: Duration::from_millis(self.poll_interval_millis),
             watch_heartbeat: Duration::from_secs(self.watch_heartbeat_seconds),
             max_attempts: self.max_attempts,
+            max_running_per_owner: self.max_running_per_owner,
             faults: Faults {
                 fail_step: self.fail_step.clone(),
                 abort_at_step: self.abort_at_step.clone(),

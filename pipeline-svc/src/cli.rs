@@ -263,6 +263,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         queue_workers: true,
         poll_interval_millis: 1000,
         max_attempts: 5,
+        max_running_per_owner: 0,
         replica_id: Some("demo".into()),
         knowledge_provider: KnowledgeProvider::Local,
         knowledge_url: None,
@@ -316,6 +317,7 @@ async fn drive(
             days: args.days,
             horizon: args.horizon,
             execution_mode: pb::ExecutionMode::Unspecified as i32,
+            alias: String::new(),
         }),
     };
     let started = Instant::now();

@@ -8,11 +8,12 @@
 
 use std::{sync::Arc, time::Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     operation::{EventType, OpStatus, Operation, OperationError, Step, StepStatus},
-    ports::{Change, Lease, StepChange, StepUpdate},
+    ports::{Admission, Change, Lease, StepChange, StepUpdate},
     workflow::{Execution, StepCx, StepOutcome, StopReason},
     Engine,
 };
@@ -48,6 +49,13 @@ enum Stop {
     Cancelled,
 }
 
+/// How waiting for admission ended.
+enum Admitted {
+    Yes,
+    CancelRequested,
+    Shutdown,
+}
+
 /// What happens after a step.
 enum Next {
     Continue,
@@ -81,14 +89,30 @@ impl<'a> Driver<'a> {
         }
     }
 
-    pub(super) async fn drive(mut self) -> Result<()> {
+    pub(super) async fn drive(
+        mut self,
+        permit: Option<OwnedSemaphorePermit>,
+        admitted: bool,
+    ) -> Result<()> {
+        if !admitted {
+            match self.wait_for_admission().await? {
+                Admitted::Yes => {}
+                Admitted::CancelRequested => self.cancel_requested = true,
+                Admitted::Shutdown => return self.release().await,
+            }
+        }
+        // DIRECT work takes its slot once admitted, so that queued work waits for it.
+        let _permit = match permit {
+            Some(p) => Some(p),
+            None => self.engine.slots.clone().acquire_owned().await.ok(),
+        };
         let op = self.engine.get(self.lease.operation_id, None).await?;
         if op.status.is_terminal() {
             return Ok(());
         }
         self.steps = op.steps.clone();
         self.kind = op.kind.clone();
-        self.cancel_requested = op.cancel_requested;
+        self.cancel_requested |= op.cancel_requested;
         let mut exec = match self.restore(&op) {
             Ok(e) => e,
             Err(e) => {
@@ -111,6 +135,37 @@ impl<'a> Driver<'a> {
             }
         }
         self.succeed(&mut *exec).await
+    }
+
+    /// Waits, PENDING, until the store admits the operation (its keys are free and its
+    /// owner under the limit). The store recorded why it waits; nothing here polls it:
+    /// an operation ending wakes the check, and a slow safety net covers lost hints.
+    async fn wait_for_admission(&mut self) -> Result<Admitted> {
+        let safety_net = self.engine.cfg.poll_interval.max(self.engine.cfg.lease / 3);
+        let shutdown = self.engine.shutdown.clone();
+        loop {
+            let woken = self.engine.admissions_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.engine.jobs.admit(self.lease, now_micros()).await {
+                Ok(Admission::Admitted) => return Ok(Admitted::Yes),
+                Ok(Admission::CancelRequested) => return Ok(Admitted::CancelRequested),
+                Ok(Admission::Waiting(why)) => {
+                    tracing::debug!(operation = %self.lease.operation_id, %why, "waiting for admission")
+                }
+                Err(e @ Error::LeaseLost(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(operation = %self.lease.operation_id, error = %e, "admission check failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(safety_net) => {}
+                _ = self.lost.cancelled() => return Err(lease_lost()),
+                _ = self.cancel.cancelled() => return Ok(Admitted::CancelRequested),
+                _ = shutdown.cancelled() => return Ok(Admitted::Shutdown),
+            }
+        }
     }
 
     fn restore(&self, op: &Operation) -> Result<Box<dyn Execution>> {

@@ -39,7 +39,10 @@ impl Engine {
         loop {
             tokio::select! {
                 h = hints.next() => match h {
-                    Some(Hint::Jobs) => self.jobs_wake.notify_one(),
+                    Some(Hint::Jobs) => {
+                        self.jobs_wake.notify_one();
+                        self.admissions_wake.notify_waiters();
+                    }
                     Some(Hint::Operation(id)) => self.hub.wake(id),
                     None => {
                         tracing::warn!("notification stream ended; workers and watchers fall back to polling");
@@ -73,7 +76,7 @@ impl Engine {
                 Ok(Some(lease)) => {
                     metrics::counter!("capstan_jobs_claimed_total").increment(1);
                     tracing::info!(operation = %lease.operation_id, attempt = lease.attempts, "claimed job");
-                    self.spawn_execution(lease, Some(permit));
+                    self.spawn_execution(lease, Some(permit), true);
                     continue;
                 }
                 Ok(None) => {}
@@ -88,23 +91,26 @@ impl Engine {
         }
     }
 
+    /// Runs the leased operation here. `permit`: the slot a worker took for it (DIRECT
+    /// work takes one once admitted, so that queued work waits but no slot waits for a
+    /// key). `admitted`: whether it may run at once, or must wait for admission first.
     pub(super) fn spawn_execution(
         self: &Arc<Self>,
         lease: Lease,
         permit: Option<OwnedSemaphorePermit>,
+        admitted: bool,
     ) {
         let this = self.clone();
-        self.tasks.spawn(async move {
-            // DIRECT work runs at once, but still takes a slot so that queued work waits.
-            let _permit = match permit {
-                Some(p) => Some(p),
-                None => this.slots.clone().acquire_owned().await.ok(),
-            };
-            this.execute(lease).await
-        });
+        self.tasks
+            .spawn(async move { this.execute(lease, permit, admitted).await });
     }
 
-    async fn execute(self: Arc<Self>, lease: Lease) {
+    async fn execute(
+        self: Arc<Self>,
+        lease: Lease,
+        permit: Option<OwnedSemaphorePermit>,
+        admitted: bool,
+    ) {
         let id = lease.operation_id;
         let cancel = CancellationToken::new();
         if let Ok(mut m) = self.local.lock() {
@@ -117,7 +123,9 @@ impl Engine {
             self.cfg.lease,
             lost.clone(),
         ));
-        let outcome = Driver::new(&self, &lease, cancel, lost).drive().await;
+        let outcome = Driver::new(&self, &lease, cancel, lost)
+            .drive(permit, admitted)
+            .await;
         heartbeat.abort();
         if let Ok(mut m) = self.local.lock() {
             m.remove(&id);

@@ -63,6 +63,13 @@ pub trait Workflow: Send + Sync + 'static {
     /// it cannot run.
     fn plan(&self, params: &serde_json::Value) -> Result<Vec<StepSpec>>;
 
+    /// The concurrency keys an operation of `owner` with these (planned) parameters holds
+    /// while it runs: operations sharing a key run one at a time, in order of arrival,
+    /// across every replica. Keys are the workflow's own names (a demo's alias, a graph).
+    fn concurrency_keys(&self, _owner: &str, _params: &serde_json::Value) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// An execution of `op`, restored from its parameters and the state that its finished
     /// steps saved.
     fn resume(&self, op: &Operation) -> Result<Box<dyn Execution>>;

@@ -37,6 +37,7 @@ pub fn engine_config(replica: &str) -> EngineConfig {
         max_attempts: 5,
         step_retries: 3,
         step_retry_backoff: Duration::from_millis(20),
+        max_running_per_owner: 0,
         faults: Default::default(),
     }
 }
@@ -55,6 +56,8 @@ pub struct TestFlow {
     pub progress_per_step: usize,
     pub step_delay: Duration,
     pub gate: Option<(usize, Arc<Semaphore>)>,
+    /// Concurrency keys its operations hold.
+    pub keys: Vec<String>,
 }
 
 #[async_trait]
@@ -94,6 +97,7 @@ impl TestFlow {
                 fail_at: self.fail_at,
                 unavailable: self.unavailable,
                 fail_compensation_at: self.failing_compensation,
+                keys: self.keys.clone(),
             }
             .to_json(),
             request_id: None,
