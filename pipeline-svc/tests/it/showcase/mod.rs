@@ -5,3 +5,4 @@ mod crash_phases;
 mod demo_command;
 mod end_to_end;
 mod faults;
+mod token_file;
