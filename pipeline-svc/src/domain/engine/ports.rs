@@ -236,4 +236,8 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Gives the job back to the queue (graceful shutdown), not counting this claim as
     /// an attempt; `false` when the lease is not current.
     async fn release(&self, lease: &Lease, now: Micros) -> Result<bool>;
+
+    /// The jobs waiting for a worker at `now`: queued ones, and leased ones whose lease
+    /// expired (their worker is gone).
+    async fn depth(&self, now: Micros) -> Result<i64>;
 }

@@ -14,6 +14,9 @@ use super::{
 };
 use crate::{domain::now_micros, error::Error};
 
+/// How often the queue's depth is read for its gauge.
+const QUEUE_MEASURE_EVERY: Duration = Duration::from_secs(5);
+
 impl Engine {
     /// Starts the job worker and, on Postgres, the listener for other replicas' hints.
     pub fn spawn_background(self: &Arc<Self>) {
@@ -23,6 +26,23 @@ impl Engine {
         }
         let this = self.clone();
         self.tasks.spawn(async move { this.follow_hints().await });
+        let this = self.clone();
+        self.tasks.spawn(async move { this.measure_queue().await });
+    }
+
+    /// Keeps the `capstan_jobs_queued` gauge: every replica reports the shared queue.
+    async fn measure_queue(self: Arc<Self>) {
+        let depth = metrics::gauge!("capstan_jobs_queued");
+        loop {
+            match self.jobs.depth(now_micros()).await {
+                Ok(n) => depth.set(n as f64),
+                Err(e) => tracing::warn!(error = %e, "cannot measure the job queue"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(QUEUE_MEASURE_EVERY) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Waits until every execution of this replica has stopped (after shutdown they
@@ -75,6 +95,11 @@ impl Engine {
             match claimed {
                 Ok(Some(lease)) => {
                     metrics::counter!("capstan_jobs_claimed_total").increment(1);
+                    // A job claimed again without a release: its last worker lost the
+                    // lease (crashed, or stopped heartbeating).
+                    if lease.attempts > 1 {
+                        metrics::counter!("capstan_lease_takeovers_total").increment(1);
+                    }
                     tracing::info!(operation = %lease.operation_id, attempt = lease.attempts, "claimed job");
                     self.spawn_execution(lease, Some(permit), true);
                     continue;

@@ -109,4 +109,15 @@ impl JobQueue for SqlStore {
         tx.commit().await.map_err(db_error)?;
         Ok(n == 1)
     }
+
+    async fn depth(&self, now: Micros) -> Result<i64> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs \
+             WHERE state = 'queued' OR (state = 'leased' AND lease_expires < $1)",
+        )
+        .bind(now)
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_error)
+    }
 }
