@@ -132,6 +132,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "CAPSTAN_FAIL_STEP")]
     pub fail_step: Option<String>,
 
+    /// Fault injection: `--fail-step` fails only its first N attempts, as a transient
+    /// failure the step's retry policy runs again (default: every attempt, for good).
+    #[arg(long, env = "CAPSTAN_FAIL_STEP_TIMES")]
+    pub fail_step_times: Option<u32>,
+
     /// Fault injection (tests, drills): the process aborts when this step starts.
     #[arg(long, env = "CAPSTAN_ABORT_AT_STEP")]
     pub abort_at_step: Option<String>,
@@ -241,6 +246,7 @@ impl PipelineArgs {
             max_running_per_owner: self.max_running_per_owner,
             faults: Faults {
                 fail_step: self.fail_step.clone(),
+                fail_step_times: self.fail_step_times,
                 abort_at_step: self.abort_at_step.clone(),
             },
             ..EngineConfig::default()

@@ -270,6 +270,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         knowledge_url: None,
         knowledge_api_key_file: None,
         fail_step: args.fail_step.clone(),
+        fail_step_times: None,
         abort_at_step: None,
         database_wait_seconds: 5,
     };

@@ -5,6 +5,7 @@
 //!
 //! - [`operation`]: operations, steps, events and their state machines;
 //! - [`ports`]: the storage it needs (operation store, job queue);
+//! - [`retry`]: how failed steps run again;
 //! - this file: the facade the API and the workflows' services call;
 //! - `worker`: the job worker, lease heartbeats and the executions of this replica;
 //! - `driver`: one execution of one operation, step by step, and how it stops;
@@ -13,6 +14,7 @@
 mod driver;
 pub mod operation;
 pub mod ports;
+pub mod retry;
 pub mod watch;
 mod worker;
 pub mod workflow;
@@ -33,6 +35,7 @@ use self::{
         Change, Created, JobQueue, JobStart, Lease, NewOperation, OpCursor, OpFilter,
         OperationStore, Recorded,
     },
+    retry::RetryPolicy,
     watch::Hub,
     workflow::Workflows,
 };
@@ -46,6 +49,9 @@ use crate::{
 pub struct Faults {
     /// This step fails after doing its work, so compensations have something to undo.
     pub fail_step: Option<String>,
+    /// `Some(n)`: `fail_step` fails only its first `n` attempts, as a transient failure
+    /// that its retry policy runs again; `None`: every attempt, for good.
+    pub fail_step_times: Option<u32>,
     /// The process aborts when this step starts: a crash, for resume drills.
     pub abort_at_step: Option<String>,
 }
@@ -69,22 +75,15 @@ pub struct EngineConfig {
     pub watch_heartbeat: Duration,
     /// A job claimed more often than this (a crash loop) is failed instead of run again.
     pub max_attempts: i64,
-    /// A step that fails as unavailable (a dependency it needs is down, the database
-    /// restarts) runs again this many times before its failure fails the operation;
-    /// steps are idempotent, so that is safe.
-    pub step_retries: u32,
-    /// The wait before the first of those retries; it doubles each time, to at most
-    /// [`MAX_STEP_BACKOFF`].
-    pub step_retry_backoff: Duration,
+    /// How a failed step runs again, unless its workflow gives it a policy of its own
+    /// ([`workflow::Workflow::retry_policy`]).
+    pub step_retry: RetryPolicy,
     /// Operations of one owner admitted to run at once, across every replica (0: no
     /// limit); later ones stay PENDING until one ends. Applies to operations created
     /// after it is set.
     pub max_running_per_owner: u32,
     pub faults: Faults,
 }
-
-/// The longest wait between two runs of a step that failed as unavailable.
-pub const MAX_STEP_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -97,8 +96,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_secs(1),
             watch_heartbeat: Duration::from_secs(15),
             max_attempts: 5,
-            step_retries: 5,
-            step_retry_backoff: Duration::from_millis(200),
+            step_retry: RetryPolicy::default(),
             max_running_per_owner: 0,
             faults: Faults::default(),
         }

@@ -30,6 +30,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::{
     operation::{EventType, Operation},
     ports::{Change, Lease, StepChange},
+    retry::RetryPolicy,
     Engine,
 };
 use crate::{
@@ -68,6 +69,11 @@ pub trait Workflow: Send + Sync + 'static {
     /// across every replica. Keys are the workflow's own names (a demo's alias, a graph).
     fn concurrency_keys(&self, _owner: &str, _params: &serde_json::Value) -> Result<Vec<String>> {
         Ok(Vec::new())
+    }
+
+    /// How `step` runs again after a failure; `None`: the engine's default policy.
+    fn retry_policy(&self, _step: &str) -> Option<RetryPolicy> {
+        None
     }
 
     /// An execution of `op`, restored from its parameters and the state that its finished

@@ -11,6 +11,7 @@ use pipeline_svc::{
     domain::{
         engine::{
             operation::{Event, EventType, ExecutionMode},
+            retry::RetryPolicy,
             workflow::{Workflow, Workflows},
             Engine, EngineConfig, StartOperation,
         },
@@ -35,8 +36,12 @@ pub fn engine_config(replica: &str) -> EngineConfig {
         poll_interval: Duration::from_millis(50),
         watch_heartbeat: Duration::from_millis(200),
         max_attempts: 5,
-        step_retries: 3,
-        step_retry_backoff: Duration::from_millis(20),
+        step_retry: RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(20),
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
         max_running_per_owner: 0,
         faults: Default::default(),
     }
