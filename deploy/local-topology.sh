@@ -116,6 +116,12 @@ prepare_state() {
   if [ ! -s "$STATE_DIR/jwt-secret" ]; then
     (umask 077 && "$PYTHON" -c 'import secrets; print(secrets.token_hex(32))' >"$STATE_DIR/jwt-secret")
   fi
+  # kube-root-ca.crt in the cluster: a self-signed stand-in, made once.
+  if [ ! -s "$STATE_DIR/kube-api-ca.crt" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=capstan-local-topology" \
+      -keyout "$STATE_DIR/kube-api-ca.key" -out "$STATE_DIR/kube-api-ca.crt" 2>/dev/null \
+      || die "openssl cannot make the stand-in cluster CA (apt-get install openssl)"
+  fi
   # capstan-registry-token in the cluster: pipeline-svc's `service` identity at the registry.
   (umask 077 && "$bin/registry-svc" token --jwt-secret-file "$STATE_DIR/jwt-secret" \
     --role service --subject pipeline-svc --ttl-seconds 2592000 >"$STATE_DIR/registry-token")
@@ -149,6 +155,13 @@ start_instance() {
         --set "CAPSTAN_ARTIFACT_STORE=fs"
         --set "AWS_ACCESS_KEY_ID=unused-with-fs-store"
         --set "AWS_SECRET_ACCESS_KEY=unused-with-fs-store"
+        # The cluster's service-account issuer has no twin here: tokens are HS256 from
+        # jwt-secret, and the issuer named instead is a loopback port nothing serves (its key
+        # refresh fails and is logged; no token names it). The CA and fetch token the
+        # manifests mount are stood in for by files made in prepare_state.
+        --set "CAPSTAN_OIDC_ISSUERS=https://127.0.0.1:9=https://127.0.0.1:9/openid/v1/jwks"
+        --set "CAPSTAN_OIDC_CA_FILE=$STATE_DIR/kube-api-ca.crt"
+        --set "CAPSTAN_OIDC_FETCH_TOKEN_FILE=$STATE_DIR/registry-token"
       )
       ;;
     pipeline-svc)
