@@ -18,7 +18,7 @@ use crate::{
         self, OperationsApi, OperationsServiceServer, PipelineServiceServer, ProvisioningApi,
         ProvisioningServiceServer, ResultToPb, Results, ShowcaseApi,
     },
-    clients::{embeddings::HttpEmbedder, registry::GrpcRegistry},
+    clients::{embeddings::HttpEmbedder, registry::GrpcRegistry, token_file::TokenFile},
     domain::{
         engine::{
             operation::ExecutionMode,
@@ -64,7 +64,8 @@ pub struct PipelineArgs {
     )]
     pub registry_url: String,
 
-    /// Bearer token (a file holding it) for calls to the registry.
+    /// Bearer token (a file holding it) for calls to the registry; read again when it
+    /// changes (a Kubernetes projected service-account token).
     #[arg(long, env = "CAPSTAN_REGISTRY_TOKEN_FILE")]
     pub registry_token_file: Option<PathBuf>,
 
@@ -314,8 +315,8 @@ fn features(
 ) -> anyhow::Result<Vec<(Arc<dyn Workflow>, ResultToPb)>> {
     let token = args
         .registry_token_file
-        .as_ref()
-        .map(|p| read_secret_file("--registry-token-file", p))
+        .as_deref()
+        .map(TokenFile::open)
         .transpose()?;
     let registry = Arc::new(GrpcRegistry::new(
         &args.registry_url,

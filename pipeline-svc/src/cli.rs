@@ -18,7 +18,7 @@ use capstan_proto::{
     registry::v1 as rpb,
 };
 use capstan_server::{
-    auth::{issue_hs256, Role},
+    auth::{issue_hs256, OidcArgs, Role},
     config::{AuthMode, CommonArgs, LogFormat},
     serve::ServeOptions,
 };
@@ -59,6 +59,7 @@ fn common(data_dir: &Path, secret_file: &Path) -> CommonArgs {
         metrics_listen: None,
         auth: AuthMode::Jwt,
         jwt_secret_file: Some(secret_file.to_path_buf()),
+        oidc: OidcArgs::default(),
         tls_cert_file: None,
         tls_key_file: None,
         shutdown_deadline_seconds: 10,

@@ -6,3 +6,4 @@ mod demo_command;
 mod end_to_end;
 mod faults;
 mod shared_alias;
+mod token_file;
