@@ -101,6 +101,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "CAPSTAN_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: i64,
 
+    /// How long one attempt of a step may run before it is cancelled and retried (or
+    /// failed) by its retry policy; 0: no limit.
+    #[arg(long, env = "CAPSTAN_STEP_TIMEOUT_SECONDS", default_value_t = 0)]
+    pub step_timeout_seconds: u64,
+
     /// Operations of one owner running at once, across every replica (0: no limit); the
     /// owner's later ones wait PENDING until one ends.
     #[arg(long, env = "CAPSTAN_MAX_RUNNING_PER_OWNER", default_value_t = 0)]
@@ -140,6 +145,11 @@ pub struct PipelineArgs {
     /// Fault injection (tests, drills): the process aborts when this step starts.
     #[arg(long, env = "CAPSTAN_ABORT_AT_STEP")]
     pub abort_at_step: Option<String>,
+
+    /// Fault injection (tests, drills): this step never finishes by itself; it waits
+    /// until its operation is cancelled.
+    #[arg(long, env = "CAPSTAN_HANG_STEP")]
+    pub hang_step: Option<String>,
 
     /// How long start-up waits for the database before giving up.
     #[arg(long, env = "CAPSTAN_DATABASE_WAIT_SECONDS", default_value_t = 60)]
@@ -213,6 +223,7 @@ impl PipelineArgs {
                 "--abort-at-step (CAPSTAN_ABORT_AT_STEP)",
                 &self.abort_at_step,
             ),
+            ("--hang-step (CAPSTAN_HANG_STEP)", &self.hang_step),
         ] {
             if let Some(step) = step {
                 let names = workflows.step_names();
@@ -244,10 +255,13 @@ impl PipelineArgs {
             watch_heartbeat: Duration::from_secs(self.watch_heartbeat_seconds),
             max_attempts: self.max_attempts,
             max_running_per_owner: self.max_running_per_owner,
+            step_timeout: (self.step_timeout_seconds > 0)
+                .then(|| Duration::from_secs(self.step_timeout_seconds)),
             faults: Faults {
                 fail_step: self.fail_step.clone(),
                 fail_step_times: self.fail_step_times,
                 abort_at_step: self.abort_at_step.clone(),
+                hang_step: self.hang_step.clone(),
             },
             ..EngineConfig::default()
         }

@@ -265,6 +265,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         poll_interval_millis: 1000,
         max_attempts: 5,
         max_running_per_owner: 0,
+        step_timeout_seconds: 0,
         replica_id: Some("demo".into()),
         knowledge_provider: KnowledgeProvider::Local,
         knowledge_url: None,
@@ -272,6 +273,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         fail_step: args.fail_step.clone(),
         fail_step_times: None,
         abort_at_step: None,
+        hang_step: None,
         database_wait_seconds: 5,
     };
     let pipeline = app::start(

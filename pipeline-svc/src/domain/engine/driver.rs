@@ -6,7 +6,10 @@
 //! step's start, or the end) and both commit in one transaction, a commit fewer per step.
 //! A crash in between re-runs the step, as a crash before its end was recorded always did.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -243,7 +246,10 @@ impl<'a> Driver<'a> {
                 return Ok(Next::Stop(Stop::Cancelled));
             }
             let attempt = u32::try_from(self.steps[i].attempt).unwrap_or(u32::MAX);
-            match self.run_step(i, exec).await? {
+            let Some(outcome) = self.run_step(i, exec).await? else {
+                return Ok(Next::Stop(Stop::Cancelled));
+            };
+            match outcome {
                 Ok(outcome) => {
                     self.defer_step_end(i, outcome, exec);
                     return Ok(Next::Continue);
@@ -267,6 +273,15 @@ impl<'a> Driver<'a> {
                 }
             }
         }
+    }
+
+    /// Step `i`'s time limit from start to finish: its workflow's, or the engine's default.
+    fn step_limit(&self, i: usize) -> Option<Duration> {
+        self.engine
+            .workflows
+            .get(&self.kind)
+            .and_then(|w| w.step_timeout(&self.steps[i].name))
+            .or(self.engine.cfg.step_timeout)
     }
 
     /// Step `i`'s retry policy: its workflow's, or the engine's default.
@@ -339,23 +354,40 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    /// The workflow's step, stopped early when the lease is lost. The outer error is the
-    /// driver's own (it stops the execution); the inner result is the step's.
+    /// The workflow's step, stopped early when the lease is lost or the operation is
+    /// cancelled (`None`: cancelled, its signal passed to the step). The outer error is
+    /// the driver's own (it stops the execution); the inner result is the step's.
     async fn run_step(
         &mut self,
         i: usize,
         exec: &mut dyn Execution,
-    ) -> Result<Result<StepOutcome>> {
+    ) -> Result<Option<Result<StepOutcome>>> {
         let name = self.steps[i].name.clone();
+        let cancel = self.cancel.child_token();
         let cx = StepCx {
             engine: self.engine,
             lease: self.lease,
             step: self.step_ref(i),
+            cancel: cancel.clone(),
         };
         let began = Instant::now();
+        let hang = self.engine.cfg.faults.hang_step.as_deref() == Some(name.as_str());
+        let limit = self.step_limit(i);
         let outcome = tokio::select! {
-            o = exec.run_step(&name, &cx) => o,
+            o = exec.run_step(&name, &cx), if !hang => o,
             _ = self.lost.cancelled() => return Err(lease_lost()),
+            _ = self.cancel.cancelled() => {
+                cancel.cancel();
+                return Ok(None);
+            }
+            // Past its limit the step is cancelled; its retry policy decides what next.
+            _ = tokio::time::sleep(limit.unwrap_or_default()), if limit.is_some() => {
+                cancel.cancel();
+                Err(Error::unavailable(format!(
+                    "{name} exceeded its time limit of {} ms and was cancelled",
+                    limit.unwrap_or_default().as_millis()
+                )))
+            }
         };
         let faults = &self.engine.cfg.faults;
         let outcome = match outcome {
@@ -368,7 +400,7 @@ impl<'a> Driver<'a> {
                             self.steps[i].attempt
                         ))
                     }
-                    Some(_) => return Ok(outcome),
+                    Some(_) => return Ok(Some(outcome)),
                     None => Error::Precondition(format!("injected failure (--fail-step {name})")),
                 })
             }
@@ -381,7 +413,7 @@ impl<'a> Driver<'a> {
         };
         metrics::histogram!("capstan_operation_step_duration_seconds", "kind" => self.kind.clone(), "step" => name, "status" => status)
             .record(began.elapsed().as_secs_f64());
-        Ok(outcome)
+        Ok(Some(outcome))
     }
 
     /// The step's end with the workflow's state, written with the next change.

@@ -54,6 +54,8 @@ pub struct Faults {
     pub fail_step_times: Option<u32>,
     /// The process aborts when this step starts: a crash, for resume drills.
     pub abort_at_step: Option<String>,
+    /// This step never finishes by itself: it waits until cancelled.
+    pub hang_step: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,9 @@ pub struct EngineConfig {
     /// How a failed step runs again, unless its workflow gives it a policy of its own
     /// ([`workflow::Workflow::retry_policy`]).
     pub step_retry: RetryPolicy,
+    /// How long one attempt of a step may run, unless its workflow says otherwise; past
+    /// it the step is cancelled and its retry policy decides. `None`: no limit.
+    pub step_timeout: Option<Duration>,
     /// Operations of one owner admitted to run at once, across every replica (0: no
     /// limit); later ones stay PENDING until one ends. Applies to operations created
     /// after it is set.
@@ -97,6 +102,7 @@ impl Default for EngineConfig {
             watch_heartbeat: Duration::from_secs(15),
             max_attempts: 5,
             step_retry: RetryPolicy::default(),
+            step_timeout: None,
             max_running_per_owner: 0,
             faults: Faults::default(),
         }

@@ -63,13 +63,32 @@ impl Engine {
                         self.jobs_wake.notify_one();
                         self.admissions_wake.notify_waiters();
                     }
-                    Some(Hint::Operation(id)) => self.hub.wake(id),
+                    Some(Hint::Operation(id)) => {
+                        self.hub.wake(id);
+                        self.cancel_if_requested(id).await;
+                    }
                     None => {
                         tracing::warn!("notification stream ended; workers and watchers fall back to polling");
                         return;
                     }
                 },
                 _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Another replica changed operation `id`: if it runs here and somebody asked it to
+    /// stop, its step gets the signal (a CancelOperation sent to any replica reaches the
+    /// running step).
+    async fn cancel_if_requested(&self, id: uuid::Uuid) {
+        let Some(token) = self.local.lock().ok().and_then(|m| m.get(&id).cloned()) else {
+            return;
+        };
+        match self.store.get(id, None).await {
+            Ok(Some(op)) if op.cancel_requested => token.cancel(),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(operation = %id, error = %e, "cannot read a changed operation; its cancellation waits for the next step")
             }
         }
     }

@@ -26,6 +26,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     operation::{EventType, Operation},
@@ -76,6 +77,12 @@ pub trait Workflow: Send + Sync + 'static {
         None
     }
 
+    /// How long one attempt of `step` may run before it is cancelled (and retried or
+    /// failed by its policy); `None`: the engine's default.
+    fn step_timeout(&self, _step: &str) -> Option<std::time::Duration> {
+        None
+    }
+
     /// An execution of `op`, restored from its parameters and the state that its finished
     /// steps saved.
     fn resume(&self, op: &Operation) -> Result<Box<dyn Execution>>;
@@ -116,14 +123,23 @@ impl std::fmt::Display for StopReason<'_> {
     }
 }
 
-/// What a running step may do besides returning: report progress and save its state.
+/// What a running step may do besides returning: report progress, save its state, and
+/// notice that it should stop.
 pub struct StepCx<'a> {
     pub(super) engine: &'a Arc<Engine>,
     pub(super) lease: &'a Lease,
     pub(super) step: StepChange,
+    pub(super) cancel: CancellationToken,
 }
 
 impl StepCx<'_> {
+    /// Cancelled when the step must stop (the operation was cancelled, on any replica).
+    /// The engine stops awaiting the step at once; work on blocking threads asks it
+    /// between units (`is_cancelled` is one atomic load) and returns early.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
     /// The lease the step runs under: writes that fence on it fail once another worker
     /// has taken the operation over.
     pub fn lease(&self) -> &Lease {

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
@@ -33,16 +34,27 @@ pub(super) struct Demo {
     pub(super) state: DemoState,
     panel: Option<Arc<Panel>>,
     fitted: Option<Vec<FittedModel>>,
+    /// The running step's cancellation signal, for its computations.
+    interrupt: CancellationToken,
 }
 
 /// Runs CPU-heavy science (panels, fits, backtests, simulations) on a blocking thread,
-/// off the runtime's workers.
+/// off the runtime's workers. `f` gets `stop` to ask between units of work, so that a
+/// cancelled step frees its thread at once; what it returns then is partial and refused.
 pub(super) async fn compute<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
+    stop: &CancellationToken,
+    f: impl FnOnce(&CancellationToken) -> T + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(f)
+    let token = stop.clone();
+    let out = tokio::task::spawn_blocking(move || f(&token))
         .await
-        .map_err(|e| Error::internal_from("the computation panicked", e))
+        .map_err(|e| Error::internal_from("the computation panicked", e))?;
+    if stop.is_cancelled() {
+        return Err(Error::Precondition(
+            "the step was cancelled mid-computation".into(),
+        ));
+    }
+    Ok(out)
 }
 
 pub(super) fn sha256_hex(bytes: &[u8]) -> String {
@@ -82,6 +94,7 @@ impl Demo {
             state,
             panel: None,
             fitted: None,
+            interrupt: CancellationToken::new(),
         }
     }
 
@@ -95,7 +108,7 @@ impl Demo {
             series: self.params.series,
             days: self.params.days,
         };
-        let panel = Arc::new(compute(move || data::generate(&spec)).await?);
+        let panel = Arc::new(compute(&self.interrupt, move |_| data::generate(&spec)).await?);
         self.panel = Some(panel.clone());
         Ok(panel)
     }
@@ -105,10 +118,10 @@ impl Demo {
         if self.fitted.is_none() {
             let days = self.params.days;
             let panel = self.panel().await?;
-            let models = compute(move || {
+            let models = compute(&self.interrupt, move |stop| {
                 ModelKind::ALL
                     .iter()
-                    .map(|k| FittedModel::fit(*k, &panel, days))
+                    .map(|k| FittedModel::fit(*k, &panel, days, stop))
                     .collect()
             })
             .await?;
@@ -250,6 +263,7 @@ impl Demo {
 #[async_trait]
 impl Execution for Demo {
     async fn run_step(&mut self, step: &str, cx: &StepCx<'_>) -> Result<StepOutcome> {
+        self.interrupt = cx.cancellation().clone();
         match step {
             "generate_data" => self.generate_data().await,
             "train_and_backtest" => self.train_and_backtest(cx).await,

@@ -42,6 +42,7 @@ pub fn engine_config(replica: &str) -> EngineConfig {
             jitter: 0.0,
             ..RetryPolicy::default()
         },
+        step_timeout: None,
         max_running_per_owner: 0,
         faults: Default::default(),
     }

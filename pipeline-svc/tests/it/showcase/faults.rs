@@ -14,7 +14,8 @@ use crate::common::{channel, operations_client, replica::Replica, stack::*, toke
 capstan_server::test_on_both_backends!(
     worker_threads = 4;
     every_step_failure_restores_the_alias,
-    crash_mid_showcase_resumes_on_another_replica
+    crash_mid_showcase_resumes_on_another_replica,
+    cancel_inside_a_step_restores_the_alias
 );
 
 async fn every_step_failure_restores_the_alias(db: TestDb) {
@@ -183,5 +184,74 @@ async fn crash_mid_showcase_resumes_on_another_replica(db: TestDb) {
         Some(d.winning_run_id),
         "the resumed run restored the champion"
     );
+    stack.stop().await;
+}
+
+/// A CancelOperation reaches a step that is running (here one that hangs after the alias
+/// moved): the demo ends CANCELLED, its compensations put `demo-production` back on the
+/// champion, never on the forced challenger.
+async fn cancel_inside_a_step_restores_the_alias(db: TestDb) {
+    let stack = Stack::start(
+        &db,
+        |a| a.hang_step = Some("scenario_simulate_and_save".into()),
+        Vec::new(),
+    )
+    .await;
+    let ops = token("ops", Role::Admin);
+    let mut pipeline = pipeline_client(&stack.pipeline_url, &ops).await;
+    let op = pipeline
+        .start_demo(demo_request("showcase_rich"))
+        .await
+        .expect("StartDemo")
+        .into_inner();
+    let mut operations = operations_client(&stack.pipeline_url, &ops).await;
+    let get = pb::GetOperationRequest {
+        operation_id: op.operation_id.clone(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = operations
+            .get_operation(get.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        if now.steps[4].status == pb::StepStatus::Running as i32 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached the step: {now:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    operations
+        .cancel_operation(pb::CancelOperationRequest {
+            operation_id: op.operation_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("CancelOperation");
+    let mut stream = operations
+        .watch_operation(pb::WatchOperationRequest {
+            operation_id: op.operation_id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    crate::common::until_finished(&mut stream, "the cancelled demo").await;
+    let done = operations.get_operation(get).await.unwrap().into_inner();
+    assert_eq!(
+        done.status,
+        pb::OperationStatus::Cancelled as i32,
+        "{done:#?}"
+    );
+    let d = demo_result(&done);
+    assert_eq!(
+        alias_run(&stack.registry_url).await.as_deref(),
+        Some(d.winning_run_id.as_str()),
+        "the alias is back on the champion"
+    );
+    assert_ne!(d.winning_run_id, d.challenger_run_id);
     stack.stop().await;
 }

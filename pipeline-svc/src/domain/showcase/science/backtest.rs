@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::Panel;
 use super::models::{FittedModel, ModelKind};
-use super::WEEK;
+use super::{Interrupt, WEEK};
 
 /// A fold needs two weeks of history: what every model needs to see a weekly season.
 pub const MIN_TRAIN_DAYS: usize = 2 * WEEK;
@@ -90,12 +90,13 @@ pub fn rolling_origin(
     kind: ModelKind,
     horizon: usize,
     folds: usize,
+    stop: &dyn Interrupt,
 ) -> BacktestResult {
     let cuts = cutoffs(panel.days, horizon, folds);
     let mut totals = ErrorTotals::default();
     for &cut in &cuts {
-        let model = FittedModel::fit(kind, panel, cut);
-        for (i, s) in panel.series.iter().enumerate() {
+        let model = FittedModel::fit(kind, panel, cut, stop);
+        for (i, s) in panel.series.iter().enumerate().take(model.series_count()) {
             let actual = s.sales.get(cut..cut + horizon).unwrap_or_default();
             totals.add(&model.forecast(i, horizon), actual);
         }
@@ -125,6 +126,7 @@ pub fn champion(results: &[BacktestResult]) -> Option<&BacktestResult> {
 mod tests {
     use super::*;
     use crate::domain::showcase::science::data::{generate, PanelSpec};
+    use crate::domain::showcase::science::Never;
     use proptest::prelude::*;
 
     #[test]
@@ -159,7 +161,7 @@ mod tests {
     fn best_model_beats_seasonal_naive_on_default_data() {
         let panel = generate(&PanelSpec::default());
         let results: Vec<_> = ModelKind::ALL
-            .map(|k| rolling_origin(&panel, k, 28, 3))
+            .map(|k| rolling_origin(&panel, k, 28, 3, &Never))
             .into();
         for r in &results {
             eprintln!(
@@ -190,7 +192,7 @@ mod tests {
         for s in &mut panel.series {
             s.sales = (0..70).map(|t| (10 + t % WEEK) as f64).collect();
         }
-        let r = rolling_origin(&panel, ModelKind::SeasonalNaive, 14, 2);
+        let r = rolling_origin(&panel, ModelKind::SeasonalNaive, 14, 2, &Never);
         assert_eq!((r.wape, r.mae, r.bias, r.folds), (0.0, 0.0, 0.0, 2));
     }
 
@@ -202,7 +204,7 @@ mod tests {
             days: 30,
         });
         for (h, f) in [(0, 3), (28, 3), (7, 0)] {
-            let r = rolling_origin(&panel, ModelKind::ExpSmoothing, h, f);
+            let r = rolling_origin(&panel, ModelKind::ExpSmoothing, h, f, &Never);
             assert_eq!(r.folds, 0, "{h} {f}");
         }
         let empty = generate(&PanelSpec {
@@ -211,10 +213,17 @@ mod tests {
             days: 0,
         });
         assert_eq!(
-            rolling_origin(&empty, ModelKind::MovingAverage, 7, 3).folds,
+            rolling_origin(&empty, ModelKind::MovingAverage, 7, 3, &Never).folds,
             0
         );
-        assert!(champion(&[rolling_origin(&empty, ModelKind::MovingAverage, 7, 3)]).is_none());
+        assert!(champion(&[rolling_origin(
+            &empty,
+            ModelKind::MovingAverage,
+            7,
+            3,
+            &Never
+        )])
+        .is_none());
     }
 
     #[test]
@@ -246,7 +255,7 @@ mod tests {
             horizon in 0usize..40, folds in 0usize..5, kind in 0usize..3,
         ) {
             let panel = generate(&PanelSpec { seed, series, days });
-            let r = rolling_origin(&panel, ModelKind::ALL[kind], horizon, folds);
+            let r = rolling_origin(&panel, ModelKind::ALL[kind], horizon, folds, &Never);
             prop_assert!(r.wape >= 0.0 && r.wape.is_finite());
             prop_assert!(r.mae >= 0.0 && r.mae.is_finite());
             prop_assert!(r.bias.is_finite());

@@ -257,6 +257,7 @@ mod tests {
     use crate::domain::showcase::science::data::{generate, PanelSpec};
     use crate::domain::showcase::science::models::{FittedModel, ModelKind};
     use crate::domain::showcase::science::scenario::{default_scenarios, simulate};
+    use crate::domain::showcase::science::Never;
     use quick_xml::escape::resolve_predefined_entity;
     use quick_xml::events::Event;
     use quick_xml::Reader;
@@ -305,8 +306,8 @@ mod tests {
 
     fn demo_chart() -> String {
         let panel = generate(&PanelSpec::default());
-        let model = FittedModel::fit(ModelKind::MovingAverage, &panel, panel.days);
-        let mut scenarios = simulate(&model, &panel, 28, &default_scenarios());
+        let model = FittedModel::fit(ModelKind::MovingAverage, &panel, panel.days, &Never);
+        let mut scenarios = simulate(&model, &panel, 28, &default_scenarios(), &Never);
         scenarios[3].name = "<\"big\" & 'bold'>".into();
         svg(&panel, &scenarios[0].daily.clone(), &scenarios)
     }

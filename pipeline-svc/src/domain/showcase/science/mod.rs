@@ -13,6 +13,28 @@ pub mod knowledge;
 pub mod models;
 pub mod scenario;
 
+/// Asked between units of long work (a series, a fold): `true` stops it early, for an
+/// operation that was cancelled, and the caller discards the partial result. One atomic
+/// load, so the loops ask often.
+pub trait Interrupt: Sync {
+    fn interrupted(&self) -> bool;
+}
+
+/// Work that nothing interrupts.
+pub struct Never;
+
+impl Interrupt for Never {
+    fn interrupted(&self) -> bool {
+        false
+    }
+}
+
+impl Interrupt for tokio_util::sync::CancellationToken {
+    fn interrupted(&self) -> bool {
+        self.is_cancelled()
+    }
+}
+
 /// Weekly seasonality period of the daily panel; day `t` falls on weekday `t % 7`.
 pub const WEEK: usize = 7;
 
@@ -23,7 +45,7 @@ mod tests {
     use super::knowledge::{index_and_retrieve, runbooks, KnowledgeOutcome};
     use super::models::{FittedModel, ModelKind};
     use super::scenario::{default_scenarios, simulate};
-    use super::{briefing, chart};
+    use super::{briefing, chart, Never};
 
     /// The showcase chain end to end, as the pipeline runs it, on the default parameters.
     #[tokio::test]
@@ -33,15 +55,15 @@ mod tests {
         assert_eq!(summary.series, 24);
 
         let results: Vec<_> = ModelKind::ALL
-            .map(|k| rolling_origin(&panel, k, 28, 3))
+            .map(|k| rolling_origin(&panel, k, 28, 3, &Never))
             .into();
         let best = champion(&results).unwrap().clone();
-        let artifact = FittedModel::fit(best.kind, &panel, panel.days).to_bytes();
+        let artifact = FittedModel::fit(best.kind, &panel, panel.days, &Never).to_bytes();
 
         // Planning works from the downloaded artifact, not from the in-memory model.
         let model = FittedModel::from_bytes(&artifact).unwrap();
         assert_eq!(model.kind(), best.kind);
-        let scenarios = simulate(&model, &panel, 28, &default_scenarios());
+        let scenarios = simulate(&model, &panel, 28, &default_scenarios(), &Never);
         let svg = chart::svg(&panel, &scenarios[0].daily, &scenarios);
         assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
 

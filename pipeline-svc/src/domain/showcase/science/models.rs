@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::data::Panel;
-use super::WEEK;
+use super::{Interrupt, WEEK};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,12 +80,19 @@ enum SeriesState {
 }
 
 impl FittedModel {
-    /// Fits `kind` to the first `train_days` days of every series (all of a shorter series).
-    pub fn fit(kind: ModelKind, panel: &Panel, train_days: usize) -> FittedModel {
+    /// Fits `kind` to the first `train_days` days of every series (all of a shorter series);
+    /// once `stop` is interrupted, to none of the rest.
+    pub fn fit(
+        kind: ModelKind,
+        panel: &Panel,
+        train_days: usize,
+        stop: &dyn Interrupt,
+    ) -> FittedModel {
         let train_days = train_days.min(panel.days);
         let series = panel
             .series
             .iter()
+            .take_while(|_| !stop.interrupted())
             .map(|s| {
                 let y = &s.sales[..train_days.min(s.sales.len())];
                 match kind {
@@ -379,6 +386,7 @@ fn fit_holt_winters(y: &[f64]) -> SeriesState {
 mod tests {
     use super::*;
     use crate::domain::showcase::science::data::{generate, PanelSpec, Series};
+    use crate::domain::showcase::science::Never;
     use proptest::prelude::*;
 
     fn panel_of(sales: Vec<Vec<f64>>) -> Panel {
@@ -410,7 +418,7 @@ mod tests {
     #[test]
     fn seasonal_naive_repeats_the_last_week() {
         let y: Vec<f64> = (0..20).map(f64::from).collect();
-        let m = FittedModel::fit(ModelKind::SeasonalNaive, &panel_of(vec![y]), 17);
+        let m = FittedModel::fit(ModelKind::SeasonalNaive, &panel_of(vec![y]), 17, &Never);
         assert_eq!(m.train_days(), 17);
         assert_eq!(
             m.forecast(0, 9),
@@ -422,7 +430,12 @@ mod tests {
     fn moving_average_keeps_weekday_shape_aligned() {
         // Weekday d sells 10 + d units; a perfect weekly pattern is forecast exactly.
         let y: Vec<f64> = (0..60).map(|t| 10.0 + (t % WEEK) as f64).collect();
-        let m = FittedModel::fit(ModelKind::MovingAverage, &panel_of(vec![y.clone()]), 60);
+        let m = FittedModel::fit(
+            ModelKind::MovingAverage,
+            &panel_of(vec![y.clone()]),
+            60,
+            &Never,
+        );
         let f = m.forecast(0, 14);
         for (k, v) in f.iter().enumerate() {
             let want = 10.0 + ((60 + k) % WEEK) as f64;
@@ -435,7 +448,7 @@ mod tests {
         let y: Vec<f64> = (0..140)
             .map(|t| 50.0 + 0.5 * t as f64 + [5.0, -3.0, 0.0, 2.0, -4.0, 8.0, -8.0][t % WEEK])
             .collect();
-        let m = FittedModel::fit(ModelKind::ExpSmoothing, &panel_of(vec![y]), 112);
+        let m = FittedModel::fit(ModelKind::ExpSmoothing, &panel_of(vec![y]), 112, &Never);
         let f = m.forecast(0, 14);
         for (k, v) in f.iter().enumerate() {
             let t = 112 + k;
@@ -451,7 +464,7 @@ mod tests {
         for days in [0, 1, 3, 7, 13, 14] {
             let panel = panel_of(vec![vec![5.0; days]]);
             for kind in ModelKind::ALL {
-                let f = FittedModel::fit(kind, &panel, days).forecast(0, 10);
+                let f = FittedModel::fit(kind, &panel, days, &Never).forecast(0, 10);
                 let want = if days == 0 { 0.0 } else { 5.0 };
                 assert!(
                     f.iter().all(|v| (v - want).abs() < 1e-9),
@@ -463,7 +476,7 @@ mod tests {
             series: vec![],
             days: 0,
         };
-        let m = FittedModel::fit(ModelKind::ExpSmoothing, &empty, 100);
+        let m = FittedModel::fit(ModelKind::ExpSmoothing, &empty, 100, &Never);
         assert_eq!(m.series_count(), 0);
         assert!(m.forecast(0, 5).is_empty());
     }
@@ -472,7 +485,7 @@ mod tests {
     fn forecasts_are_never_negative() {
         let y: Vec<f64> = (0..60).map(|t| (100 - t * 2).max(0) as f64).collect();
         for kind in ModelKind::ALL {
-            let f = FittedModel::fit(kind, &panel_of(vec![y.clone()]), 60).forecast(0, 60);
+            let f = FittedModel::fit(kind, &panel_of(vec![y.clone()]), 60, &Never).forecast(0, 60);
             assert!(f.iter().all(|v| *v >= 0.0), "{kind}");
         }
     }
@@ -484,7 +497,7 @@ mod tests {
             series: 2,
             days: 60,
         });
-        let m = FittedModel::fit(ModelKind::ExpSmoothing, &panel, 60);
+        let m = FittedModel::fit(ModelKind::ExpSmoothing, &panel, 60, &Never);
         let json = String::from_utf8(m.to_bytes()).unwrap();
         assert!(json.contains(FORMAT) && json.contains("\"exp_smoothing\""));
         assert!(FittedModel::from_bytes(b"not json").is_err());
@@ -510,7 +523,7 @@ mod tests {
         ) {
             let panel = generate(&PanelSpec { seed, series: 2, days });
             for kind in ModelKind::ALL {
-                let m = FittedModel::fit(kind, &panel, train);
+                let m = FittedModel::fit(kind, &panel, train, &Never);
                 for s in 0..2 {
                     let f = m.forecast(s, horizon);
                     prop_assert_eq!(f.len(), horizon);
@@ -522,7 +535,7 @@ mod tests {
         #[test]
         fn bytes_round_trip(seed in any::<u64>(), days in 0usize..90, kind in 0usize..3) {
             let panel = generate(&PanelSpec { seed, series: 3, days });
-            let m = FittedModel::fit(ModelKind::ALL[kind], &panel, days);
+            let m = FittedModel::fit(ModelKind::ALL[kind], &panel, days, &Never);
             let back = FittedModel::from_bytes(&m.to_bytes()).unwrap();
             prop_assert_eq!(&back, &m);
             prop_assert_eq!(back.to_bytes(), m.to_bytes());

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::Panel;
 use super::models::FittedModel;
-use super::WEEK;
+use super::{Interrupt, WEEK};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scenario {
@@ -137,10 +137,11 @@ pub fn simulate(
     panel: &Panel,
     horizon: usize,
     scenarios: &[Scenario],
+    stop: &dyn Interrupt,
 ) -> Vec<ScenarioResult> {
     let effects = estimate_effects(panel);
     let mut baseline = vec![0.0; horizon];
-    for i in 0..model.series_count() {
+    for i in (0..model.series_count()).take_while(|_| !stop.interrupted()) {
         for (b, f) in baseline.iter_mut().zip(model.forecast(i, horizon)) {
             *b += f;
         }
@@ -251,6 +252,7 @@ mod tests {
         generate, PanelSpec, ELASTICITY_RANGE, PROMO_LIFT_RANGE,
     };
     use crate::domain::showcase::science::models::ModelKind;
+    use crate::domain::showcase::science::Never;
 
     #[test]
     fn effects_recover_the_generator_truth() {
@@ -272,8 +274,8 @@ mod tests {
     #[test]
     fn default_scenarios_move_demand_the_right_way() {
         let panel = generate(&PanelSpec::default());
-        let model = FittedModel::fit(ModelKind::MovingAverage, &panel, panel.days);
-        let res = simulate(&model, &panel, 28, &default_scenarios());
+        let model = FittedModel::fit(ModelKind::MovingAverage, &panel, panel.days, &Never);
+        let res = simulate(&model, &panel, 28, &default_scenarios(), &Never);
         let names: Vec<_> = res.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
@@ -332,7 +334,7 @@ mod tests {
             series: 3,
             days: 30,
         });
-        let model = FittedModel::fit(ModelKind::ExpSmoothing, &panel, 30);
+        let model = FittedModel::fit(ModelKind::ExpSmoothing, &panel, 30, &Never);
         let odd = [
             Scenario {
                 name: "free".into(),
@@ -350,22 +352,22 @@ mod tests {
                 promo: false,
             },
         ];
-        let res = simulate(&model, &panel, 0, &odd);
+        let res = simulate(&model, &panel, 0, &odd, &Never);
         assert!(res
             .iter()
             .all(|r| r.daily.is_empty() && r.total_units == 0.0 && r.delta_pct == 0.0));
-        let res = simulate(&model, &panel, 10, &odd);
+        let res = simulate(&model, &panel, 10, &odd, &Never);
         assert!(res
             .iter()
             .all(|r| r.total_units.is_finite() && r.delta_pct.is_finite()));
-        assert!(simulate(&model, &panel, 10, &[]).is_empty());
+        assert!(simulate(&model, &panel, 10, &[], &Never).is_empty());
         // A model with more series than the panel is still simulated from its own state.
         let short = Panel {
             series: vec![],
             days: 0,
         };
         assert_eq!(
-            simulate(&model, &short, 5, &default_scenarios())[0]
+            simulate(&model, &short, 5, &default_scenarios(), &Never)[0]
                 .daily
                 .len(),
             5

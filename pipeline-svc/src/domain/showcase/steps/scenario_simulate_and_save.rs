@@ -74,7 +74,7 @@ impl Demo {
         .await?;
         let horizon = self.params.horizon;
         let panel = self.panel().await?;
-        let (baseline, results, svg) = compute(move || {
+        let (baseline, results, svg) = compute(cx.cancellation(), move |stop| {
             let mut baseline = vec![0.0; horizon];
             for s in 0..panel.series.len() {
                 for (day, v) in model.forecast(s, horizon).into_iter().enumerate() {
@@ -83,8 +83,13 @@ impl Demo {
                     }
                 }
             }
-            let results =
-                scenario::simulate(&model, &panel, horizon, &scenario::default_scenarios());
+            let results = scenario::simulate(
+                &model,
+                &panel,
+                horizon,
+                &scenario::default_scenarios(),
+                stop,
+            );
             let svg = chart::svg(&panel, &baseline, &results);
             (baseline, results, svg)
         })

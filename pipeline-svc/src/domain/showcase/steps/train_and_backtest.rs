@@ -18,8 +18,8 @@ impl Demo {
     ) -> Result<StepOutcome> {
         let horizon = self.params.horizon;
         let panel = self.panel().await?;
-        let backtests = compute(move || {
-            ModelKind::ALL.map(|kind| backtest::rolling_origin(&panel, kind, horizon, FOLDS))
+        let backtests = compute(cx.cancellation(), move |stop| {
+            ModelKind::ALL.map(|kind| backtest::rolling_origin(&panel, kind, horizon, FOLDS, stop))
         })
         .await?;
         let mut candidates = Vec::new();
