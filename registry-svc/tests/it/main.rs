@@ -9,6 +9,7 @@ mod coalescing;
 mod contract;
 mod filters;
 mod moto;
+mod oidc;
 mod outage;
 mod runs;
 mod startup;
