@@ -34,13 +34,15 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         #[cfg(feature = "demo")]
         Some(Command::Demo(d)) => {
-            telemetry::init_tracing(capstan_server::config::LogFormat::Text);
+            let _telemetry =
+                telemetry::init(capstan_server::config::LogFormat::Text, "pipeline-svc")?;
             return cli::run(d).await;
         }
         None => {}
     }
     let args = cli.serve;
-    telemetry::init_tracing(args.common.log_format);
+    // Kept to the end: dropping it exports the last spans.
+    let _telemetry = telemetry::init(args.common.log_format, "pipeline-svc")?;
     if let Some(addr) = args.common.metrics_listen {
         telemetry::init_metrics(addr)?;
     }

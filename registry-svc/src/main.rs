@@ -26,7 +26,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let args = cli.serve;
-    telemetry::init_tracing(args.common.log_format);
+    // Kept to the end: dropping it exports the last spans.
+    let _telemetry = telemetry::init(args.common.log_format, "registry-svc")?;
     if let Some(addr) = args.common.metrics_listen {
         telemetry::init_metrics(addr)?;
     }

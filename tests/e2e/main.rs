@@ -11,3 +11,4 @@ mod python_client;
 mod readme;
 mod registry;
 mod topology;
+mod traces;

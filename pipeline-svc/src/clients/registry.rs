@@ -9,12 +9,17 @@
 use std::{collections::BTreeMap, future::Future};
 
 use async_trait::async_trait;
-use capstan_client::{failed_in_transit, AuthedChannel, RegistryClient, Retry};
+use capstan_client::{failed_in_transit, AuthedChannel, Propagate, Retry};
 use capstan_proto::registry::v1 as pb;
+use capstan_server::{
+    serve::{self, CallScope},
+    telemetry,
+};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
-use tonic::{Code, Response, Status};
+use tonic::{service::interceptor::InterceptedService, Code, Response, Status};
+use tracing::Instrument;
 
 use super::token_file::TokenFile;
 use crate::{
@@ -61,39 +66,78 @@ impl GrpcRegistry {
             .cloned()
     }
 
-    fn registry(&self, channel: AuthedChannel) -> RegistryClient {
-        RegistryClient::new(channel)
+    /// A client whose calls carry what [`propagate`] says.
+    fn registry(&self, channel: AuthedChannel) -> Client {
+        Client::new(InterceptedService::new(channel, propagate()))
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes)
     }
 
-    /// Runs `attempt` under [`Retry::TRANSIENT`]. Its flag says that an earlier attempt
-    /// failed in transit and so may have taken effect: a call that a replay would apply
-    /// twice checks that first.
+    /// Runs `attempt` under [`Retry::TRANSIENT`], in a client span named for the call.
+    /// Its flag says that an earlier attempt failed in transit and so may have taken
+    /// effect: a call that a replay would apply twice checks that first.
     async fn call<T, F, Fut>(&self, name: &str, mut attempt: F) -> Result<T>
     where
         F: FnMut(AuthedChannel, bool) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        if let Some(token) = &self.token {
-            token.refresh().await;
+        let scope = serve::current();
+        let [request_id, operation_id, step] = CallScope::labels(scope.as_ref());
+        let span = tracing::info_span!(
+            "registry call",
+            otel.name = %format_args!("registry {name}"),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.method = name,
+            request_id,
+            operation_id,
+            step,
+        );
+        async {
+            if let Some(token) = &self.token {
+                token.refresh().await;
+            }
+            let channel = self.channel().await?;
+            Retry::TRANSIENT
+                .run(name, |replay| attempt(channel.clone(), replay))
+                .await
+                .map_err(|s| match &self.token {
+                    Some(token) if s.code() == Code::Unauthenticated => {
+                        Error::PermissionDenied(format!(
+                            "registry {name}: the registry refuses the token of --registry-token-file {}: {}",
+                            token.path().display(),
+                            s.message()
+                        ))
+                    }
+                    _ => upstream(name, s),
+                })
         }
-        let channel = self.channel().await?;
-        Retry::TRANSIENT
-            .run(name, |replay| attempt(channel.clone(), replay))
-            .await
-            .map_err(|s| match &self.token {
-                Some(token) if s.code() == Code::Unauthenticated => {
-                    Error::PermissionDenied(format!(
-                        "registry {name}: the registry refuses the token of --registry-token-file {}: {}",
-                        token.path().display(),
-                        s.message()
-                    ))
-                }
-                _ => upstream(name, s),
-            })
+        .instrument(span)
+        .await
     }
 }
+
+/// What the registry's calls carry: the trace context, the request id, and the operation
+/// and step of the work under way (see [`Propagate`]).
+fn propagate() -> Propagate {
+    let Some(scope) = serve::current() else {
+        return Propagate::default();
+    };
+    let mut propagate = Propagate::new(Some(&*scope.request_id));
+    if let Some(op) = scope.operation_id {
+        propagate = propagate.with_baggage(telemetry::OPERATION_BAGGAGE, &*op);
+    }
+    if let Some(step) = scope.step {
+        propagate = propagate.with_baggage(telemetry::STEP_BAGGAGE, &*step);
+    }
+    propagate
+}
+
+/// The registry's client as the adapter uses it: over the shared channel, each call
+/// carrying what [`GrpcRegistry::registry`] set.
+type Client = pb::registry_service_client::RegistryServiceClient<
+    InterceptedService<AuthedChannel, Propagate>,
+>;
 
 /// Maps a registry status to this crate's error, naming the call: what the registry
 /// refused for a state reason (including a run or alias it does not have) is a
@@ -154,7 +198,9 @@ impl ModelRegistry for GrpcRegistry {
                 let request = HealthCheckRequest {
                     service: "capstan.registry.v1.RegistryService".into(),
                 };
-                HealthClient::new(ch).check(request).await
+                HealthClient::new(InterceptedService::new(ch, propagate()))
+                    .check(request)
+                    .await
             })
             .await?
             .into_inner()
@@ -392,7 +438,7 @@ impl ModelRegistry for GrpcRegistry {
 
 /// The alias, or `None` when it does not exist.
 async fn lookup_alias(
-    mut c: RegistryClient,
+    mut c: Client,
     alias: String,
 ) -> std::result::Result<Option<pb::Alias>, Status> {
     match c.get_alias(pb::GetAliasRequest { alias }).await {
@@ -404,7 +450,7 @@ async fn lookup_alias(
 
 /// One download: metadata first, then at most `max_bytes` of chunks.
 async fn download(
-    mut c: RegistryClient,
+    mut c: Client,
     run_id: String,
     max_bytes: usize,
 ) -> std::result::Result<Result<(ArtifactMeta, Vec<u8>)>, Status> {

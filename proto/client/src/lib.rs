@@ -7,6 +7,8 @@
 //! - The typed clients ([`RegistryClient`], [`PipelineClient`], [`OperationsClient`],
 //!   [`ProvisioningClient`]) run over it.
 //! - [`Retry`] retries calls that failed in transit, for calls safe to send twice.
+//! - [`Propagate`] sends the caller's trace context (W3C `traceparent`, `baggage`) and
+//!   request id with each call, so that the server's spans join the caller's trace.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,11 +26,13 @@
 
 mod channel;
 mod error;
+mod propagate;
 mod retry;
 
 pub use capstan_proto as pb;
 pub use channel::{connect, connect_with, endpoint, AuthedChannel, BearerToken};
 pub use error::ConnectError;
+pub use propagate::Propagate;
 pub use retry::{failed_in_transit, Retry};
 
 use capstan_proto::{pipeline::v1 as pipeline, registry::v1 as registry};

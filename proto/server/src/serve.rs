@@ -30,6 +30,7 @@ use tracing::Instrument;
 use crate::{
     auth::{AuthLayer, Verifier},
     config::{AuthMode, CommonArgs},
+    telemetry,
 };
 
 /// Everything `serve` needs besides the services themselves.
@@ -217,30 +218,64 @@ pub async fn run_until_signal(
     Ok(())
 }
 
+/// What the work under way belongs to, for its spans, its logs and the calls it makes on:
+/// the request id, and for an operation's work its id and step.
+#[derive(Debug, Clone)]
+pub struct CallScope {
+    pub request_id: Arc<str>,
+    pub operation_id: Option<Arc<str>>,
+    pub step: Option<Arc<str>>,
+}
+
+impl CallScope {
+    /// The labels of the scope `current` returned, for a span's fields: the request id,
+    /// the operation id and the step, empty where unset.
+    pub fn labels(current: Option<&CallScope>) -> [&str; 3] {
+        current.map_or(["", "", ""], |s| {
+            [
+                &*s.request_id,
+                s.operation_id.as_deref().unwrap_or(""),
+                s.step.as_deref().unwrap_or(""),
+            ]
+        })
+    }
+}
+
 tokio::task_local! {
-    static REQUEST_ID: Arc<str>;
+    static CALL: CallScope;
+}
+
+/// The scope of the work under way: a call's (set while its handler runs, and in the
+/// streams it wraps with [`with_request_id`]), or one [`within`] set; `None` outside.
+pub fn current() -> Option<CallScope> {
+    CALL.try_with(Clone::clone).ok()
 }
 
 /// The id of the call being served: the client's `x-request-id`, else one made up when
-/// the call arrived. Set while the handler runs (and in the streams it wraps with
-/// [`with_request_id`]); `None` outside a call.
+/// the call arrived (see [`current`]); `None` outside a call.
 pub fn request_id() -> Option<Arc<str>> {
-    REQUEST_ID.try_with(Arc::clone).ok()
+    CALL.try_with(|c| c.request_id.clone()).ok()
 }
 
-/// Keeps the request id of the handler that makes it for every poll of a response
-/// stream: a stream is polled after its handler returned, where errors it yields become
-/// statuses (which name the request id of an internal error). Unary calls need nothing.
+/// Runs `work` in `scope`: work that outlives its call (an operation's execution) keeps
+/// the call's request id for its logs, spans and onward calls.
+pub fn within<F: Future>(scope: CallScope, work: F) -> impl Future<Output = F::Output> {
+    CALL.scope(scope, work)
+}
+
+/// Keeps the scope of the handler that makes it for every poll of a response stream: a
+/// stream is polled after its handler returned, where errors it yields become statuses
+/// (which name the request id of an internal error). Unary calls need nothing.
 pub fn with_request_id<S>(stream: S) -> WithRequestId<S> {
     WithRequestId {
-        request_id: request_id(),
+        scope: current(),
         stream,
     }
 }
 
 /// See [`with_request_id`].
 pub struct WithRequestId<S> {
-    request_id: Option<Arc<str>>,
+    scope: Option<CallScope>,
     stream: S,
 }
 
@@ -249,17 +284,18 @@ impl<S: futures::Stream + Unpin> futures::Stream for WithRequestId<S> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = self.get_mut();
-        match &this.request_id {
-            Some(id) => {
-                REQUEST_ID.sync_scope(id.clone(), || Pin::new(&mut this.stream).poll_next(cx))
+        match &this.scope {
+            Some(scope) => {
+                CALL.sync_scope(scope.clone(), || Pin::new(&mut this.stream).poll_next(cx))
             }
             None => Pin::new(&mut this.stream).poll_next(cx),
         }
     }
 }
 
-/// Gives every call a `grpc` span (method and request id) and records its count by final
-/// status and its duration to the end of its response as Prometheus metrics.
+/// Gives every call a `grpc` span (method, request id, the caller's trace when its
+/// `traceparent` names one) lasting to the end of its response, and records its count by
+/// final status and its duration as Prometheus metrics.
 ///
 /// The final status is what tower-http's gRPC classifier reads: the headers of a
 /// trailers-only error, else the trailers after the last message, so an error a stream
@@ -304,14 +340,37 @@ where
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let span = tracing::info_span!("grpc", method = %method, request_id = %request_id);
-        let request_id: Arc<str> = request_id.into();
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = method.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            method = %method,
+            request_id = %request_id,
+            operation_id = tracing::field::Empty,
+            step = tracing::field::Empty,
+            code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        // The caller's trace and, from a pipeline, the operation and step it works for.
+        let labels = telemetry::accept_trace(&span, req.headers());
+        if let Some(op) = &labels.operation_id {
+            span.record("operation_id", &**op);
+        }
+        if let Some(step) = &labels.step {
+            span.record("step", &**step);
+        }
+        let scope = CallScope {
+            request_id: request_id.into(),
+            operation_id: labels.operation_id,
+            step: labels.step,
+        };
         let call = Call {
             method,
             start: Instant::now(),
             span: span.clone(),
         };
-        let fut = REQUEST_ID.scope(request_id, self.inner.call(req));
+        let fut = CALL.scope(scope, self.inner.call(req));
         Box::pin(
             async move {
                 match fut.await {
@@ -355,6 +414,7 @@ impl Call {
 
     fn finish(self, code: &'static str) {
         let elapsed = self.start.elapsed();
+        self.span.record("code", code);
         let _entered = self.span.enter();
         tracing::debug!(code, elapsed_us = elapsed.as_micros() as u64, "call");
         metrics::counter!("capstan_grpc_requests_total", "method" => self.method.clone(), "code" => code).increment(1);

@@ -11,8 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use capstan_server::serve::{self, CallScope};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     operation::{EventType, OpStatus, Operation, OperationError, Step, StepStatus},
@@ -373,8 +375,27 @@ impl<'a> Driver<'a> {
         let began = Instant::now();
         let hang = self.engine.cfg.faults.hang_step.as_deref() == Some(name.as_str());
         let limit = self.step_limit(i);
+        let id = self.lease.operation_id;
+        let scope = serve::current().unwrap_or_else(|| CallScope {
+            request_id: id.to_string().into(),
+            operation_id: Some(id.to_string().into()),
+            step: None,
+        });
+        let span = tracing::info_span!(
+            "step",
+            otel.name = %format_args!("step {name}"),
+            step = %name,
+            kind = %self.kind,
+            operation_id = %id,
+            request_id = %scope.request_id,
+        );
+        let scope = CallScope {
+            step: Some(name.as_str().into()),
+            ..scope
+        };
+        let run = serve::within(scope, exec.run_step(&name, &cx).instrument(span));
         let outcome = tokio::select! {
-            o = exec.run_step(&name, &cx), if !hang => o,
+            o = run, if !hang => o,
             _ = self.lost.cancelled() => return Err(lease_lost()),
             _ = self.cancel.cancelled() => {
                 cancel.cancel();
@@ -634,6 +655,8 @@ impl<'a> Driver<'a> {
             if status.is_terminal() {
                 metrics::counter!("capstan_operations_finished_total", "kind" => self.kind.clone(), "status" => status.as_str()).increment(1);
                 let seconds = (at - self.created).max(0) as f64 / 1e6;
+                // In the operation's span: the line names its trace.
+                tracing::info!(kind = %self.kind, status = status.as_str(), seconds, "operation finished");
                 metrics::histogram!("capstan_operation_duration_seconds", "kind" => self.kind.clone(), "status" => status.as_str()).record(seconds);
             }
         }

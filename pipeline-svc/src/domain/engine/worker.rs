@@ -3,9 +3,14 @@
 
 use std::{sync::Arc, time::Duration};
 
+use capstan_server::{
+    serve::{self, CallScope},
+    telemetry,
+};
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     driver::Driver,
@@ -145,8 +150,10 @@ impl Engine {
         admitted: bool,
     ) {
         let this = self.clone();
+        let (span, scope) = execution_span(&lease);
+        let execution = async move { this.execute(lease, permit, admitted).await };
         self.tasks
-            .spawn(async move { this.execute(lease, permit, admitted).await });
+            .spawn(serve::within(scope, execution.instrument(span)));
     }
 
     async fn execute(
@@ -185,6 +192,30 @@ impl Engine {
             ),
         }
     }
+}
+
+/// The span of one execution (its steps' spans are its children) and the scope its calls
+/// carry. An execution a call launched (DIRECT) continues the call's trace and keeps its
+/// request id, though it outlives the call; one a worker claimed starts a trace of its
+/// own, with the operation id as its request id.
+fn execution_span(lease: &Lease) -> (tracing::Span, CallScope) {
+    let id: Arc<str> = lease.operation_id.to_string().into();
+    let request_id = serve::request_id().unwrap_or_else(|| id.clone());
+    let span = tracing::info_span!(
+        parent: None,
+        "operation",
+        operation_id = %id,
+        request_id = %request_id,
+        attempt = lease.attempts,
+        trace_id = tracing::field::Empty,
+    );
+    telemetry::continue_trace(&span);
+    let scope = CallScope {
+        request_id,
+        operation_id: Some(id),
+        step: None,
+    };
+    (span, scope)
 }
 
 /// Extends the lease every third of its length; a refused extension means another

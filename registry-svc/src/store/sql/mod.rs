@@ -12,9 +12,13 @@ mod sqlite_writer;
 mod stmt;
 
 use async_trait::async_trait;
-use capstan_server::db::{classify, Backend, Connections, DbFailure};
+use capstan_server::{
+    db::{classify, Backend, Connections, DbFailure},
+    serve::CallScope,
+};
 use futures::stream::BoxStream;
 use sqlx::AnyPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use self::{sqlite_writer::SqliteWriter, stmt::Writer};
@@ -100,6 +104,27 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    /// The span of one store call, under the call it serves and with its labels.
+    fn span(&self, operation: &'static str) -> tracing::Span {
+        let scope = capstan_server::serve::current();
+        let [request_id, operation_id, step] = CallScope::labels(scope.as_ref());
+        tracing::info_span!(
+            "sql",
+            otel.name = %format_args!("sql {operation}"),
+            otel.kind = "client",
+            db.system = match self.backend {
+                Backend::Sqlite => "sqlite",
+                Backend::Postgres => "postgresql",
+            },
+            db.operation = operation,
+            request_id,
+            operation_id,
+            step,
+        )
+    }
+}
+
 /// The trait's methods, each implemented with its feature in `runs.rs`, `aliases.rs` and
 /// `notify.rs`.
 #[async_trait]
@@ -117,15 +142,19 @@ impl RegistryStore for SqlStore {
     }
 
     async fn insert_run(&self, run: &ModelRun) -> Result<(ModelRun, bool)> {
-        runs::insert(self, run).await
+        runs::insert(self, run)
+            .instrument(self.span("insert_run"))
+            .await
     }
 
     async fn get_run(&self, id: Uuid) -> Result<Option<ModelRun>> {
-        runs::get(self, id).await
+        runs::get(self, id).instrument(self.span("get_run")).await
     }
 
     async fn update_run(&self, run: &ModelRun, expected_version: i64) -> Result<bool> {
-        runs::update(self, run, expected_version).await
+        runs::update(self, run, expected_version)
+            .instrument(self.span("update_run"))
+            .await
     }
 
     async fn list_runs(
@@ -135,23 +164,33 @@ impl RegistryStore for SqlStore {
         after: Option<&RunCursor>,
         limit: usize,
     ) -> Result<Vec<ModelRun>> {
-        runs::list(self, filter, order, after, limit).await
+        runs::list(self, filter, order, after, limit)
+            .instrument(self.span("list_runs"))
+            .await
     }
 
     async fn fail_expired_runs(&self, now: Micros) -> Result<u64> {
-        runs::fail_expired(self, now).await
+        runs::fail_expired(self, now)
+            .instrument(self.span("fail_expired_runs"))
+            .await
     }
 
     async fn get_alias(&self, alias: &str) -> Result<Option<Alias>> {
-        aliases::get(self, alias).await
+        aliases::get(self, alias)
+            .instrument(self.span("get_alias"))
+            .await
     }
 
     async fn list_aliases(&self, after: Option<&str>, limit: usize) -> Result<Vec<Alias>> {
-        aliases::list(self, after, limit).await
+        aliases::list(self, after, limit)
+            .instrument(self.span("list_aliases"))
+            .await
     }
 
     async fn write_alias(&self, write: &AliasWrite) -> Result<AliasHistoryEntry> {
-        aliases::write(self, write).await
+        aliases::write(self, write)
+            .instrument(self.span("write_alias"))
+            .await
     }
 
     async fn alias_history(
@@ -160,7 +199,9 @@ impl RegistryStore for SqlStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AliasHistoryEntry>> {
-        aliases::history(self, alias, before, limit).await
+        aliases::history(self, alias, before, limit)
+            .instrument(self.span("alias_history"))
+            .await
     }
 
     async fn alias_changes(
@@ -169,11 +210,15 @@ impl RegistryStore for SqlStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<AliasHistoryEntry>> {
-        aliases::changes(self, alias, after, limit).await
+        aliases::changes(self, alias, after, limit)
+            .instrument(self.span("alias_changes"))
+            .await
     }
 
     async fn alias_revisions(&self) -> Result<Vec<(String, i64)>> {
-        aliases::revisions(self).await
+        aliases::revisions(self)
+            .instrument(self.span("alias_revisions"))
+            .await
     }
 
     fn alias_change_hints(&self) -> Option<BoxStream<'static, ChangeHint>> {
