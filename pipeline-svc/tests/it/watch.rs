@@ -117,7 +117,9 @@ async fn slow_watcher_loses_nothing_and_slows_nothing(db: TestDb) {
     };
     let stack = server(&db, &flow).await;
     let engine = stack.running.engine.clone();
-    let op = engine.start("alice", flow.request(10, None)).await.unwrap();
+    // 40 steps make ~200 events, more than every buffer between the store and this
+    // client holds, so an engine that waited for its watchers would stall here.
+    let op = engine.start("alice", flow.request(40, None)).await.unwrap();
     let mut client = operations_client(&stack.url, &token("alice", Role::User)).await;
     let mut s = client
         .watch_operation(pb::WatchOperationRequest {
@@ -128,35 +130,28 @@ async fn slow_watcher_loses_nothing_and_slows_nothing(db: TestDb) {
         .unwrap()
         .into_inner();
     let first = s.message().await.unwrap().unwrap();
+    let (finished, wait_finished) = tokio::sync::oneshot::channel::<()>();
     gate.add_permits(1);
+    // The slowest watcher there is: it reads nothing more until the operation has ended.
     let slow = tokio::spawn(async move {
-        let mut seen = vec![(Instant::now(), key(&first))];
+        let mut seen = vec![key(&first)];
+        wait_finished.await.unwrap();
         while let Some(e) = s.message().await.unwrap() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
             if !is_heartbeat(&e) {
-                seen.push((Instant::now(), key(&e)));
+                seen.push(key(&e));
             }
         }
         seen
     });
-    let done_at = eventually(Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(60), || async {
         let op = engine.get(op.id, None).await.unwrap();
-        op.status.is_terminal().then(Instant::now)
+        op.status.is_terminal().then_some(())
     })
     .await;
+    finished.send(()).unwrap();
     let stored = stored_log(&engine, op.id).await;
-    let slow = slow.await.unwrap();
-    let seen: Seen = slow.iter().map(|(_, k)| k.clone()).collect();
+    let seen: Seen = slow.await.unwrap().into_iter().collect();
     assert_eq!(seen, stored, "the slow watcher loses nothing");
-    let before_done = slow.iter().filter(|(t, _)| *t <= done_at).count();
-    eprintln!(
-        "slow watcher had {before_done} of {} events when the operation finished",
-        stored.len()
-    );
-    assert!(
-        before_done < stored.len() / 2,
-        "the operation waited for the slow watcher ({before_done} events seen by then)"
-    );
     stack.stop().await;
 }
 
@@ -370,12 +365,24 @@ async fn watchers_on_another_replica_follow_live(db: TestDb) {
     }
     let took = t.elapsed();
     eprintln!("watch on the other replica followed the operation in {took:?}");
-    assert_eq!(seen, (1..=seen.len() as i64).collect::<Vec<_>>());
-    assert_eq!(seen.len(), 2 + 10 * 3 + 1);
-    assert!(
-        took < Duration::from_secs(5),
-        "B followed only by polling: {took:?}"
-    );
+    // Everything A recorded, in order; a step retried under load adds its own events.
+    let recorded = a
+        .running
+        .engine
+        .get(op.id, None)
+        .await
+        .unwrap()
+        .last_sequence;
+    assert_eq!(seen, (1..=recorded).collect::<Vec<_>>());
+    assert!(seen.len() >= 2 + 10 * 3 + 1, "{} events", seen.len());
+    // B polls every 10 s on Postgres, so following within 5 s shows the notifications
+    // carried it. On SQLite B's poll carries it by design; there is nothing to tell apart.
+    if postgres {
+        assert!(
+            took < Duration::from_secs(5),
+            "B followed only by polling: {took:?}"
+        );
+    }
     b.stop().await;
     a.stop().await;
 }
