@@ -30,7 +30,7 @@ mod propagate;
 mod retry;
 
 pub use capstan_proto as pb;
-pub use channel::{connect, endpoint, AuthedChannel, BearerToken};
+pub use channel::{connect, connect_with, endpoint, AuthedChannel, BearerToken};
 pub use error::ConnectError;
 pub use propagate::Propagate;
 pub use retry::{failed_in_transit, Retry};

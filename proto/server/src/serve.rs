@@ -48,10 +48,9 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     pub fn from_args(args: &CommonArgs) -> anyhow::Result<Self> {
-        let verifier = match (args.auth, &args.jwt_secret_file) {
-            (AuthMode::Disabled, _) => Verifier::disabled(),
-            (AuthMode::Jwt, Some(path)) => Verifier::from_file(path)?,
-            (AuthMode::Jwt, None) => anyhow::bail!("--auth jwt needs --jwt-secret-file"),
+        let verifier = match args.auth {
+            AuthMode::Disabled => Verifier::disabled(),
+            AuthMode::Jwt => Verifier::from_settings(args.jwt_secret_file.as_deref(), &args.oidc)?,
         };
         Ok(Self {
             verifier,
@@ -132,6 +131,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let routes = with_reflection(routes, &options.advertise)?;
+    options.verifier.warm_up();
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(options.max_concurrent_streams)

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{
     aliases::{Alias, AliasHistoryEntry, AliasWrite},
-    runs::{ModelRun, RunCursor, RunFilter, RunOrder},
+    runs::{filter::Filter, ModelRun, RunCursor, RunOrder},
     Micros,
 };
 use crate::error::Result;
@@ -38,7 +38,7 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// the sort key are broken by run id in the same direction.
     async fn list_runs(
         &self,
-        filter: &RunFilter,
+        filter: Option<&Filter>,
         order: &RunOrder,
         after: Option<&RunCursor>,
         limit: usize,

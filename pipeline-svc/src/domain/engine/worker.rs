@@ -64,7 +64,10 @@ impl Engine {
         loop {
             tokio::select! {
                 h = hints.next() => match h {
-                    Some(Hint::Jobs) => self.jobs_wake.notify_one(),
+                    Some(Hint::Jobs) => {
+                        self.jobs_wake.notify_one();
+                        self.admissions_wake.notify_waiters();
+                    }
                     Some(Hint::Operation(id)) => self.hub.wake(id),
                     None => {
                         tracing::warn!("notification stream ended; workers and watchers fall back to polling");
@@ -103,7 +106,7 @@ impl Engine {
                         metrics::counter!("capstan_lease_takeovers_total").increment(1);
                     }
                     tracing::info!(operation = %lease.operation_id, attempt = lease.attempts, "claimed job");
-                    self.spawn_execution(lease, Some(permit));
+                    self.spawn_execution(lease, Some(permit), true);
                     continue;
                 }
                 Ok(None) => {}
@@ -118,26 +121,28 @@ impl Engine {
         }
     }
 
+    /// Runs the leased operation here. `permit`: the slot a worker took for it (DIRECT
+    /// work takes one once admitted, so that queued work waits but no slot waits for a
+    /// key). `admitted`: whether it may run at once, or must wait for admission first.
     pub(super) fn spawn_execution(
         self: &Arc<Self>,
         lease: Lease,
         permit: Option<OwnedSemaphorePermit>,
+        admitted: bool,
     ) {
         let this = self.clone();
         let (span, scope) = execution_span(&lease);
-        let execution = async move {
-            // DIRECT work runs at once, but still takes a slot so that queued work waits.
-            let _permit = match permit {
-                Some(p) => Some(p),
-                None => this.slots.clone().acquire_owned().await.ok(),
-            };
-            this.execute(lease).await
-        };
+        let execution = async move { this.execute(lease, permit, admitted).await };
         self.tasks
             .spawn(serve::within(scope, execution.instrument(span)));
     }
 
-    async fn execute(self: Arc<Self>, lease: Lease) {
+    async fn execute(
+        self: Arc<Self>,
+        lease: Lease,
+        permit: Option<OwnedSemaphorePermit>,
+        admitted: bool,
+    ) {
         let id = lease.operation_id;
         let cancel = CancellationToken::new();
         if let Ok(mut m) = self.local.lock() {
@@ -150,7 +155,9 @@ impl Engine {
             self.cfg.lease,
             lost.clone(),
         ));
-        let outcome = Driver::new(&self, &lease, cancel, lost).drive().await;
+        let outcome = Driver::new(&self, &lease, cancel, lost)
+            .drive(permit, admitted)
+            .await;
         heartbeat.abort();
         if let Ok(mut m) = self.local.lock() {
             m.remove(&id);

@@ -35,7 +35,7 @@ impl Registry {
         let runs = self
             .store
             .list_runs(
-                &query.filter,
+                query.filter.as_ref(),
                 &query.order,
                 query.after.as_ref(),
                 query.limit + 1,

@@ -6,6 +6,7 @@
 mod aliases;
 mod notify;
 mod rows;
+mod run_filter;
 mod runs;
 mod sqlite_writer;
 mod stmt;
@@ -25,7 +26,7 @@ use crate::{
     domain::{
         aliases::{Alias, AliasHistoryEntry, AliasWrite},
         ports::{ChangeHint, RegistryStore},
-        runs::{ModelRun, RunCursor, RunFilter, RunOrder},
+        runs::{filter::Filter, ModelRun, RunCursor, RunOrder},
         Micros,
     },
     error::{Error, Result},
@@ -158,7 +159,7 @@ impl RegistryStore for SqlStore {
 
     async fn list_runs(
         &self,
-        filter: &RunFilter,
+        filter: Option<&Filter>,
         order: &RunOrder,
         after: Option<&RunCursor>,
         limit: usize,

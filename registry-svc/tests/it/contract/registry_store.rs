@@ -320,7 +320,10 @@ async fn list_runs_filters_on_every_condition(db: TestDb) {
         ),
     ];
     for (filter, expected) in cases {
-        let got = store.list_runs(&filter, &order, None, 100).await.unwrap();
+        let got = store
+            .list_runs(filter.as_filter().as_ref(), &order, None, 100)
+            .await
+            .unwrap();
         assert_eq!(ids(&got), expected, "{filter:?}");
     }
 }
@@ -368,7 +371,7 @@ async fn list_runs_orders_and_resumes_after_the_cursor(db: TestDb) {
             let mut after: Option<RunCursor> = None;
             loop {
                 let page = store
-                    .list_runs(&RunFilter::default(), &order, after.as_ref(), 5)
+                    .list_runs(None, &order, after.as_ref(), 5)
                     .await
                     .unwrap();
                 assert!(page.len() <= 5, "the limit holds");
@@ -768,12 +771,7 @@ async fn lost_connections_are_unavailable_then_mended() {
             store.ping().await,
             store.get_run(run.id).await.map(drop),
             store
-                .list_runs(
-                    &RunFilter::default(),
-                    &RunOrder::CreateTime { desc: true },
-                    None,
-                    5,
-                )
+                .list_runs(None, &RunOrder::CreateTime { desc: true }, None, 5)
                 .await
                 .map(drop),
             store.get_alias("survivor").await.map(drop),
