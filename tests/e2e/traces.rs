@@ -165,7 +165,7 @@ async fn a_demo_is_one_trace_across_pipeline_and_registry() {
         days: 120,
         horizon: 7,
         execution_mode: pb::ExecutionMode::Direct as i32,
-        ..Default::default()
+        alias: String::new(),
     });
     start
         .metadata_mut()
