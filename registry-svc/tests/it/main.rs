@@ -8,6 +8,7 @@ mod balancing;
 mod coalescing;
 mod contract;
 mod moto;
+mod namespaces;
 mod outage;
 mod runs;
 mod startup;

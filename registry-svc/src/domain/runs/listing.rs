@@ -64,6 +64,8 @@ impl RunCursor {
 /// A `ListRuns` request as the client sent it.
 #[derive(Debug, Clone, Default)]
 pub struct ListRuns {
+    /// Only runs of this namespace are listed.
+    pub namespace: String,
     pub filter: RunFilter,
     pub order_by: String,
     pub page_size: i32,
@@ -85,7 +87,7 @@ impl ListRuns {
         let limit = paging::page_size(self.page_size)?;
         let order = parse_order(&self.order_by)?;
         validate_filter(&self.filter)?;
-        let fingerprint = format!("{:?}|{:?}", self.filter, order);
+        let fingerprint = format!("{}|{:?}|{:?}", self.namespace, self.filter, order);
         let after: Option<RunCursor> = paging::decode(&self.page_token, &fingerprint)?;
         if after.as_ref().is_some_and(|a| !a.fits(&order)) {
             return Err(Error::invalid("page_token", "does not match order_by"));

@@ -4,11 +4,14 @@
 //! differences (row locks, notifications) are switched on [`Backend`].
 
 mod aliases;
+mod namespaces;
 mod notify;
 mod rows;
 mod runs;
 mod sqlite_writer;
 mod stmt;
+
+use std::{collections::HashSet, sync::RwLock};
 
 use async_trait::async_trait;
 use capstan_server::db::{classify, Backend, Connections, DbFailure};
@@ -20,6 +23,7 @@ use self::{sqlite_writer::SqliteWriter, stmt::Writer};
 use crate::{
     domain::{
         aliases::{Alias, AliasHistoryEntry, AliasWrite},
+        namespaces::Namespace,
         ports::{ChangeHint, RegistryStore},
         runs::{ModelRun, RunCursor, RunFilter, RunOrder},
         Micros,
@@ -45,6 +49,25 @@ pub struct SqlStore {
     write: Writer,
     backend: Backend,
     url: String,
+    /// Namespaces known to exist (they are never removed): a run in one of them needs no
+    /// statement creating it.
+    namespaces: RwLock<HashSet<String>>,
+}
+
+impl SqlStore {
+    fn namespace_known(&self, name: &str) -> bool {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    fn remember_namespace(&self, name: &str) {
+        self.namespaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
+    }
 }
 
 async fn connections(url: &str, backend: Backend, max: u32) -> Result<Connections> {
@@ -95,6 +118,7 @@ impl SqlStore {
             write,
             backend,
             url: url.to_string(),
+            namespaces: RwLock::default(),
         })
     }
 }
@@ -119,8 +143,8 @@ impl RegistryStore for SqlStore {
         runs::insert(self, run).await
     }
 
-    async fn get_run(&self, id: Uuid) -> Result<Option<ModelRun>> {
-        runs::get(self, id).await
+    async fn get_run(&self, namespace: &str, id: Uuid) -> Result<Option<ModelRun>> {
+        runs::get(self, namespace, id).await
     }
 
     async fn update_run(&self, run: &ModelRun, expected_version: i64) -> Result<bool> {
@@ -129,24 +153,39 @@ impl RegistryStore for SqlStore {
 
     async fn list_runs(
         &self,
+        namespace: &str,
         filter: &RunFilter,
         order: &RunOrder,
         after: Option<&RunCursor>,
         limit: usize,
     ) -> Result<Vec<ModelRun>> {
-        runs::list(self, filter, order, after, limit).await
+        runs::list(self, namespace, filter, order, after, limit).await
     }
 
     async fn fail_expired_runs(&self, now: Micros) -> Result<u64> {
         runs::fail_expired(self, now).await
     }
 
-    async fn get_alias(&self, alias: &str) -> Result<Option<Alias>> {
-        aliases::get(self, alias).await
+    async fn list_namespaces(
+        &self,
+        only: Option<&[String]>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Namespace>> {
+        namespaces::list(self, only, after, limit).await
     }
 
-    async fn list_aliases(&self, after: Option<&str>, limit: usize) -> Result<Vec<Alias>> {
-        aliases::list(self, after, limit).await
+    async fn get_alias(&self, namespace: &str, alias: &str) -> Result<Option<Alias>> {
+        aliases::get(self, namespace, alias).await
+    }
+
+    async fn list_aliases(
+        &self,
+        namespace: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Alias>> {
+        aliases::list(self, namespace, after, limit).await
     }
 
     async fn write_alias(&self, write: &AliasWrite) -> Result<AliasHistoryEntry> {
@@ -155,24 +194,26 @@ impl RegistryStore for SqlStore {
 
     async fn alias_history(
         &self,
+        namespace: &str,
         alias: &str,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AliasHistoryEntry>> {
-        aliases::history(self, alias, before, limit).await
+        aliases::history(self, namespace, alias, before, limit).await
     }
 
     async fn alias_changes(
         &self,
+        namespace: &str,
         alias: &str,
         after: i64,
         limit: usize,
     ) -> Result<Vec<AliasHistoryEntry>> {
-        aliases::changes(self, alias, after, limit).await
+        aliases::changes(self, namespace, alias, after, limit).await
     }
 
-    async fn alias_revisions(&self) -> Result<Vec<(String, i64)>> {
-        aliases::revisions(self).await
+    async fn alias_revisions(&self, namespace: &str) -> Result<Vec<(String, i64)>> {
+        aliases::revisions(self, namespace).await
     }
 
     fn alias_change_hints(&self) -> Option<BoxStream<'static, ChangeHint>> {
