@@ -13,7 +13,9 @@ database URL and JWT key from Secrets; JSON logs and a maximum connection age; a
 PodDisruptionBudget that still allows a drain; a HorizontalPodAutoscaler keeping two
 replicas. Then the network: registry-svc's gRPC port admits only pipeline-svc pods,
 pipeline-svc's only named namespaces, and pipeline-svc reaches the registry through the
-headless Service.
+headless Service. Last, identity: pipeline-svc's registry token is a projected
+service-account token (renewed by the kubelet, no static token) for the audience the
+registry requires, and the registry trusts an OpenID issuer.
 
 --self-test breaks a copy of the rendered objects in each of those ways and fails unless
 every break is reported, so the checks themselves are shown able to fail.
@@ -43,6 +45,7 @@ def check(rendered: Rendered) -> list[str]:
         except ManifestError as e:
             problems.append(str(e))
     problems += check_network(rendered)
+    problems += check_identity(rendered)
     return problems
 
 
@@ -223,6 +226,47 @@ def check_network(r: Rendered) -> list[str]:
     return p
 
 
+def check_identity(r: Rendered) -> list[str]:
+    p: list[str] = []
+    try:
+        registry = r.env("registry-svc")
+        audience = (registry.get("CAPSTAN_OIDC_AUDIENCE") or _Default("")).value or ""
+        if not (registry.get("CAPSTAN_OIDC_ISSUERS") or _Default("")).value or not audience:
+            p.append("registry-svc: no CAPSTAN_OIDC_ISSUERS and CAPSTAN_OIDC_AUDIENCE, so it cannot verify service-account tokens")
+        path = (r.env("pipeline-svc").get("CAPSTAN_REGISTRY_TOKEN_FILE") or _Default("")).value or ""
+        pod = r.deployment("pipeline-svc")["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"].rstrip("/") for m in r.container("pipeline-svc").get("volumeMounts", [])}
+        token_audiences = [
+            (src["serviceAccountToken"].get("audience"), f"{mounts[v['name']]}/{src['serviceAccountToken']['path']}")
+            for v in pod.get("volumes", [])
+            if v["name"] in mounts
+            for src in (v.get("projected") or {}).get("sources", [])
+            if "serviceAccountToken" in src
+        ]
+        found = [aud for aud, file in token_audiences if file == path]
+        if not found:
+            p.append(f"pipeline-svc: CAPSTAN_REGISTRY_TOKEN_FILE {path!r} is not a projected service-account token (a static token never rotates)")
+        elif found[0] != audience:
+            p.append(f"pipeline-svc: its registry token is for audience {found[0]!r}, but registry-svc requires {audience!r}")
+    except ManifestError as e:
+        p.append(str(e))
+    return p
+
+
+def _static_registry_token(r: Rendered) -> None:
+    for v in r.deployment("pipeline-svc")["spec"]["template"]["spec"]["volumes"]:
+        if v["name"] == "registry-token":
+            v.pop("projected")
+            v["secret"] = {"secretName": "capstan-registry-token"}
+
+
+def _token_audience(r: Rendered, audience: str) -> None:
+    for v in r.deployment("pipeline-svc")["spec"]["template"]["spec"]["volumes"]:
+        for src in (v.get("projected") or {}).get("sources", []):
+            if "serviceAccountToken" in src:
+                src["serviceAccountToken"]["audience"] = audience
+
+
 # --- self-test: each break must be reported -----------------------------------------
 
 Break = Callable[[Rendered], None]
@@ -312,6 +356,9 @@ BREAKS: list[tuple[str, Break, str]] = [
         lambda r: r.get("NetworkPolicy", "pipeline-svc-ingress")["spec"]["ingress"][0].pop("from"),
         "not only named namespaces",
     ),
+    ("static registry token", _static_registry_token, "is not a projected service-account token"),
+    ("token for another audience", lambda r: _token_audience(r, "kubernetes"), "for audience 'kubernetes'"),
+    ("no issuer", lambda r: _set_config(r, "CAPSTAN_OIDC_ISSUERS", ""), "no CAPSTAN_OIDC_ISSUERS"),
     (
         "registry behind ClusterIP",
         lambda r: _set_config(r, "CAPSTAN_REGISTRY_URL", "http://registry-svc:50051"),

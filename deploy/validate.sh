@@ -7,8 +7,12 @@
 #      proves those checks can fail (check_prod.py --self-test),
 #   4. checks that manifest_env.py reads each service's environment and refuses cluster-only
 #      values and keys the manifests do not set,
-#   5. lints the Dockerfiles (hadolint) and the scripts (shellcheck).
-# Installs what is missing (kubectl, kubernetes-validate, PyYAML, hadolint, shellcheck).
+#   5. checks the alert rules (`promtool check rules`) and runs their cases
+#      (`promtool test rules`), and checks the dashboard's and the rules' queries against
+#      the metric names the services export (monitoring/check.py, and its --self-test),
+#   6. lints the Dockerfiles (hadolint) and the scripts (shellcheck).
+# Installs what is missing (kubectl, kubernetes-validate, PyYAML, promtool, hadolint,
+# shellcheck).
 #
 # Environment: RENDER_DIR keeps the rendered YAML there (default: a temporary dir);
 # K8S_VERSIONS overrides the Kubernetes versions validated against; KUBECTL the binary.
@@ -23,6 +27,7 @@ ensure_pyyaml
 ensure_kubernetes_validate
 ensure_hadolint
 ensure_shellcheck
+ensure_promtool
 
 K8S_VERSIONS="${K8S_VERSIONS:-1.30.0 $("$PYTHON" -c 'import kubernetes_validate.utils as u; print(u.latest_version())')}"
 if [ -n "${RENDER_DIR:-}" ]; then
@@ -92,6 +97,12 @@ else
   failed=$((failed + 1))
   log "FAIL the prod overlay did not render; production checks not run"
 fi
+
+monitoring="$DEPLOY_DIR/monitoring"
+step "promtool check rules (alert rules)" promtool check rules "$monitoring/alerts.yaml"
+step "promtool test rules (alert cases)" promtool test rules "$monitoring/alerts_test.yaml"
+step "monitoring/check.py (dashboard and rules against the exported metrics)" \
+  "$PYTHON" "$monitoring/check.py" --self-test
 
 step "hadolint Dockerfiles" hadolint "$DEPLOY_DIR"/*.Dockerfile
 step "shellcheck scripts" shellcheck -x -P SCRIPTDIR "$DEPLOY_DIR"/*.sh

@@ -18,7 +18,7 @@ use crate::{
         self, OperationsApi, OperationsServiceServer, PipelineServiceServer, ProvisioningApi,
         ProvisioningServiceServer, ResultToPb, Results, ShowcaseApi,
     },
-    clients::{embeddings::HttpEmbedder, registry::GrpcRegistry},
+    clients::{embeddings::HttpEmbedder, registry::GrpcRegistry, token_file::TokenFile},
     domain::{
         engine::{
             operation::ExecutionMode,
@@ -64,7 +64,8 @@ pub struct PipelineArgs {
     )]
     pub registry_url: String,
 
-    /// Bearer token (a file holding it) for calls to the registry.
+    /// Bearer token (a file holding it) for calls to the registry; read again when it
+    /// changes (a Kubernetes projected service-account token).
     #[arg(long, env = "CAPSTAN_REGISTRY_TOKEN_FILE")]
     pub registry_token_file: Option<PathBuf>,
 
@@ -100,6 +101,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "CAPSTAN_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: i64,
 
+    /// Operations of one owner running at once, across every replica (0: no limit); the
+    /// owner's later ones wait PENDING until one ends.
+    #[arg(long, env = "CAPSTAN_MAX_RUNNING_PER_OWNER", default_value_t = 0)]
+    pub max_running_per_owner: u32,
+
     /// Names this replica in leases (default: $HOSTNAME plus a random suffix).
     #[arg(long, env = "CAPSTAN_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -125,6 +131,11 @@ pub struct PipelineArgs {
     /// work.
     #[arg(long, env = "CAPSTAN_FAIL_STEP")]
     pub fail_step: Option<String>,
+
+    /// Fault injection: `--fail-step` fails only its first N attempts, as a transient
+    /// failure the step's retry policy runs again (default: every attempt, for good).
+    #[arg(long, env = "CAPSTAN_FAIL_STEP_TIMES")]
+    pub fail_step_times: Option<u32>,
 
     /// Fault injection (tests, drills): the process aborts when this step starts.
     #[arg(long, env = "CAPSTAN_ABORT_AT_STEP")]
@@ -232,8 +243,10 @@ impl PipelineArgs {
             poll_interval: Duration::from_millis(self.poll_interval_millis),
             watch_heartbeat: Duration::from_secs(self.watch_heartbeat_seconds),
             max_attempts: self.max_attempts,
+            max_running_per_owner: self.max_running_per_owner,
             faults: Faults {
                 fail_step: self.fail_step.clone(),
+                fail_step_times: self.fail_step_times,
                 abort_at_step: self.abort_at_step.clone(),
             },
             ..EngineConfig::default()
@@ -288,8 +301,8 @@ fn features(
 ) -> anyhow::Result<Vec<(Arc<dyn Workflow>, ResultToPb)>> {
     let token = args
         .registry_token_file
-        .as_ref()
-        .map(|p| read_secret_file("--registry-token-file", p))
+        .as_deref()
+        .map(TokenFile::open)
         .transpose()?;
     let registry = Arc::new(GrpcRegistry::new(
         &args.registry_url,

@@ -18,7 +18,7 @@ use capstan_proto::{
     registry::v1 as rpb,
 };
 use capstan_server::{
-    auth::{issue_hs256, Role},
+    auth::{issue_hs256, OidcArgs, Role},
     config::{AuthMode, CommonArgs, LogFormat},
     serve::ServeOptions,
 };
@@ -59,6 +59,7 @@ fn common(data_dir: &Path, secret_file: &Path) -> CommonArgs {
         metrics_listen: None,
         auth: AuthMode::Jwt,
         jwt_secret_file: Some(secret_file.to_path_buf()),
+        oidc: OidcArgs::default(),
         tls_cert_file: None,
         tls_key_file: None,
         shutdown_deadline_seconds: 10,
@@ -264,11 +265,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         queue_workers: true,
         poll_interval_millis: 1000,
         max_attempts: 5,
+        max_running_per_owner: 0,
         replica_id: Some("demo".into()),
         knowledge_provider: KnowledgeProvider::Local,
         knowledge_url: None,
         knowledge_api_key_file: None,
         fail_step: args.fail_step.clone(),
+        fail_step_times: None,
         abort_at_step: None,
         database_wait_seconds: 5,
     };
@@ -317,6 +320,7 @@ async fn drive(
             days: args.days,
             horizon: args.horizon,
             execution_mode: pb::ExecutionMode::Unspecified as i32,
+            alias: String::new(),
         }),
     };
     let started = Instant::now();

@@ -6,6 +6,7 @@ mod bench_report;
 mod client_example;
 mod layers;
 mod manifest_env;
+mod monitoring;
 mod python_client;
 mod readme;
 mod registry;

@@ -10,7 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capstan_server::testing::{self, TestDb};
+use capstan_server::testing::{
+    self,
+    oidc::{OidcProvider, RS256},
+    TestDb,
+};
 use capstan_tests::{binary, grpcurl, output_text, run_grpcurl, tools, Service};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -147,13 +151,67 @@ fn starts_with_manifest_env(
     (svc, dir)
 }
 
+/// The `sub` of pipeline-svc's service-account tokens, which the prod manifests map to
+/// the service role; the test OpenID Provider has a client of that name.
+const PIPELINE_SERVICE_ACCOUNT: &str = "system:serviceaccount:capstan:pipeline-svc";
+
+/// Stand-ins for the cluster's service-account issuer: a real OpenID Provider (its JWKS by
+/// URL, as the manifests name the API server's), the machine's CA bundle for the cluster
+/// CA, and a token for fetching the keys.
+async fn cluster_issuer(dir: &Path) -> (OidcProvider, BTreeMap<&'static str, String>) {
+    let provider = OidcProvider::start().await;
+    let fetch_token = dir.join("kube-api-token");
+    std::fs::write(&fetch_token, provider.token("admin-bot", RS256).await).unwrap();
+    let extra = BTreeMap::from([
+        (
+            "CAPSTAN_OIDC_ISSUERS",
+            format!("{0}={0}/jwks", provider.issuer),
+        ),
+        (
+            "CAPSTAN_OIDC_CA_FILE",
+            "/etc/ssl/certs/ca-certificates.crt".to_string(),
+        ),
+        (
+            "CAPSTAN_OIDC_FETCH_TOKEN_FILE",
+            fetch_token.display().to_string(),
+        ),
+    ]);
+    (provider, extra)
+}
+
+/// registry-svc with the manifests' keys, trusting a stand-in cluster issuer: SERVING, and
+/// a token of pipeline-svc's service account is accepted as the service role.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_starts_with_the_prod_manifest_environment() {
     // Postgres, as in the prod manifests.
     let db = TestDb::postgres().await;
     let url = db.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (provider, extra) = cluster_issuer(dir.path()).await;
+    let token = provider.token(PIPELINE_SERVICE_ACCOUNT, RS256).await;
     tokio::task::spawn_blocking(move || {
-        starts_with_manifest_env("registry-svc", &url, BTreeMap::new());
+        let (registry, _dir) = starts_with_manifest_env("registry-svc", &url, extra);
+        let out = run_grpcurl(
+            &grpcurl(),
+            &[
+                "-plaintext",
+                "-H",
+                &format!("authorization: Bearer {token}"),
+                "-d",
+                r#"{"name": "from-the-service-account", "model_type": "seasonal_naive"}"#,
+                &registry.addr.to_string(),
+                "capstan.registry.v1.RegistryService/CreateRun",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "the service-account token was refused: {}
+registry log:
+{}",
+            output_text(&out),
+            registry.log_text()
+        );
     })
     .await
     .unwrap();
@@ -180,14 +238,17 @@ fn mint(bin: &Path, secret: &Path, role: &str, subject: &str, dir: &Path) -> Pat
 }
 
 /// pipeline-svc with the manifests' keys, the registry URL and token file pointing at a
-/// real registry-svc (same JWT key, as both mount the capstan-jwt Secret): SERVING, and
-/// a demo over that registry succeeds, so the token file and URL really are read.
+/// real registry-svc that trusts a stand-in cluster issuer, the token file holding a
+/// service-account token of that issuer (as the projected volume does): SERVING, and a
+/// demo over that registry succeeds, so the token file and URL really are read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_starts_with_the_prod_manifest_environment() {
     let db = TestDb::postgres().await;
     let url = db.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (provider, issuer) = cluster_issuer(dir.path()).await;
+    let sa_token = provider.token(PIPELINE_SERVICE_ACCOUNT, RS256).await;
     tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir().unwrap();
         let (secret, _) = testing::jwt_secret(dir.path());
         let registry_bin = binary("registry-svc");
         let registry = Service::start(
@@ -199,12 +260,21 @@ async fn pipeline_starts_with_the_prod_manifest_environment() {
                 dir.path().join("registry").to_str().unwrap(),
                 "--jwt-secret-file",
                 secret.to_str().unwrap(),
+                "--oidc-issuer",
+                &issuer["CAPSTAN_OIDC_ISSUERS"],
+                "--oidc-audience",
+                "capstan-registry",
+                "--oidc-roles-claim",
+                "sub",
+                "--oidc-role-map",
+                &format!("{PIPELINE_SERVICE_ACCOUNT}=service"),
             ],
             &[],
             dir.path().join("registry.log"),
         )
         .unwrap();
-        let token = mint(&registry_bin, &secret, "service", "pipeline-svc", dir.path());
+        let token = dir.path().join("registry-token");
+        std::fs::write(&token, &sa_token).unwrap();
         let extra = BTreeMap::from([
             ("CAPSTAN_REGISTRY_URL", registry.url()),
             ("CAPSTAN_REGISTRY_TOKEN_FILE", token.display().to_string()),

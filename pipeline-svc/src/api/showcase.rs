@@ -104,6 +104,11 @@ fn demo_from_pb(
         series: count(&mut v, "series_count", r.series_count, defaults.series),
         days: count(&mut v, "days", r.days, defaults.days),
         horizon: count(&mut v, "horizon", r.horizon, defaults.horizon),
+        alias: if r.alias.is_empty() {
+            defaults.alias
+        } else {
+            r.alias
+        },
     };
     let mode = mode_from_pb("execution_mode", r.execution_mode).ok();
     v.check(mode.is_some(), "execution_mode", || {
@@ -167,10 +172,11 @@ mod tests {
             scenario in prop_oneof![Just(String::new()), Just("showcase_rich".to_string()), Just("showcase_minimal".to_string()), ".{0,20}"],
             seed in proptest::option::of(any::<u64>()),
             series in any::<i32>(), days in any::<i32>(), horizon in any::<i32>(), mode in any::<i32>(),
+            alias in prop_oneof![Just(String::new()), "[a-z0-9][a-z0-9_.-]{0,70}", ".{0,8}"],
         ) {
             let r = pb::StartDemoRequest {
                 request_id: String::new(), scenario, seed, series_count: series, days, horizon,
-                execution_mode: mode,
+                execution_mode: mode, alias,
             };
             match demo_from_pb(r) {
                 Ok((p, _, _)) => prop_assert!(p.validate().is_ok()),

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tonic::{Code, Response, Status};
 
+use super::token_file::TokenFile;
 use crate::{
     domain::showcase::registry::{
         AliasRef, ArtifactMeta, HistoryEntry, ModelRegistry, NewRun, RunRef,
@@ -28,13 +29,13 @@ const CHUNK: usize = 256 * 1024;
 
 pub struct GrpcRegistry {
     url: String,
-    token: Option<String>,
+    token: Option<TokenFile>,
     max_message_bytes: usize,
     channel: OnceCell<AuthedChannel>,
 }
 
 impl GrpcRegistry {
-    pub fn new(url: &str, token: Option<String>, max_message_bytes: usize) -> Self {
+    pub fn new(url: &str, token: Option<TokenFile>, max_message_bytes: usize) -> Self {
         Self {
             url: url.to_string(),
             token,
@@ -46,7 +47,8 @@ impl GrpcRegistry {
     async fn channel(&self) -> Result<AuthedChannel> {
         self.channel
             .get_or_try_init(|| async {
-                capstan_client::connect(&self.url, self.token.as_deref())
+                let token = self.token.as_ref().map(TokenFile::bearer);
+                capstan_client::connect_with(&self.url, token.unwrap_or_default())
                     .await
                     .map_err(|e| {
                         Error::unavailable(format!(
@@ -73,11 +75,23 @@ impl GrpcRegistry {
         F: FnMut(AuthedChannel, bool) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
+        if let Some(token) = &self.token {
+            token.refresh().await;
+        }
         let channel = self.channel().await?;
         Retry::TRANSIENT
             .run(name, |replay| attempt(channel.clone(), replay))
             .await
-            .map_err(|s| upstream(name, s))
+            .map_err(|s| match &self.token {
+                Some(token) if s.code() == Code::Unauthenticated => {
+                    Error::PermissionDenied(format!(
+                        "registry {name}: the registry refuses the token of --registry-token-file {}: {}",
+                        token.path().display(),
+                        s.message()
+                    ))
+                }
+                _ => upstream(name, s),
+            })
     }
 }
 

@@ -10,6 +10,7 @@ use pipeline_svc::{
         engine::{
             operation::{EventType, ExecutionMode, OpStatus, StepStatus},
             ports::Change,
+            retry::RetryPolicy,
             StartOperation,
         },
         now_micros,
@@ -25,6 +26,7 @@ capstan_server::test_on_both_backends!(
     gapless_forward_only_run,
     idempotent_start,
     unavailable_steps_run_again,
+    injected_failures_pass_after_n_attempts,
     failure_compensates_in_reverse,
     crash_resumes_from_last_finished_step,
     cancel_queued_and_running,
@@ -364,30 +366,87 @@ async fn stalled_watcher_falls_back_to_the_store(db: TestDb) {
 
 async fn unavailable_steps_run_again(db: TestDb) {
     let url = db.url.clone();
-    // Down for two runs, then back: the step runs a third time and the operation succeeds.
+    // Down for two runs, then back: the third attempt passes and the operation succeeds.
     let flow = TestFlow {
         unavailable: Some((2, 2)),
         ..Default::default()
     };
-    let engine = flow.engine(store(&url, "r1").await, engine_config("r1"));
+    let mut cfg = engine_config("r1");
+    cfg.step_retry = RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: Duration::from_millis(40),
+        max_backoff: Duration::from_millis(60),
+        multiplier: 2.0,
+        jitter: 0.5,
+        ..RetryPolicy::default()
+    };
+    let policy = cfg.step_retry;
+    let engine = flow.engine(store(&url, "r1").await, cfg);
     let op = engine.start("alice", flow.request(4, None)).await.unwrap();
     let events = collect(&engine, op.id, 0).await;
     assert_gapless(&events, 1);
     assert_eq!(flow.log(), ["s0", "s1", "s2", "s2", "s2", "s3"]);
-    let retries: Vec<_> = events
+    let s2: Vec<_> = events.iter().filter(|e| e.step == "s2").collect();
+    let retries: Vec<_> = s2
         .iter()
-        .filter(|e| e.kind == EventType::Progress && e.step == "s2")
-        .map(|e| e.message.as_str())
+        .filter(|e| e.kind == EventType::Progress)
         .collect();
-    assert_eq!(retries.len(), 2, "{retries:?}");
-    assert!(
-        retries[1].contains("dependency is down (run 2)") && retries[1].contains("retry 2 of 3"),
-        "{}",
-        retries[1]
-    );
+    assert_eq!(retries.len(), 2, "{retries:#?}");
+    for (n, r) in retries.iter().enumerate() {
+        let attempt = n as u32 + 1;
+        assert!(
+            r.message
+                .contains(&format!("dependency is down (run {attempt})"))
+                && r.message.contains(&format!("attempt {attempt} of 5"))
+                && r.message.contains(&format!("attempt {} in", attempt + 1)),
+            "{}",
+            r.message
+        );
+        // The announced delay lies within the policy's bounds, and the next attempt
+        // started no earlier than it said.
+        let ms: u64 = r
+            .message
+            .rsplit("in ")
+            .next()
+            .and_then(|t| t.trim_end_matches(" ms").parse().ok())
+            .unwrap_or_else(|| panic!("no delay in {}", r.message));
+        let ceiling = policy.ceiling(attempt).as_millis() as u64;
+        assert!(
+            ms <= ceiling && ms * 2 + 1 >= ceiling,
+            "delay {ms} ms outside [{}, {ceiling}]",
+            ceiling / 2
+        );
+        let next = s2
+            .iter()
+            .find(|e| e.kind == EventType::StepStarted && e.sequence > r.sequence)
+            .expect("the next attempt started");
+        assert!(next.time - r.time >= (ms as i64) * 1000 - 1000);
+    }
+    let starts = s2
+        .iter()
+        .filter(|e| e.kind == EventType::StepStarted)
+        .count();
+    assert_eq!(starts, 3, "each run is an attempt");
     let done = engine.get(op.id, None).await.unwrap();
     assert_eq!(done.status, OpStatus::Succeeded);
-    assert_eq!(done.steps[2].attempt, 1, "one start, run three times");
+    assert_eq!(done.steps[2].attempt, 3);
+    assert_eq!(done.steps[1].attempt, 1);
+
+    // A failure the policy declares final fails at once.
+    let flow = TestFlow {
+        fail_at: Some(1),
+        ..Default::default()
+    };
+    let engine = flow.engine(store(&url, "r3").await, engine_config("r3"));
+    let op = engine.start("alice", flow.request(3, None)).await.unwrap();
+    collect(&engine, op.id, 0).await;
+    assert_eq!(flow.log(), ["s0", "s1", "undo:s1", "undo:s0"]);
+    let failed = engine.get(op.id, None).await.unwrap();
+    assert_eq!(failed.status, OpStatus::Failed);
+    assert_eq!(
+        failed.steps[1].attempt, 1,
+        "a failed precondition is not retried"
+    );
 
     // Down for longer than the retries last: the step fails and is compensated.
     let flow = TestFlow {
@@ -409,4 +468,21 @@ async fn unavailable_steps_run_again(db: TestDb) {
         err.message.contains("dependency is down (run 4)"),
         "{err:?}"
     );
+}
+
+async fn injected_failures_pass_after_n_attempts(db: TestDb) {
+    let flow = TestFlow::default();
+    let mut cfg = engine_config("r1");
+    cfg.faults.fail_step = Some("s1".into());
+    cfg.faults.fail_step_times = Some(2);
+    let engine = flow.engine(store(&db.url, "r1").await, cfg);
+    let op = engine.start("alice", flow.request(3, None)).await.unwrap();
+    let events = collect(&engine, op.id, 0).await;
+    assert_gapless(&events, 1);
+    let done = engine.get(op.id, None).await.unwrap();
+    assert_eq!(done.status, OpStatus::Succeeded, "{events:#?}");
+    assert_eq!(done.steps[1].attempt, 3);
+    assert!(events
+        .iter()
+        .any(|e| e.message.contains("injected failure 2 of 2")));
 }

@@ -2,7 +2,7 @@
 //! databases (one per test), real gRPC on loopback, real processes for the crash drills.
 //!
 //! - `contract`: one suite per storage port, run on both backends;
-//! - `engine`, `watch`: the engine's behaviour, through the `noop` workflow;
+//! - `engine`, `keys`, `watch`: the engine's behaviour, through the `noop` workflow;
 //! - `db_loss`: every connection of the database killed under load;
 //! - `migrations`: start-up on a database an earlier release migrated;
 //! - `provisioning`: graph provisioning end to end, its failures, security and specs;
@@ -12,6 +12,7 @@ mod common;
 mod contract;
 mod db_loss;
 mod engine;
+mod keys;
 mod migrations;
 mod provisioning;
 #[cfg(feature = "demo")]

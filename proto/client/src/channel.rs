@@ -1,7 +1,12 @@
 //! Channels to Capstan servers: one address, or a client-side balanced pool over several,
 //! each call carrying a bearer token.
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
 
 use tonic::{
     metadata::{Ascii, MetadataValue},
@@ -12,29 +17,41 @@ use tonic::{
 
 use crate::ConnectError;
 
-/// Adds `authorization: Bearer …` to every call when a token is set.
+/// Adds `authorization: Bearer …` to every call when a token is set. Clones share the
+/// token: [`BearerToken::replace`] changes it for every channel made with one of them
+/// (a token file rotated on disk).
 #[derive(Clone, Default)]
-pub struct BearerToken(Option<MetadataValue<Ascii>>);
+pub struct BearerToken(Arc<RwLock<Option<MetadataValue<Ascii>>>>);
 
 impl BearerToken {
-    pub fn new(token: Option<&str>) -> Result<Self, ConnectError> {
-        Ok(Self(match token {
-            Some(t) => Some(
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| ConnectError::Token)?,
-            ),
-            None => None,
-        }))
+    pub fn new(token_value: Option<&str>) -> Result<Self, ConnectError> {
+        let token = Self::default();
+        if let Some(t) = token_value {
+            token.replace(t)?;
+        }
+        Ok(token)
+    }
+
+    /// Sends `token` from now on; a value that is no valid header leaves the old one.
+    pub fn replace(&self, token: &str) -> Result<(), ConnectError> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ConnectError::Token)?;
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(value);
+        Ok(())
     }
 }
 
 impl Interceptor for BearerToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
+        // Writers only store a whole value, so a poisoned lock still holds one.
+        let token = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(value) = token {
+            request.metadata_mut().insert("authorization", value);
         }
         Ok(request)
     }
@@ -71,6 +88,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// address they resolve to, re-resolved periodically: HTTP/2 pins a connection to one
 /// pod, so balancing must happen here.
 pub async fn connect(urls: &str, token: Option<&str>) -> Result<AuthedChannel, ConnectError> {
+    connect_with(urls, BearerToken::new(token)?).await
+}
+
+/// [`connect`] with a token that may change while the channel lives.
+pub async fn connect_with(urls: &str, token: BearerToken) -> Result<AuthedChannel, ConnectError> {
     let list: Vec<&str> = urls
         .split(',')
         .map(str::trim)
@@ -89,7 +111,7 @@ pub async fn connect(urls: &str, token: Option<&str>) -> Result<AuthedChannel, C
         }
         _ => balanced(list.iter().map(|u| u.to_string()).collect()).await?,
     };
-    Ok(InterceptedService::new(channel, BearerToken::new(token)?))
+    Ok(InterceptedService::new(channel, token))
 }
 
 fn host_port(url: &str) -> &str {

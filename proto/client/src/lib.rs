@@ -27,7 +27,7 @@ mod error;
 mod retry;
 
 pub use capstan_proto as pb;
-pub use channel::{connect, endpoint, AuthedChannel, BearerToken};
+pub use channel::{connect, connect_with, endpoint, AuthedChannel, BearerToken};
 pub use error::ConnectError;
 pub use retry::{failed_in_transit, Retry};
 

@@ -6,9 +6,12 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 
+use crate::auth::OidcArgs;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
-    /// Bearer JWTs are required on every call but health and reflection.
+    /// Bearer JWTs (`--jwt-secret-file`, `--oidc-issuer`) are required on every call but
+    /// health and reflection.
     Jwt,
     /// Every caller is treated as an admin. Logged as a warning at start.
     Disabled,
@@ -38,9 +41,13 @@ pub struct CommonArgs {
     #[arg(long, env = "CAPSTAN_AUTH", value_enum, default_value = "jwt")]
     pub auth: AuthMode,
 
-    /// HMAC key for HS256 tokens, or a PEM public key for RS256.
+    /// HMAC key for HS256 tokens, or a PEM public key for RS256 (tokens without `iss`).
     #[arg(long, env = "CAPSTAN_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+
+    /// OpenID issuers whose tokens are accepted, and how their claims map.
+    #[command(flatten)]
+    pub oidc: OidcArgs,
 
     /// PEM certificate chain; with `--tls-key-file` the server speaks TLS.
     #[arg(long, env = "CAPSTAN_TLS_CERT_FILE", requires = "tls_key_file")]
@@ -74,8 +81,11 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// Checks what clap cannot, with a message that names the flag.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.auth == AuthMode::Jwt && self.jwt_secret_file.is_none() {
-            bail!("--auth jwt needs --jwt-secret-file (CAPSTAN_JWT_SECRET_FILE); pass --auth disabled (CAPSTAN_AUTH=disabled) to run without authentication");
+        if self.auth == AuthMode::Jwt
+            && self.jwt_secret_file.is_none()
+            && self.oidc.issuers.is_empty()
+        {
+            bail!("--auth jwt needs --jwt-secret-file (CAPSTAN_JWT_SECRET_FILE) or --oidc-issuer (CAPSTAN_OIDC_ISSUERS); pass --auth disabled (CAPSTAN_AUTH=disabled) to run without authentication");
         }
         if let Some(url) = &self.database_url {
             if !(url.starts_with("sqlite:")

@@ -2,7 +2,11 @@
 //! `$n` placeholders serves SQLite and Postgres).
 
 use std::{
-    sync::{Arc, Mutex},
+    cell::Cell,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, Weak,
+    },
     time::{Duration, Instant},
 };
 
@@ -55,6 +59,17 @@ pub async fn pool(
     max: u32,
     search_path: Option<&'static str>,
 ) -> Result<AnyPool, sqlx::Error> {
+    pool_options(backend, max, search_path).connect(url).await
+}
+
+/// The options of [`pool`], to change before connecting (sqlx's default max lifetime of
+/// 30 minutes and idle timeout of 10 minutes stay unless changed; [`Connections`] honours
+/// both).
+pub fn pool_options(
+    backend: Backend,
+    max: u32,
+    search_path: Option<&'static str>,
+) -> AnyPoolOptions {
     sqlx::any::install_default_drivers();
     AnyPoolOptions::new()
         .max_connections(max)
@@ -65,6 +80,7 @@ pub async fn pool(
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
+                note_age(meta.age);
                 if meta.idle_for > IDLE_BEFORE_PING {
                     conn.ping().await?;
                 }
@@ -73,6 +89,7 @@ pub async fn pool(
         })
         .after_connect(move |conn, _| {
             Box::pin(async move {
+                note_age(Duration::ZERO);
                 match backend {
                     Backend::Sqlite => {
                         for pragma in [
@@ -94,8 +111,17 @@ pub async fn pool(
                 Ok(())
             })
         })
-        .connect(url)
-        .await
+}
+
+tokio::task_local! {
+    /// Set by [`Connections::acquire`] around sqlx's acquire, whose hooks (run within it)
+    /// note how old the connection they hand out is: sqlx keeps that to itself.
+    static HANDED_OUT_AGE: Cell<Option<Duration>>;
+}
+
+fn note_age(age: Duration) {
+    // Outside `Connections::acquire` (migrations, sqlx's own checks) nobody asks.
+    let _outside = HANDED_OUT_AGE.try_with(|cell| cell.set(Some(age)));
 }
 
 /// A pool whose connections come back for the next query as they are after a use that
@@ -108,6 +134,10 @@ pub async fn pool(
 /// here; one whose use failed or was cancelled (its replies perhaps unread, a transaction
 /// perhaps open) is dropped into sqlx's pool, whose check decides whether it lives on.
 ///
+/// Kept connections are held to the pool's max lifetime and idle timeout as the pool
+/// holds its own: one past either is closed instead of used (on the next acquire, or by a
+/// sweep every half of the shorter limit while nothing is acquired).
+///
 /// As an [`Executor`], `&Connections` runs each query on a connection of its own; for
 /// several statements on one connection (a transaction), [`Connections::acquire`] one.
 #[derive(Clone)]
@@ -117,11 +147,40 @@ pub struct Connections {
     /// never sees the connections kept in `idle` come back, so it cannot hand them on.
     permits: Arc<Semaphore>,
     idle: Arc<Mutex<Vec<Idle>>>,
+    limits: Limits,
+    sweeping: Arc<AtomicBool>,
 }
 
 struct Idle {
     conn: PoolConnection<Any>,
+    /// When it was opened (as far as sqlx told), and when it was last given back.
+    opened: Instant,
     since: Instant,
+}
+
+/// The pool's limits on a connection's age and idle time.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Limits {
+    fn expired(&self, opened: Instant, since: Instant) -> bool {
+        self.max_lifetime.is_some_and(|l| opened.elapsed() >= l)
+            || self.idle_timeout.is_some_and(|t| since.elapsed() >= t)
+    }
+
+    /// How often kept connections are swept while nobody acquires: half the shorter
+    /// limit (sqlx sweeps its own once per the shorter one), at least every second.
+    fn sweep_every(&self) -> Option<Duration> {
+        let shorter = match (self.max_lifetime, self.idle_timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return None,
+        };
+        Some((shorter / 2).max(Duration::from_secs(1)))
+    }
 }
 
 impl std::fmt::Debug for Connections {
@@ -135,11 +194,18 @@ impl std::fmt::Debug for Connections {
 
 impl From<AnyPool> for Connections {
     fn from(pool: AnyPool) -> Self {
-        let max = pool.options().get_max_connections() as usize;
+        let options = pool.options();
+        let max = options.get_max_connections() as usize;
+        let limits = Limits {
+            max_lifetime: options.get_max_lifetime(),
+            idle_timeout: options.get_idle_timeout(),
+        };
         Self {
             pool,
             permits: Arc::new(Semaphore::new(max)),
             idle: Arc::default(),
+            limits,
+            sweeping: Arc::default(),
         }
     }
 }
@@ -156,32 +222,98 @@ impl Connections {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let kept = self.lock_idle().pop();
-        let conn = match kept {
-            Some(Idle { mut conn, since }) if since.elapsed() > IDLE_BEFORE_PING => {
+        let kept = {
+            let mut idle = self.lock_idle();
+            close_expired(&mut idle, self.limits);
+            idle.pop()
+        };
+        let (conn, opened) = match kept {
+            Some(Idle {
+                mut conn,
+                opened,
+                since,
+            }) if since.elapsed() > IDLE_BEFORE_PING => {
                 // Long idle: the server or a proxy may have dropped it.
                 match conn.ping().await {
-                    Ok(()) => conn,
+                    Ok(()) => (conn, opened),
                     Err(e) => {
                         tracing::warn!(error = %e, "an idle database connection is gone; opening another");
                         drop(conn);
-                        self.pool.acquire().await?
+                        self.pooled().await?
                     }
                 }
             }
-            Some(Idle { conn, .. }) => conn,
-            None => self.pool.acquire().await?,
+            Some(Idle { conn, opened, .. }) => (conn, opened),
+            None => self.pooled().await?,
         };
         Ok(Lease {
             conn,
-            idle: self.idle.clone(),
+            opened,
+            home: self.clone(),
             _permit: permit,
         })
+    }
+
+    /// A connection from sqlx's pool, and when it was opened.
+    async fn pooled(&self) -> Result<(PoolConnection<Any>, Instant), sqlx::Error> {
+        HANDED_OUT_AGE
+            .scope(Cell::new(None), async {
+                let conn = self.pool.acquire().await?;
+                // A pool made without `pool_options`' hooks tells no age: count from now.
+                let age = HANDED_OUT_AGE.with(Cell::get).unwrap_or_default();
+                let now = Instant::now();
+                Ok((conn, now.checked_sub(age).unwrap_or(now)))
+            })
+            .await
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         lock(&self.idle)
     }
+
+    /// Keeps `conn` for the next use, and makes sure a sweep closes it in time if there
+    /// is none.
+    fn keep(&self, conn: PoolConnection<Any>, opened: Instant) {
+        lock(&self.idle).push(Idle {
+            conn,
+            opened,
+            since: Instant::now(),
+        });
+        if let Some(every) = self.limits.sweep_every() {
+            if !self.sweeping.swap(true, Ordering::AcqRel) {
+                tokio::spawn(sweep(Arc::downgrade(&self.idle), self.limits, every));
+            }
+        }
+    }
+}
+
+/// Closes the kept connections past the pool's limits, until the [`Connections`] are gone.
+async fn sweep(idle: Weak<Mutex<Vec<Idle>>>, limits: Limits, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(idle) = idle.upgrade() else { return };
+        close_expired(&mut lock(&idle), limits);
+    }
+}
+
+/// Removes the connections past the limits from `idle` and closes them (in a task of
+/// their own: closing waits on the server, the caller holds a lock).
+fn close_expired(idle: &mut Vec<Idle>, limits: Limits) {
+    if !idle.iter().any(|c| limits.expired(c.opened, c.since)) {
+        return;
+    }
+    // In order: the most recently used stays last, to be used first.
+    let (expired, kept): (Vec<Idle>, Vec<Idle>) = std::mem::take(idle)
+        .into_iter()
+        .partition(|c| limits.expired(c.opened, c.since));
+    *idle = kept;
+    tokio::spawn(async move {
+        for Idle { conn, .. } in expired {
+            if let Err(e) = conn.close().await {
+                tracing::warn!(error = %e, "closing a database connection past the pool's lifetime or idle limit failed");
+            }
+        }
+    });
 }
 
 fn lock(idle: &Mutex<Vec<Idle>>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -193,16 +325,14 @@ fn lock(idle: &Mutex<Vec<Idle>>) -> std::sync::MutexGuard<'_, Vec<Idle>> {
 /// completed keeps it for the next; dropped otherwise, it goes back through sqlx's check.
 pub struct Lease {
     conn: PoolConnection<Any>,
-    idle: Arc<Mutex<Vec<Idle>>>,
+    opened: Instant,
+    home: Connections,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Lease {
     pub fn release(self) {
-        lock(&self.idle).push(Idle {
-            conn: self.conn,
-            since: Instant::now(),
-        });
+        self.home.keep(self.conn, self.opened);
     }
 }
 

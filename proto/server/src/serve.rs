@@ -19,6 +19,10 @@ use tonic::{
     transport::{server::TcpIncoming, Identity, Server, ServerTlsConfig},
 };
 use tower::{Layer, Service};
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyEos, ClassifyResponse, GrpcEosErrorsAsFailures,
+    GrpcErrorsAsFailures, GrpcFailureClass,
+};
 
 pub use tonic_health::server::{health_reporter, HealthReporter};
 use tracing::Instrument;
@@ -43,10 +47,9 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     pub fn from_args(args: &CommonArgs) -> anyhow::Result<Self> {
-        let verifier = match (args.auth, &args.jwt_secret_file) {
-            (AuthMode::Disabled, _) => Verifier::disabled(),
-            (AuthMode::Jwt, Some(path)) => Verifier::from_file(path)?,
-            (AuthMode::Jwt, None) => anyhow::bail!("--auth jwt needs --jwt-secret-file"),
+        let verifier = match args.auth {
+            AuthMode::Disabled => Verifier::disabled(),
+            AuthMode::Jwt => Verifier::from_settings(args.jwt_secret_file.as_deref(), &args.oidc)?,
         };
         Ok(Self {
             verifier,
@@ -127,6 +130,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let routes = with_reflection(routes, &options.advertise)?;
+    options.verifier.warm_up();
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(options.max_concurrent_streams)
@@ -254,8 +258,13 @@ impl<S: futures::Stream + Unpin> futures::Stream for WithRequestId<S> {
     }
 }
 
-/// Gives every call a `grpc` span (method and request id) and records its count and
-/// latency as Prometheus metrics.
+/// Gives every call a `grpc` span (method and request id) and records its count by final
+/// status and its duration to the end of its response as Prometheus metrics.
+///
+/// The final status is what tower-http's gRPC classifier reads: the headers of a
+/// trailers-only error, else the trailers after the last message, so an error a stream
+/// sends after some messages counts with its own code. A response the client drops before
+/// its end counts as `CANCELLED`, what the client saw.
 #[derive(Clone, Copy)]
 pub struct ObserveLayer;
 
@@ -297,30 +306,127 @@ where
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let span = tracing::info_span!("grpc", method = %method, request_id = %request_id);
         let request_id: Arc<str> = request_id.into();
-        let start = Instant::now();
+        let call = Call {
+            method,
+            start: Instant::now(),
+            span: span.clone(),
+        };
         let fut = REQUEST_ID.scope(request_id, self.inner.call(req));
         Box::pin(
             async move {
-                let res = fut.await;
-                // Errors of unary calls travel in the headers ("trailers-only"); streams and
-                // successes carry them in trailers, counted here as their header status.
-                let code = match &res {
-                    Ok(r) => r
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .map_or("OK", |c| code_name(tonic::Code::from_i32(c))),
-                    Err(_) => "TRANSPORT",
-                };
-                let elapsed = start.elapsed();
-                tracing::debug!(code, elapsed_us = elapsed.as_micros() as u64, "call");
-                metrics::counter!("capstan_grpc_requests_total", "method" => method.clone(), "code" => code).increment(1);
-                metrics::histogram!("capstan_grpc_request_duration_seconds", "method" => method).record(elapsed.as_secs_f64());
-                res
+                match fut.await {
+                    Ok(response) => Ok(call.follow(response)),
+                    Err(e) => {
+                        call.finish("TRANSPORT");
+                        Err(e)
+                    }
+                }
             }
             .instrument(span),
         )
+    }
+}
+
+/// One call being observed, until its response ends.
+struct Call {
+    method: String,
+    start: Instant,
+    /// Kept until the response ends, so the span covers the whole stream.
+    span: tracing::Span,
+}
+
+impl Call {
+    /// Records the call now when its headers carry the final status, else when its body
+    /// ends (see [`ObservedBody`]).
+    fn follow(self, response: http::Response<Body>) -> http::Response<Body> {
+        match GrpcErrorsAsFailures::new().classify_response(&response) {
+            ClassifiedResponse::Ready(class) => {
+                self.finish(status_label(class));
+                response
+            }
+            ClassifiedResponse::RequiresEos(eos) => response.map(|inner| {
+                Body::new(ObservedBody {
+                    inner,
+                    end: Some((eos, self)),
+                })
+            }),
+        }
+    }
+
+    fn finish(self, code: &'static str) {
+        let elapsed = self.start.elapsed();
+        let _entered = self.span.enter();
+        tracing::debug!(code, elapsed_us = elapsed.as_micros() as u64, "call");
+        metrics::counter!("capstan_grpc_requests_total", "method" => self.method.clone(), "code" => code).increment(1);
+        metrics::histogram!("capstan_grpc_request_duration_seconds", "method" => self.method)
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+/// The name of a classified status: `OK`, a gRPC code's name, or `TRANSPORT` when the
+/// response failed below gRPC.
+fn status_label(class: Result<(), GrpcFailureClass>) -> &'static str {
+    match class {
+        Ok(()) => "OK",
+        Err(GrpcFailureClass::Code(code)) => code_name(tonic::Code::from_i32(code.get())),
+        Err(GrpcFailureClass::Error(_)) => "TRANSPORT",
+    }
+}
+
+/// A response body that records its call when it ends: at the trailers, at its end, at
+/// an error, or when it is dropped unfinished.
+struct ObservedBody {
+    inner: Body,
+    end: Option<(GrpcEosErrorsAsFailures, Call)>,
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // Data frames are not the end; trailers, an error or the body's end are.
+        let end = match &frame {
+            Some(Ok(f)) => f.trailers_ref().map(|t| Ok(Some(t))),
+            Some(Err(e)) => Some(Err(e)),
+            None => Some(Ok(None)),
+        };
+        if let Some(end) = end {
+            let Some((eos, call)) = self.end.take() else {
+                return Poll::Ready(frame);
+            };
+            let class = match end {
+                Ok(trailers) => eos.classify_eos(trailers),
+                Err(e) => Err(eos.classify_error(e)),
+            };
+            call.finish(status_label(class));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if let Some((eos, call)) = self.end.take() {
+            let code = if http_body::Body::is_end_stream(&self.inner) {
+                status_label(eos.classify_eos(None))
+            } else {
+                "CANCELLED"
+            };
+            call.finish(code);
+        }
     }
 }
 

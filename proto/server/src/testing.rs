@@ -8,6 +8,9 @@
 //! - [`test_on_both_backends!`](crate::test_on_both_backends): the one way to run a test
 //!   on both backends, as two test functions `name::sqlite` and `name::postgres`.
 //! - [`jwt_secret`]: a signing secret for servers with auth on.
+//! - [`oidc::OidcProvider`]: a real OpenID Provider on loopback, for OIDC/JWKS tests.
+
+pub mod oidc;
 
 use std::{path::PathBuf, time::Duration};
 

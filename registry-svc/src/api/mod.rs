@@ -137,6 +137,7 @@ impl RegistryService for RegistryApi {
                 tags: r.tags.into_iter().collect(),
                 name_prefix: (!r.name_prefix.is_empty()).then_some(r.name_prefix),
             },
+            expression: r.filter,
             order_by: r.order_by,
             page_size: r.page_size,
             page_token: r.page_token,

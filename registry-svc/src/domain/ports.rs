@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{
     aliases::{Alias, AliasHistoryEntry, AliasWrite},
     namespaces::Namespace,
-    runs::{ModelRun, RunCursor, RunFilter, RunOrder},
+    runs::{filter::Filter, ModelRun, RunCursor, RunOrder},
     Micros,
 };
 use crate::error::Result;
@@ -42,7 +42,7 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn list_runs(
         &self,
         namespace: &str,
-        filter: &RunFilter,
+        filter: Option<&Filter>,
         order: &RunOrder,
         after: Option<&RunCursor>,
         limit: usize,

@@ -8,16 +8,18 @@
 
 use std::{sync::Arc, time::Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     operation::{EventType, OpStatus, Operation, OperationError, Step, StepStatus},
-    ports::{Change, Lease, StepChange, StepUpdate},
+    ports::{Admission, Change, Lease, StepChange, StepUpdate},
+    retry::RetryPolicy,
     workflow::{Execution, StepCx, StepOutcome, StopReason},
     Engine,
 };
 use crate::{
-    domain::now_micros,
+    domain::{now_micros, Micros},
     error::{Error, Result},
 };
 
@@ -36,6 +38,8 @@ pub(super) struct Driver<'a> {
     /// Changes waiting to commit with the next one (see the module comment).
     deferred: Vec<Change>,
     started: Instant,
+    /// When the operation was created: its duration metric runs from there to its end.
+    created: Micros,
 }
 
 /// Why the operation ends other than by succeeding.
@@ -46,6 +50,13 @@ enum Stop {
         message: String,
     },
     Cancelled,
+}
+
+/// How waiting for admission ended.
+enum Admitted {
+    Yes,
+    CancelRequested,
+    Shutdown,
 }
 
 /// What happens after a step.
@@ -78,17 +89,35 @@ impl<'a> Driver<'a> {
             stopping: false,
             deferred: Vec::new(),
             started: Instant::now(),
+            created: 0,
         }
     }
 
-    pub(super) async fn drive(mut self) -> Result<()> {
+    pub(super) async fn drive(
+        mut self,
+        permit: Option<OwnedSemaphorePermit>,
+        admitted: bool,
+    ) -> Result<()> {
+        if !admitted {
+            match self.wait_for_admission().await? {
+                Admitted::Yes => {}
+                Admitted::CancelRequested => self.cancel_requested = true,
+                Admitted::Shutdown => return self.release().await,
+            }
+        }
+        // DIRECT work takes its slot once admitted, so that queued work waits for it.
+        let _permit = match permit {
+            Some(p) => Some(p),
+            None => self.engine.slots.clone().acquire_owned().await.ok(),
+        };
         let op = self.engine.get(self.lease.operation_id, None).await?;
         if op.status.is_terminal() {
             return Ok(());
         }
         self.steps = op.steps.clone();
         self.kind = op.kind.clone();
-        self.cancel_requested = op.cancel_requested;
+        self.created = op.create_time;
+        self.cancel_requested |= op.cancel_requested;
         let mut exec = match self.restore(&op) {
             Ok(e) => e,
             Err(e) => {
@@ -111,6 +140,37 @@ impl<'a> Driver<'a> {
             }
         }
         self.succeed(&mut *exec).await
+    }
+
+    /// Waits, PENDING, until the store admits the operation (its keys are free and its
+    /// owner under the limit). The store recorded why it waits; nothing here polls it:
+    /// an operation ending wakes the check, and a slow safety net covers lost hints.
+    async fn wait_for_admission(&mut self) -> Result<Admitted> {
+        let safety_net = self.engine.cfg.poll_interval.max(self.engine.cfg.lease / 3);
+        let shutdown = self.engine.shutdown.clone();
+        loop {
+            let woken = self.engine.admissions_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.engine.jobs.admit(self.lease, now_micros()).await {
+                Ok(Admission::Admitted) => return Ok(Admitted::Yes),
+                Ok(Admission::CancelRequested) => return Ok(Admitted::CancelRequested),
+                Ok(Admission::Waiting(why)) => {
+                    tracing::debug!(operation = %self.lease.operation_id, %why, "waiting for admission")
+                }
+                Err(e @ Error::LeaseLost(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(operation = %self.lease.operation_id, error = %e, "admission check failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(safety_net) => {}
+                _ = self.lost.cancelled() => return Err(lease_lost()),
+                _ = self.cancel.cancelled() => return Ok(Admitted::CancelRequested),
+                _ = shutdown.cancelled() => return Ok(Admitted::Shutdown),
+            }
+        }
     }
 
     fn restore(&self, op: &Operation) -> Result<Box<dyn Execution>> {
@@ -166,59 +226,78 @@ impl<'a> Driver<'a> {
         None
     }
 
-    /// Starts, runs and (on success, deferred) finishes step `i`.
+    /// Starts, runs and (on success, deferred) finishes step `i`, running it again by its
+    /// retry policy after a failure; each run is a new attempt (`STEP_STARTED`).
     async fn step(&mut self, i: usize, exec: &mut dyn Execution) -> Result<Next> {
-        if self.cancel.is_cancelled() || self.cancel_requested {
-            return Ok(Next::Stop(Stop::Cancelled));
-        }
-        if self.engine.shutdown.is_cancelled() {
-            return Ok(Next::Release);
-        }
-        self.start_step(i).await?;
-        // A cancellation seen while recording the start stops the step before it runs.
-        if self.cancel_requested {
-            return Ok(Next::Stop(Stop::Cancelled));
-        }
-        let mut retries = 0;
+        let policy = self.policy(i);
         loop {
+            if self.cancel.is_cancelled() || self.cancel_requested {
+                return Ok(Next::Stop(Stop::Cancelled));
+            }
+            if self.engine.shutdown.is_cancelled() {
+                return Ok(Next::Release);
+            }
+            self.start_step(i).await?;
+            // A cancellation seen while recording the start stops the step before it runs.
+            if self.cancel_requested {
+                return Ok(Next::Stop(Stop::Cancelled));
+            }
+            let attempt = u32::try_from(self.steps[i].attempt).unwrap_or(u32::MAX);
             match self.run_step(i, exec).await? {
                 Ok(outcome) => {
                     self.defer_step_end(i, outcome, exec);
                     return Ok(Next::Continue);
                 }
                 Err(Error::LeaseLost(m)) => return Err(Error::LeaseLost(m)),
-                Err(e @ Error::Unavailable { .. }) if retries < self.engine.cfg.step_retries => {
-                    retries += 1;
-                    if let Some(next) = self.back_off(i, retries, &e).await? {
+                Err(e) if policy.retries(&e, attempt) => {
+                    if let Some(next) = self.back_off(i, attempt, &policy, &e).await? {
                         return Ok(next);
                     }
                 }
                 Err(e) => {
+                    let message = if attempt > 1 {
+                        format!("{e} (attempt {attempt} of {})", policy.max_attempts)
+                    } else {
+                        e.to_string()
+                    };
                     return Ok(Next::Stop(Stop::Failed {
                         step: Some(i),
-                        message: e.to_string(),
-                    }))
+                        message,
+                    }));
                 }
             }
         }
     }
 
-    /// Waits before the `retry`th run of step `i`, which failed with `e`, and says so to
-    /// watchers. `Some`: what to do instead of running it again (the operation was
-    /// cancelled or the replica is shutting down).
-    async fn back_off(&mut self, i: usize, retry: u32, e: &Error) -> Result<Option<Next>> {
-        let cfg = &self.engine.cfg;
-        let wait = cfg
-            .step_retry_backoff
-            .saturating_mul(1 << (retry - 1).min(16))
-            .min(super::MAX_STEP_BACKOFF);
+    /// Step `i`'s retry policy: its workflow's, or the engine's default.
+    fn policy(&self, i: usize) -> RetryPolicy {
+        self.engine
+            .workflows
+            .get(&self.kind)
+            .and_then(|w| w.retry_policy(&self.steps[i].name))
+            .unwrap_or(self.engine.cfg.step_retry)
+    }
+
+    /// Waits before running step `i` again after attempt `attempt` failed with `e`, and
+    /// says so to watchers (the error and the delay). `Some`: what to do instead of
+    /// running it again (the operation was cancelled or the replica is shutting down).
+    async fn back_off(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        policy: &RetryPolicy,
+        e: &Error,
+    ) -> Result<Option<Next>> {
+        let wait = policy.delay(attempt);
         let message = format!(
-            "{} failed ({e}); running it again in {} ms (retry {retry} of {})",
+            "{} failed on attempt {attempt} of {} ({e}); attempt {} in {} ms",
             self.steps[i].name,
+            policy.max_attempts,
+            attempt + 1,
             wait.as_millis(),
-            cfg.step_retries
         );
-        tracing::warn!(operation = %self.lease.operation_id, step = %self.steps[i].name, error = %e, retry, "step failed as unavailable; retrying");
+        tracing::warn!(operation = %self.lease.operation_id, step = %self.steps[i].name, error = %e, attempt, "step failed; retrying by its policy");
+        metrics::counter!("capstan_operation_step_retries_total", "kind" => self.kind.clone(), "step" => self.steps[i].name.clone()).increment(1);
         self.record(Change {
             step: Some(self.step_ref(i)),
             ..Change::new(EventType::Progress, message, now_micros())
@@ -250,6 +329,7 @@ impl<'a> Driver<'a> {
         };
         self.move_step(i, EventType::StepStarted, update, message, None)
             .await?;
+        self.steps[i].attempt = attempt;
         // After the start is recorded: the crash leaves the step RUNNING, as a real one
         // mid-step would.
         if self.engine.cfg.faults.abort_at_step.as_deref() == Some(name.as_str()) {
@@ -277,10 +357,21 @@ impl<'a> Driver<'a> {
             o = exec.run_step(&name, &cx) => o,
             _ = self.lost.cancelled() => return Err(lease_lost()),
         };
+        let faults = &self.engine.cfg.faults;
         let outcome = match outcome {
-            Ok(_) if self.engine.cfg.faults.fail_step.as_deref() == Some(name.as_str()) => Err(
-                Error::Precondition(format!("injected failure (--fail-step {name})")),
-            ),
+            Ok(_) if faults.fail_step.as_deref() == Some(name.as_str()) => {
+                Err(match faults.fail_step_times {
+                    // A transient failure: the step's retry policy runs it again.
+                    Some(times) if self.steps[i].attempt <= i64::from(times) => {
+                        Error::unavailable(format!(
+                            "injected failure {} of {times} (--fail-step {name} --fail-step-times {times})",
+                            self.steps[i].attempt
+                        ))
+                    }
+                    Some(_) => return Ok(outcome),
+                    None => Error::Precondition(format!("injected failure (--fail-step {name})")),
+                })
+            }
             o => o,
         };
         let status = match &outcome {
@@ -420,6 +511,7 @@ impl<'a> Driver<'a> {
                 Ok(Some(detail)) => format!("compensated {name}: {detail}"),
                 Err(e) => {
                     tracing::error!(operation = %self.lease.operation_id, step = %name, error = %e, "compensation failed");
+                    metrics::counter!("capstan_compensation_failures_total", "kind" => self.kind.clone(), "step" => name.clone()).increment(1);
                     errors.push(format!("{name}: {e}"));
                     format!("compensation of {name} failed: {e}")
                 }
@@ -506,9 +598,11 @@ impl<'a> Driver<'a> {
         for r in self.engine.record_all(self.lease, &changes).await? {
             self.cancel_requested |= r.cancel_requested;
         }
-        for status in changes.iter().filter_map(|c| c.status) {
+        for (status, at) in changes.iter().filter_map(|c| Some((c.status?, c.time))) {
             if status.is_terminal() {
                 metrics::counter!("capstan_operations_finished_total", "kind" => self.kind.clone(), "status" => status.as_str()).increment(1);
+                let seconds = (at - self.created).max(0) as f64 / 1e6;
+                metrics::histogram!("capstan_operation_duration_seconds", "kind" => self.kind.clone(), "status" => status.as_str()).record(seconds);
             }
         }
         Ok(())

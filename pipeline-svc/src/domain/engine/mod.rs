@@ -5,6 +5,7 @@
 //!
 //! - [`operation`]: operations, steps, events and their state machines;
 //! - [`ports`]: the storage it needs (operation store, job queue);
+//! - [`retry`]: how failed steps run again;
 //! - this file: the facade the API and the workflows' services call;
 //! - `worker`: the job worker, lease heartbeats and the executions of this replica;
 //! - `driver`: one execution of one operation, step by step, and how it stops;
@@ -13,6 +14,7 @@
 mod driver;
 pub mod operation;
 pub mod ports;
+pub mod retry;
 pub mod watch;
 mod worker;
 pub mod workflow;
@@ -33,6 +35,7 @@ use self::{
         Change, Created, JobQueue, JobStart, Lease, NewOperation, OpCursor, OpFilter,
         OperationStore, Recorded,
     },
+    retry::RetryPolicy,
     watch::Hub,
     workflow::Workflows,
 };
@@ -46,6 +49,9 @@ use crate::{
 pub struct Faults {
     /// This step fails after doing its work, so compensations have something to undo.
     pub fail_step: Option<String>,
+    /// `Some(n)`: `fail_step` fails only its first `n` attempts, as a transient failure
+    /// that its retry policy runs again; `None`: every attempt, for good.
+    pub fail_step_times: Option<u32>,
     /// The process aborts when this step starts: a crash, for resume drills.
     pub abort_at_step: Option<String>,
 }
@@ -69,18 +75,15 @@ pub struct EngineConfig {
     pub watch_heartbeat: Duration,
     /// A job claimed more often than this (a crash loop) is failed instead of run again.
     pub max_attempts: i64,
-    /// A step that fails as unavailable (a dependency it needs is down, the database
-    /// restarts) runs again this many times before its failure fails the operation;
-    /// steps are idempotent, so that is safe.
-    pub step_retries: u32,
-    /// The wait before the first of those retries; it doubles each time, to at most
-    /// [`MAX_STEP_BACKOFF`].
-    pub step_retry_backoff: Duration,
+    /// How a failed step runs again, unless its workflow gives it a policy of its own
+    /// ([`workflow::Workflow::retry_policy`]).
+    pub step_retry: RetryPolicy,
+    /// Operations of one owner admitted to run at once, across every replica (0: no
+    /// limit); later ones stay PENDING until one ends. Applies to operations created
+    /// after it is set.
+    pub max_running_per_owner: u32,
     pub faults: Faults,
 }
-
-/// The longest wait between two runs of a step that failed as unavailable.
-pub const MAX_STEP_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -93,8 +96,8 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_secs(1),
             watch_heartbeat: Duration::from_secs(15),
             max_attempts: 5,
-            step_retries: 5,
-            step_retry_backoff: Duration::from_millis(200),
+            step_retry: RetryPolicy::default(),
+            max_running_per_owner: 0,
             faults: Faults::default(),
         }
     }
@@ -124,6 +127,9 @@ pub struct Engine {
     cfg: EngineConfig,
     hub: Hub,
     jobs_wake: Notify,
+    /// Wakes every execution waiting for admission: an operation ended (here, or on
+    /// another replica as its hint says), so keys or an owner's slot may be free.
+    admissions_wake: Notify,
     /// Cancellation signals of the operations running here.
     local: Mutex<HashMap<Uuid, CancellationToken>>,
     /// Bounds what runs here at once, DIRECT and QUEUED alike.
@@ -153,6 +159,7 @@ impl Engine {
             cfg,
             hub: Hub::default(),
             jobs_wake: Notify::new(),
+            admissions_wake: Notify::new(),
             local: Mutex::new(HashMap::new()),
             watch_slots: Arc::new(Semaphore::new(MAX_WATCHERS)),
             shutdown,
@@ -192,6 +199,7 @@ impl Engine {
         v.finish()?;
         let workflow = workflow.ok_or_else(|| Error::invalid("kind", "unknown operation kind"))?;
         let plan = workflow.plan(&req.params)?;
+        let keys = workflow.concurrency_keys(owner, &req.params)?;
         let mode = req.mode.unwrap_or(self.cfg.default_mode);
         let now = now_micros();
         let op = Operation {
@@ -227,7 +235,12 @@ impl Engine {
             },
             ExecutionMode::Queued => JobStart::Queued,
         };
-        Ok(NewOperation { op, job })
+        Ok(NewOperation {
+            op,
+            job,
+            keys,
+            owner_limit: self.cfg.max_running_per_owner,
+        })
     }
 
     /// Runs (DIRECT) or announces (QUEUED) what a store created from
@@ -235,11 +248,20 @@ impl Engine {
     pub fn launch(self: &Arc<Self>, created: Created) -> Operation {
         match created {
             Created::Existing(op) => op,
-            Created::New { op, event, lease } => {
+            Created::New {
+                op,
+                event,
+                lease,
+                waiting,
+            } => {
                 metrics::counter!("capstan_operations_started_total", "kind" => op.kind.clone(), "mode" => op.execution_mode.as_str()).increment(1);
                 self.hub.publish(event);
+                let admitted = waiting.is_none();
+                if let Some(w) = waiting {
+                    self.hub.publish(*w);
+                }
                 match lease {
-                    Some(lease) => self.spawn_execution(lease, None),
+                    Some(lease) => self.spawn_execution(lease, None, admitted),
                     None => self.jobs_wake.notify_one(),
                 }
                 op
@@ -283,7 +305,11 @@ impl Engine {
         });
         v.finish()?;
         if let Some(event) = self.store.cancel(id, owner, reason, now_micros()).await? {
+            let ended = event.is_terminal();
             self.hub.publish(event);
+            if ended {
+                self.ended_here();
+            }
         }
         let local = self.local.lock().ok().and_then(|m| m.get(&id).cloned());
         if let Some(token) = local {
@@ -303,7 +329,7 @@ impl Engine {
             .record_all(lease.operation_id, Some(lease), changes)
             .await?;
         for r in &recorded {
-            self.hub.publish(r.event.clone());
+            self.published(r);
         }
         Ok(recorded)
     }
@@ -314,7 +340,24 @@ impl Engine {
             .store
             .record(lease.operation_id, Some(lease), change)
             .await?;
-        self.hub.publish(recorded.event.clone());
+        self.published(&recorded);
         Ok(recorded)
+    }
+
+    /// Tells local watchers what a write recorded; an operation that ended may have freed
+    /// keys or its owner's slot, so admissions and the worker look again.
+    fn published(&self, r: &Recorded) {
+        self.hub.publish(r.event.clone());
+        for e in &r.announced {
+            self.hub.publish(e.clone());
+        }
+        if r.event.is_terminal() {
+            self.ended_here();
+        }
+    }
+
+    fn ended_here(&self) {
+        self.admissions_wake.notify_waiters();
+        self.jobs_wake.notify_one();
     }
 }

@@ -25,6 +25,10 @@ pub struct NewOperation {
     /// PENDING, with its steps PENDING and `last_sequence` 0.
     pub op: Operation,
     pub job: JobStart,
+    /// The concurrency keys it holds while it runs (see [`JobQueue`]).
+    pub keys: Vec<String>,
+    /// Admitted operations of the same owner it waits behind before it runs; 0: none.
+    pub owner_limit: u32,
 }
 
 /// A worker's claim on an operation. `token` fences every write the worker makes.
@@ -43,6 +47,9 @@ pub enum Created {
         op: Operation,
         event: Event,
         lease: Option<Lease>,
+        /// When it cannot run yet: the PROGRESS event (sequence 2) saying what it waits
+        /// for. A leased (DIRECT) operation without one was admitted at once.
+        waiting: Option<Box<Event>>,
     },
     /// The owner used this request id before: the operation it created then.
     Existing(Operation),
@@ -106,6 +113,9 @@ impl Change {
 pub struct Recorded {
     pub event: Event,
     pub cancel_requested: bool,
+    /// Events the change caused on other operations: an operation that ended freed its
+    /// concurrency keys, and each one waiting for them was told what it waits for now.
+    pub announced: Vec<Event>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -190,14 +200,35 @@ pub trait OperationStore: Send + Sync + 'static {
     async fn hints(&self) -> Option<BoxStream<'static, Hint>>;
 }
 
+/// Whether a leased operation may run now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// It holds its keys and counts against its owner's limit until it ends.
+    Admitted,
+    /// Why it waits (naming the operation holding the key), for its message.
+    Waiting(String),
+    /// Somebody asked it to stop while it waited.
+    CancelRequested,
+}
+
 /// Leases on operations' jobs. A job is queued when created QUEUED (or handed back), and
 /// leased to one worker at a time; each claim gets a higher token, so a worker whose
 /// lease expired and was claimed again is fenced off by the [`OperationStore`].
+///
+/// Admission: an operation runs only while it holds every concurrency key it declared
+/// and its owner has fewer admitted operations than its limit. A key goes to the unfinished
+/// operation that declared it first (create time, then id), and stays with it until it
+/// ends: a crashed holder's job is claimable again once its lease expires, and it
+/// resumes before any later operation of the key. At most one operation holds a key.
 #[async_trait]
 pub trait JobQueue: Send + Sync + 'static {
-    /// Claims the oldest queued job, or one whose lease expired, for `owner`. Of several
-    /// concurrent claimers of one job, exactly one gets it.
+    /// Claims the oldest queued job that may be admitted, or one whose lease expired, for
+    /// `owner`, and admits it. Of several concurrent claimers of one job, exactly one
+    /// gets it.
     async fn claim(&self, owner: &str, now: Micros, lease_ms: i64) -> Result<Option<Lease>>;
+
+    /// Admits the leased operation if it may run now (see the trait); fenced.
+    async fn admit(&self, lease: &Lease, now: Micros) -> Result<Admission>;
 
     /// Extends the lease; `false` when it is no longer current.
     async fn heartbeat(&self, lease: &Lease, now: Micros, lease_ms: i64) -> Result<bool>;
@@ -205,4 +236,8 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Gives the job back to the queue (graceful shutdown), not counting this claim as
     /// an attempt; `false` when the lease is not current.
     async fn release(&self, lease: &Lease, now: Micros) -> Result<bool>;
+
+    /// The jobs waiting for a worker at `now`: queued ones, and leased ones whose lease
+    /// expired (their worker is gone).
+    async fn depth(&self, now: Micros) -> Result<i64>;
 }

@@ -14,6 +14,9 @@ use super::{
 };
 use crate::{domain::now_micros, error::Error};
 
+/// How often the queue's depth is read for its gauge.
+const QUEUE_MEASURE_EVERY: Duration = Duration::from_secs(5);
+
 impl Engine {
     /// Starts the job worker and, on Postgres, the listener for other replicas' hints.
     pub fn spawn_background(self: &Arc<Self>) {
@@ -23,6 +26,23 @@ impl Engine {
         }
         let this = self.clone();
         self.tasks.spawn(async move { this.follow_hints().await });
+        let this = self.clone();
+        self.tasks.spawn(async move { this.measure_queue().await });
+    }
+
+    /// Keeps the `capstan_jobs_queued` gauge: every replica reports the shared queue.
+    async fn measure_queue(self: Arc<Self>) {
+        let depth = metrics::gauge!("capstan_jobs_queued");
+        loop {
+            match self.jobs.depth(now_micros()).await {
+                Ok(n) => depth.set(n as f64),
+                Err(e) => tracing::warn!(error = %e, "cannot measure the job queue"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(QUEUE_MEASURE_EVERY) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Waits until every execution of this replica has stopped (after shutdown they
@@ -39,7 +59,10 @@ impl Engine {
         loop {
             tokio::select! {
                 h = hints.next() => match h {
-                    Some(Hint::Jobs) => self.jobs_wake.notify_one(),
+                    Some(Hint::Jobs) => {
+                        self.jobs_wake.notify_one();
+                        self.admissions_wake.notify_waiters();
+                    }
                     Some(Hint::Operation(id)) => self.hub.wake(id),
                     None => {
                         tracing::warn!("notification stream ended; workers and watchers fall back to polling");
@@ -72,8 +95,13 @@ impl Engine {
             match claimed {
                 Ok(Some(lease)) => {
                     metrics::counter!("capstan_jobs_claimed_total").increment(1);
+                    // A job claimed again without a release: its last worker lost the
+                    // lease (crashed, or stopped heartbeating).
+                    if lease.attempts > 1 {
+                        metrics::counter!("capstan_lease_takeovers_total").increment(1);
+                    }
                     tracing::info!(operation = %lease.operation_id, attempt = lease.attempts, "claimed job");
-                    self.spawn_execution(lease, Some(permit));
+                    self.spawn_execution(lease, Some(permit), true);
                     continue;
                 }
                 Ok(None) => {}
@@ -88,23 +116,26 @@ impl Engine {
         }
     }
 
+    /// Runs the leased operation here. `permit`: the slot a worker took for it (DIRECT
+    /// work takes one once admitted, so that queued work waits but no slot waits for a
+    /// key). `admitted`: whether it may run at once, or must wait for admission first.
     pub(super) fn spawn_execution(
         self: &Arc<Self>,
         lease: Lease,
         permit: Option<OwnedSemaphorePermit>,
+        admitted: bool,
     ) {
         let this = self.clone();
-        self.tasks.spawn(async move {
-            // DIRECT work runs at once, but still takes a slot so that queued work waits.
-            let _permit = match permit {
-                Some(p) => Some(p),
-                None => this.slots.clone().acquire_owned().await.ok(),
-            };
-            this.execute(lease).await
-        });
+        self.tasks
+            .spawn(async move { this.execute(lease, permit, admitted).await });
     }
 
-    async fn execute(self: Arc<Self>, lease: Lease) {
+    async fn execute(
+        self: Arc<Self>,
+        lease: Lease,
+        permit: Option<OwnedSemaphorePermit>,
+        admitted: bool,
+    ) {
         let id = lease.operation_id;
         let cancel = CancellationToken::new();
         if let Ok(mut m) = self.local.lock() {
@@ -117,7 +148,9 @@ impl Engine {
             self.cfg.lease,
             lost.clone(),
         ));
-        let outcome = Driver::new(&self, &lease, cancel, lost).drive().await;
+        let outcome = Driver::new(&self, &lease, cancel, lost)
+            .drive(permit, admitted)
+            .await;
         heartbeat.abort();
         if let Ok(mut m) = self.local.lock() {
             m.remove(&id);

@@ -30,6 +30,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::{
     operation::{EventType, Operation},
     ports::{Change, Lease, StepChange},
+    retry::RetryPolicy,
     Engine,
 };
 use crate::{
@@ -62,6 +63,18 @@ pub trait Workflow: Send + Sync + 'static {
     /// The steps an operation with these parameters runs, in order; refuses parameters
     /// it cannot run.
     fn plan(&self, params: &serde_json::Value) -> Result<Vec<StepSpec>>;
+
+    /// The concurrency keys an operation of `owner` with these (planned) parameters holds
+    /// while it runs: operations sharing a key run one at a time, in order of arrival,
+    /// across every replica. Keys are the workflow's own names (a demo's alias, a graph).
+    fn concurrency_keys(&self, _owner: &str, _params: &serde_json::Value) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// How `step` runs again after a failure; `None`: the engine's default policy.
+    fn retry_policy(&self, _step: &str) -> Option<RetryPolicy> {
+        None
+    }
 
     /// An execution of `op`, restored from its parameters and the state that its finished
     /// steps saved.

@@ -41,6 +41,8 @@ pub struct NoopParams {
     pub unavailable: Option<(usize, usize)>,
     /// This step's compensation fails.
     pub fail_compensation_at: Option<usize>,
+    /// Concurrency keys the operation holds while it runs.
+    pub keys: Vec<String>,
 }
 
 impl NoopParams {
@@ -116,6 +118,10 @@ impl Workflow for Noop {
             return Err(Error::invalid("steps", format!("must be 1-{MAX_STEPS}")));
         }
         Ok(all_steps()[..p.steps].to_vec())
+    }
+
+    fn concurrency_keys(&self, _owner: &str, params: &serde_json::Value) -> Result<Vec<String>> {
+        Ok(workflow::params::<NoopParams>(params)?.keys)
     }
 
     fn resume(&self, op: &Operation) -> Result<Box<dyn Execution>> {

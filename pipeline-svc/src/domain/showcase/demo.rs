@@ -17,7 +17,7 @@ use super::{
         models::{FittedModel, ModelKind},
     },
     state::{DemoModel, DemoResult, DemoState},
-    ALIAS, FOLDS, NAMESPACE,
+    FOLDS, NAMESPACE,
 };
 use crate::{
     domain::engine::workflow::{self, Execution, StepCx, StepOutcome},
@@ -194,7 +194,7 @@ impl Demo {
     ) -> Result<(AliasRef, bool)> {
         let mut last = None;
         for _ in 0..5 {
-            let current = self.registry.get_alias(ALIAS).await?;
+            let current = self.registry.get_alias(&self.params.alias).await?;
             if let Some(a) = &current {
                 if a.run_id == target {
                     return Ok((a.clone(), false));
@@ -203,7 +203,7 @@ impl Demo {
             let expected = current.map_or(0, |a| a.revision);
             match self
                 .registry
-                .set_alias(ALIAS, target, expected, reason)
+                .set_alias(&self.params.alias, target, expected, reason)
                 .await
             {
                 Ok(a) => return Ok((a, true)),
@@ -212,8 +212,9 @@ impl Demo {
             }
         }
         Err(Error::Conflict(format!(
-            "{ALIAS} kept changing while restoring it to run {target}: {}",
-            last.unwrap_or_default()
+            "{alias_name} kept changing while restoring it to run {target}: {}",
+            last.unwrap_or_default(),
+            alias_name = self.params.alias
         )))
     }
 
@@ -231,12 +232,17 @@ impl Demo {
             .await?;
         Ok(Some(if changed {
             format!(
-                "{ALIAS} restored to {what} (run {}) at r{}",
+                "{alias_name} restored to {what} (run {}) at r{}",
                 short(&target),
-                alias.revision
+                alias.revision,
+                alias_name = self.params.alias
             )
         } else {
-            format!("{ALIAS} already on {what} (run {})", short(&target))
+            format!(
+                "{alias_name} already on {what} (run {})",
+                short(&target),
+                alias_name = self.params.alias
+            )
         }))
     }
 }

@@ -4,7 +4,8 @@
 //! is idempotent (registry writes carry request ids derived from the operation id), so a
 //! resumed operation re-does only unfinished steps.
 //!
-//! `demo-production` is never left on the worse run: cleanup restores the champion, and
+//! The demo's alias (`demo-production` unless the request names another) is never left on
+//! the worse run: cleanup restores the champion, and
 //! the compensation of every step that moves the alias (the failure safeguard) restores
 //! the champion, or the value before the demo when no champion was recorded yet.
 //!
@@ -73,6 +74,13 @@ impl Workflow for ShowcaseWorkflow {
         let p: DemoParams = workflow::params(params)?;
         p.validate()?;
         Ok(p.scenario.steps().to_vec())
+    }
+
+    /// A demo holds its alias: another demo's promotions would make its guarded
+    /// promotion compare against the wrong champion and its restore fight theirs.
+    fn concurrency_keys(&self, _owner: &str, params: &serde_json::Value) -> Result<Vec<String>> {
+        let p: DemoParams = workflow::params(params)?;
+        Ok(vec![format!("alias:{}", p.alias)])
     }
 
     fn resume(&self, op: &Operation) -> Result<Box<dyn Execution>> {

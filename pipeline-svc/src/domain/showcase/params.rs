@@ -75,7 +75,31 @@ pub struct DemoParams {
     pub series: usize,
     pub days: usize,
     pub horizon: usize,
+    /// The registry alias the demo promotes to and restores; demos of one alias run one
+    /// at a time (its concurrency key). Stored parameters from before it existed mean
+    /// the default.
+    #[serde(default = "default_alias")]
+    pub alias: String,
 }
+
+/// The alias of a demo that names none.
+pub const DEFAULT_ALIAS: &str = "demo-production";
+
+fn default_alias() -> String {
+    DEFAULT_ALIAS.to_string()
+}
+
+/// The registry's rule for alias names, checked before the demo starts rather than at
+/// its first promotion.
+fn alias_ok(alias: &str) -> bool {
+    let b = alias.as_bytes();
+    (1..=MAX_ALIAS_CHARS).contains(&b.len())
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(c))
+}
+
+const MAX_ALIAS_CHARS: usize = 63;
 
 impl Default for DemoParams {
     /// The science's showcase panel and a four-week horizon.
@@ -87,6 +111,7 @@ impl Default for DemoParams {
             series: panel.series,
             days: panel.days,
             horizon: 28,
+            alias: default_alias(),
         }
     }
 }
@@ -104,6 +129,11 @@ impl DemoParams {
             "series_count",
             || format!("must be 1-{}, got {}", Self::MAX_SERIES, self.series),
         );
+        v.check(alias_ok(&self.alias), "alias", || {
+            format!(
+                "must be 1-{MAX_ALIAS_CHARS} characters of [a-z0-9_.-] starting with a letter or digit"
+            )
+        });
         v.check(self.days <= data::MAX_DAYS, "days", || {
             format!("must be at most {}, got {}", data::MAX_DAYS, self.days)
         });
@@ -168,5 +198,25 @@ mod tests {
             Some(Scenario::ShowcaseRich)
         );
         assert_eq!(Scenario::parse("nope"), None);
+    }
+
+    #[test]
+    fn alias_defaults_when_absent_and_is_checked() {
+        let mut stored = serde_json::to_value(DemoParams::default()).unwrap();
+        stored.as_object_mut().unwrap().remove("alias");
+        let p: DemoParams = serde_json::from_value(stored).unwrap();
+        assert_eq!(p.alias, DEFAULT_ALIAS);
+        for bad in ["", "Demo", "-x", "a b", &"a".repeat(64)] {
+            let p = DemoParams {
+                alias: bad.to_string(),
+                ..DemoParams::default()
+            };
+            assert!(p.validate().is_err(), "{bad:?} accepted");
+        }
+        let p = DemoParams {
+            alias: "team-a.prod_2".into(),
+            ..DemoParams::default()
+        };
+        p.validate().unwrap();
     }
 }

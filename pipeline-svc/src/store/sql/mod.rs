@@ -8,9 +8,11 @@
 //! - `operations`: the [`OperationStore`](crate::domain::engine::ports::OperationStore);
 //! - `record`: how one change is written (the operation row, its step, its event);
 //! - `jobs`: the [`JobQueue`](crate::domain::engine::ports::JobQueue);
+//! - `admission`: concurrency keys and the per-owner limit that claims and DIRECT starts obey;
 //! - `rows`: reading rows back into domain types;
 //! - `provisioning`: the [`ProvisioningStore`](crate::domain::provisioning::ports::ProvisioningStore).
 
+mod admission;
 mod jobs;
 mod migrations;
 mod operations;
@@ -146,7 +148,7 @@ impl SqlStore {
         match self.backend {
             // One write connection: claims are serialized anyway.
             Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Postgres => " FOR UPDATE OF j SKIP LOCKED",
         }
     }
 

@@ -100,10 +100,13 @@ impl SqlStore {
             JobStart::Queued => ("queued", "", 0, 0, 0),
             JobStart::Leased { owner, expires } => ("leased", owner.as_str(), 1, *expires, 1),
         };
+        let leased = matches!(new.job, JobStart::Leased { .. });
+        // Without keys or a limit a DIRECT operation is admitted as it is created.
+        let unrestricted = new.keys.is_empty() && new.owner_limit == 0;
         sqlx::query(
             "INSERT INTO jobs (job_id, idempotency_key, operation_id, state, lease_owner, lease_token, \
-             lease_expires, attempts, available_time, update_time) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+             lease_expires, attempts, available_time, update_time, admitted, owner_limit) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)",
         )
         .bind(Uuid::new_v4().to_string())
         .bind(format!("operation:{sid}"))
@@ -114,9 +117,17 @@ impl SqlStore {
         .bind(expires)
         .bind(attempts)
         .bind(op.create_time)
+        .bind(i64::from(leased && unrestricted))
+        .bind(i64::from(new.owner_limit))
         .execute(&mut *conn)
         .await
         .map_err(db_error)?;
+        let mut waiting = None;
+        if !unrestricted {
+            self.insert_keys(conn, op.id, &new.keys, op.create_time)
+                .await?;
+            waiting = self.admit_new(conn, op.id, leased, op.create_time).await?;
+        }
         if new.job == JobStart::Queued {
             self.notify(conn, JOBS_CHANNEL, &sid).await?;
         }
@@ -132,10 +143,15 @@ impl SqlStore {
         let mut created = op.clone();
         created.last_sequence = 1;
         created.attempts = attempts;
+        if let Some(w) = &waiting {
+            created.last_sequence = w.sequence;
+            created.message = w.message.clone();
+        }
         Ok(Some(Created::New {
             op: created,
             event,
             lease,
+            waiting: waiting.map(Box::new),
         }))
     }
 

@@ -1,7 +1,8 @@
 //! How one [`Change`] is written, inside the caller's transaction: the lease is checked
 //! (and held), the operation row moves (guarded by its state machine), the step moves
 //! (guarded by its own), the event is appended with the sequence the row handed out, a
-//! terminal status finishes the job, and other replicas get a hint at commit.
+//! terminal status finishes the job and frees its concurrency keys, and other replicas get
+//! a hint at commit.
 
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
@@ -38,6 +39,28 @@ impl SqlStore {
         if let Some(lease) = fence {
             self.hold_lease(conn, lease).await?;
         }
+        let (event, cancel_requested) = self.append(conn, id, c).await?;
+        let mut announced = Vec::new();
+        if event.status.is_terminal() {
+            finish_job(conn, id, c.time).await?;
+            announced = self.release_keys(conn, id, c.time).await?;
+        }
+        Ok(Recorded {
+            event,
+            cancel_requested,
+            announced,
+        })
+    }
+
+    /// Moves the operation and its step, appends the event and hints other replicas:
+    /// a change with nothing more to it (the job and keys are the caller's). Returns the
+    /// event and whether a cancellation was requested.
+    pub(super) async fn append(
+        &self,
+        conn: &mut AnyConnection,
+        id: Uuid,
+        c: &Change,
+    ) -> Result<(Event, bool)> {
         let moved = self.move_operation(conn, id, c).await?;
         let step_status = match &c.step {
             Some(s) => move_step(conn, id, s, c.time).await?,
@@ -56,14 +79,8 @@ impl SqlStore {
             message: c.message.clone(),
         };
         insert_event(conn, &event).await?;
-        if moved.status.is_terminal() {
-            finish_job(conn, id, c.time).await?;
-        }
         self.notify(conn, OPS_CHANNEL, &id.to_string()).await?;
-        Ok(Recorded {
-            event,
-            cancel_requested: moved.cancel_requested,
-        })
+        Ok((event, moved.cancel_requested))
     }
 
     /// Applies the change to the operation row and takes the next sequence. The guard
@@ -193,13 +210,16 @@ pub(super) async fn insert_event(conn: &mut AnyConnection, e: &Event) -> Result<
     Ok(())
 }
 
-/// A finished operation's job is done: nobody claims it again.
+/// A finished operation's job is done: nobody claims it again, and it no longer counts
+/// against its owner's limit.
 async fn finish_job(conn: &mut AnyConnection, id: Uuid, time: Micros) -> Result<()> {
-    sqlx::query("UPDATE jobs SET state = 'done', update_time = $2 WHERE operation_id = $1")
-        .bind(id.to_string())
-        .bind(time)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
+    sqlx::query(
+        "UPDATE jobs SET state = 'done', admitted = 0, update_time = $2 WHERE operation_id = $1",
+    )
+    .bind(id.to_string())
+    .bind(time)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
     Ok(())
 }

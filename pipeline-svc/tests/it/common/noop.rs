@@ -11,6 +11,7 @@ use pipeline_svc::{
     domain::{
         engine::{
             operation::{Event, EventType, ExecutionMode},
+            retry::RetryPolicy,
             workflow::{Workflow, Workflows},
             Engine, EngineConfig, StartOperation,
         },
@@ -35,8 +36,13 @@ pub fn engine_config(replica: &str) -> EngineConfig {
         poll_interval: Duration::from_millis(50),
         watch_heartbeat: Duration::from_millis(200),
         max_attempts: 5,
-        step_retries: 3,
-        step_retry_backoff: Duration::from_millis(20),
+        step_retry: RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(20),
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        max_running_per_owner: 0,
         faults: Default::default(),
     }
 }
@@ -55,6 +61,8 @@ pub struct TestFlow {
     pub progress_per_step: usize,
     pub step_delay: Duration,
     pub gate: Option<(usize, Arc<Semaphore>)>,
+    /// Concurrency keys its operations hold.
+    pub keys: Vec<String>,
 }
 
 #[async_trait]
@@ -94,6 +102,7 @@ impl TestFlow {
                 fail_at: self.fail_at,
                 unavailable: self.unavailable,
                 fail_compensation_at: self.failing_compensation,
+                keys: self.keys.clone(),
             }
             .to_json(),
             request_id: None,

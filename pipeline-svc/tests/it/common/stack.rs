@@ -4,7 +4,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use capstan_proto::pipeline::v1 as pb;
-use capstan_server::{auth::Role, config::LogFormat};
+use capstan_server::{auth::Role, config::LogFormat, serve::ServeOptions};
 use pipeline_svc::{app::PipelineArgs, domain::engine::workflow::Workflow};
 
 use super::{
@@ -24,13 +24,14 @@ fn registry_args(
     database_url: &str,
     data_dir: &Path,
     secret_file: &Path,
+    extra: &[String],
 ) -> registry_svc::app::RegistryArgs {
     use clap::Parser;
     let (dir, secret) = (
         data_dir.display().to_string(),
         secret_file.display().to_string(),
     );
-    RegistryFlags::try_parse_from([
+    let base = [
         "registry-svc",
         "--listen",
         "127.0.0.1:0",
@@ -44,9 +45,10 @@ fn registry_args(
         "5",
         "--shutdown-deadline-seconds",
         "5",
-    ])
-    .expect("registry flags")
-    .args
+    ];
+    RegistryFlags::try_parse_from(base.into_iter().chain(extra.iter().map(String::as_str)))
+        .expect("registry flags")
+        .args
 }
 
 /// A registry server, and the flags a pipeline server on the test's databases needs.
@@ -62,6 +64,11 @@ pub struct Base {
 
 impl Base {
     pub async fn start(db: &TestDb) -> Base {
+        Self::start_with(db, &[]).await
+    }
+
+    /// With `registry_extra` flags for the registry (such as the OpenID issuers it trusts).
+    pub async fn start_with(db: &TestDb, registry_extra: &[String]) -> Base {
         capstan_server::telemetry::init_tracing(LogFormat::Text);
         let dir = db.dir.path().to_path_buf();
         let secret_file = dir.join("jwt.secret");
@@ -74,8 +81,15 @@ impl Base {
             let file = dir.join("registry.db");
             (None, format!("sqlite://{}?mode=rwc", file.display()))
         };
-        let registry_args = registry_args(&registry_db, &dir.join("registry"), &secret_file);
-        let registry = registry_svc::app::start(&registry_args, options())
+        let registry_args = registry_args(
+            &registry_db,
+            &dir.join("registry"),
+            &secret_file,
+            registry_extra,
+        );
+        let registry_options =
+            ServeOptions::from_args(&registry_args.common).expect("registry auth");
+        let registry = registry_svc::app::start(&registry_args, registry_options)
             .await
             .expect("registry starts");
         let registry_url = format!("http://{}", registry.addr);

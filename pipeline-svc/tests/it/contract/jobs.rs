@@ -24,7 +24,26 @@ capstan_server::test_on_both_backends!(
     claims_take_the_oldest_job_and_each_job_once,
     direct_operations_are_leased_from_the_start,
     finished_jobs_are_never_claimed,
+    depth_counts_the_jobs_waiting_for_a_worker,
 );
+
+async fn depth_counts_the_jobs_waiting_for_a_worker(db: TestDb) {
+    let s = Stores::open(&db, "r1").await;
+    assert_eq!(s.jobs.depth(now_micros()).await.unwrap(), 0, "empty queue");
+    queued(&s, "alice", 1).await;
+    queued(&s, "alice", 1).await;
+    let t0 = now_micros();
+    assert_eq!(s.jobs.depth(t0).await.unwrap(), 2, "two queued");
+    let lease = s.jobs.claim("a", t0, 1000).await.unwrap().unwrap();
+    assert_eq!(s.jobs.depth(t0).await.unwrap(), 1, "one leased");
+    assert_eq!(
+        s.jobs.depth(t0 + 2_000_000).await.unwrap(),
+        2,
+        "an expired lease waits for a worker again"
+    );
+    assert!(s.jobs.release(&lease, t0).await.unwrap());
+    assert_eq!(s.jobs.depth(t0).await.unwrap(), 2, "released: queued again");
+}
 
 async fn leases_fence_stale_workers(db: TestDb) {
     let s = Stores::open(&db, "r1").await;

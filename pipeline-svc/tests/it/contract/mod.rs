@@ -7,10 +7,13 @@
 //!   idempotent creation, cancellation, hints);
 //! - `jobs`: [`JobQueue`] (claim order and exclusivity, lease expiry, heartbeat,
 //!   release);
+//! - `admission`: [`JobQueue`]'s admission (concurrency keys in order of arrival, one
+//!   holder, crashed holders first, waiters told who is ahead, the per-owner limit);
 //! - `provisioning`: [`ProvisioningStore`] (state machines, tenancy scope, idempotency on
 //!   the checkout id, atomic moves);
 //! - `graphs`: [`GraphDatabases`] (idempotent creation, transactional DDL, audit).
 
+mod admission;
 mod graphs;
 mod jobs;
 mod operations;
@@ -91,6 +94,8 @@ pub fn new_operation(owner: &str, steps: usize, job: JobStart) -> NewOperation {
                 .collect(),
         },
         job,
+        keys: Vec::new(),
+        owner_limit: 0,
     }
 }
 

@@ -52,7 +52,10 @@ async fn create_numbers_from_one_and_reads_back(db: TestDb) {
     let s = Stores::open(&db, "r1").await;
     s.ops.ping().await.unwrap();
     let new = new_operation("alice", 3, JobStart::Queued);
-    let Created::New { op, event, lease } = s.ops.create(&new).await.unwrap() else {
+    let Created::New {
+        op, event, lease, ..
+    } = s.ops.create(&new).await.unwrap()
+    else {
         panic!("a new operation");
     };
     assert!(lease.is_none(), "a queued operation has no lease yet");

@@ -5,3 +5,5 @@ mod crash_phases;
 mod demo_command;
 mod end_to_end;
 mod faults;
+mod shared_alias;
+mod token_file;

@@ -1,7 +1,8 @@
 //! `db::Connections` on both backends: kept connections are reused, more users than
-//! connections all get served, and a use that was cut short leaves nothing behind.
+//! connections all get served, a use that was cut short leaves nothing behind, and kept
+//! connections end at the pool's max lifetime and idle timeout.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use capstan_server::{db::Connections, testing::TestDb};
 use sqlx::{Connection, Row};
@@ -17,6 +18,8 @@ capstan_server::test_on_both_backends!(
     a_released_connection_serves_the_next_query,
     more_users_than_connections_are_all_served,
     a_use_cut_short_leaves_no_transaction_or_reply_behind,
+    kept_connections_end_at_the_pools_max_lifetime,
+    kept_connections_end_after_the_pools_idle_timeout,
 );
 
 async fn a_released_connection_serves_the_next_query(db: TestDb) {
@@ -103,4 +106,106 @@ async fn a_use_cut_short_leaves_no_transaction_or_reply_behind(db: TestDb) {
             .get(0);
         assert_eq!(v, 42);
     }
+}
+
+/// One connection, under the given max lifetime and idle timeout.
+async fn open_limited(
+    db: &TestDb,
+    max_lifetime: Option<Duration>,
+    idle_timeout: Option<Duration>,
+) -> Connections {
+    capstan_server::db::pool_options(db.backend(), 1, None)
+        .max_lifetime(max_lifetime)
+        .idle_timeout(idle_timeout)
+        .connect(&db.url)
+        .await
+        .expect("open the test database")
+        .into()
+}
+
+/// Marks the connection the next use gets (a temporary table lives on its connection
+/// only); on Postgres, returns its server process.
+async fn mark(db: &TestDb, conns: &Connections) -> Option<i32> {
+    let mut lease = conns.acquire().await.unwrap();
+    sqlx::query("CREATE TEMP TABLE marker (x INTEGER)")
+        .execute(&mut *lease)
+        .await
+        .unwrap();
+    let pid = if db.is_postgres() {
+        Some(
+            sqlx::query("SELECT pg_backend_pid()")
+                .fetch_one(&mut *lease)
+                .await
+                .unwrap()
+                .get(0),
+        )
+    } else {
+        None
+    };
+    lease.release();
+    pid
+}
+
+/// Whether the next use gets the marked connection.
+async fn marked(conns: &Connections) -> bool {
+    let mut lease = conns.acquire().await.unwrap();
+    let found = sqlx::query("SELECT COUNT(*) FROM marker")
+        .fetch_one(&mut *lease)
+        .await
+        .is_ok();
+    lease.release();
+    found
+}
+
+async fn kept_connections_end_at_the_pools_max_lifetime(db: TestDb) {
+    let conns = open_limited(&db, Some(Duration::from_secs(2)), None).await;
+    mark(&db, &conns).await;
+    let started = Instant::now();
+    // In use every 100 ms, never idle: only its age can end it.
+    let mut uses = 0;
+    while marked(&conns).await {
+        uses += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the kept connection outlived the pool's 2 s max lifetime"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        uses >= 2,
+        "the connection was kept while young (used {uses} times)"
+    );
+}
+
+async fn kept_connections_end_after_the_pools_idle_timeout(db: TestDb) {
+    let conns = open_limited(&db, None, Some(Duration::from_secs(1))).await;
+    let pid = mark(&db, &conns).await;
+    assert!(marked(&conns).await, "kept while in use");
+    if let Some(pid) = pid {
+        // Closed by the sweep while nobody acquires: its server process ends.
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let alive: i64 = sqlx::query("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap()
+                .get(0);
+            if alive == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the connection idle past the 1 s timeout is still open"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    } else {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    assert!(
+        !marked(&conns).await,
+        "the connection idle past the timeout was not used again"
+    );
 }

@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use capstan_server::telemetry::InFlight;
+
 use super::{Alias, AliasAction, AliasHistoryEntry};
 use crate::{
     domain::{ports::ChangeHint, registry::Registry, validate, Micros},
@@ -153,6 +155,7 @@ impl Registry {
         let this = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _watching = InFlight::enter(metrics::gauge!("capstan_alias_watchers"));
             let all = names.is_empty();
             let mut seen: HashMap<String, i64> = HashMap::new();
             let snapshot = this.snapshot(&namespace, &names, &mut seen).await;

@@ -209,6 +209,14 @@ impl Registry {
             }
             Err(e) => return Err(e),
         };
+        let sent = metrics::counter!("capstan_artifact_bytes_downloaded_total");
+        let stream = stream
+            .inspect(move |chunk| {
+                if let Ok(bytes) = chunk {
+                    sent.increment(bytes.len() as u64);
+                }
+            })
+            .boxed();
         Ok((artifact, stream))
     }
 }

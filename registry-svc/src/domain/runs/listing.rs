@@ -6,13 +6,17 @@ use capstan_server::paging;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{ModelRun, RunStatus};
+use super::{
+    filter::{self, Cmp, Field, Filter, Literal, Test},
+    ModelRun, RunStatus,
+};
 use crate::{
     domain::{validate, Micros},
     error::{Error, Result, Validator},
 };
 
-/// Which runs a listing returns; every condition given must hold.
+/// The request's equality fields (older than [`Filter`], and sugar for it): every
+/// condition given must hold.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunFilter {
     pub status: Option<RunStatus>,
@@ -20,6 +24,41 @@ pub struct RunFilter {
     /// Each of these tags, with exactly this value.
     pub tags: BTreeMap<String, String>,
     pub name_prefix: Option<String>,
+}
+
+impl RunFilter {
+    /// The same conditions as one filter; `None` when there is none.
+    pub fn as_filter(&self) -> Option<Filter> {
+        Filter::all(self.conditions())
+    }
+
+    /// The same conditions as filter conditions.
+    fn conditions(&self) -> Vec<Filter> {
+        let text = |s: &str| Literal::Text(s.to_string());
+        let mut out = Vec::new();
+        if let Some(s) = self.status {
+            out.push(Filter::cond(
+                Field::Status,
+                Test::Compare(Cmp::Eq, Literal::Status(s)),
+            ));
+        }
+        if let Some(mt) = &self.model_type {
+            out.push(Filter::cond(
+                Field::ModelType,
+                Test::Compare(Cmp::Eq, text(mt)),
+            ));
+        }
+        if let Some(p) = &self.name_prefix {
+            out.push(Filter::cond(Field::Name, Test::Prefix(p.clone())));
+        }
+        for (k, v) in &self.tags {
+            out.push(Filter::cond(
+                Field::Tag(k.clone()),
+                Test::Compare(Cmp::Eq, text(v)),
+            ));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +106,8 @@ pub struct ListRuns {
     /// Only runs of this namespace are listed.
     pub namespace: String,
     pub filter: RunFilter,
+    /// An AIP-160 filter expression; it and `filter` must both hold.
+    pub expression: String,
     pub order_by: String,
     pub page_size: i32,
     pub page_token: String,
@@ -74,7 +115,7 @@ pub struct ListRuns {
 
 /// A checked listing: what to ask the store for.
 pub(super) struct RunQuery {
-    pub filter: RunFilter,
+    pub filter: Option<Filter>,
     pub order: RunOrder,
     pub after: Option<RunCursor>,
     pub limit: usize,
@@ -87,13 +128,20 @@ impl ListRuns {
         let limit = paging::page_size(self.page_size)?;
         let order = parse_order(&self.order_by)?;
         validate_filter(&self.filter)?;
-        let fingerprint = format!("{}|{:?}|{:?}", self.namespace, self.filter, order);
+        let mut parts = self.filter.conditions();
+        parts.extend(filter::parse(&self.expression)?);
+        let filter = Filter::all(parts);
+        // The canonical text: the same filter spelled differently keeps its tokens.
+        let fingerprint = match &filter {
+            Some(f) => format!("{}|{f}|{order:?}", self.namespace),
+            None => format!("{}||{order:?}", self.namespace),
+        };
         let after: Option<RunCursor> = paging::decode(&self.page_token, &fingerprint)?;
         if after.as_ref().is_some_and(|a| !a.fits(&order)) {
             return Err(Error::invalid("page_token", "does not match order_by"));
         }
         Ok(RunQuery {
-            filter: self.filter.clone(),
+            filter,
             order,
             after,
             limit,

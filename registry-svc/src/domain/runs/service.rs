@@ -38,7 +38,7 @@ impl Registry {
             .store
             .list_runs(
                 &req.namespace,
-                &query.filter,
+                query.filter.as_ref(),
                 &query.order,
                 query.after.as_ref(),
                 query.limit + 1,

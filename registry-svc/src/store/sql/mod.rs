@@ -7,6 +7,7 @@ mod aliases;
 mod namespaces;
 mod notify;
 mod rows;
+mod run_filter;
 mod runs;
 mod sqlite_writer;
 mod stmt;
@@ -25,7 +26,7 @@ use crate::{
         aliases::{Alias, AliasHistoryEntry, AliasWrite},
         namespaces::Namespace,
         ports::{ChangeHint, RegistryStore},
-        runs::{ModelRun, RunCursor, RunFilter, RunOrder},
+        runs::{filter::Filter, ModelRun, RunCursor, RunOrder},
         Micros,
     },
     error::{Error, Result},
@@ -154,7 +155,7 @@ impl RegistryStore for SqlStore {
     async fn list_runs(
         &self,
         namespace: &str,
-        filter: &RunFilter,
+        filter: Option<&Filter>,
         order: &RunOrder,
         after: Option<&RunCursor>,
         limit: usize,

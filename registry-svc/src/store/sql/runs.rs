@@ -1,16 +1,18 @@
 //! Runs in SQL: one table, with tag and metric index tables kept by triggers.
 
+use capstan_server::db::Backend;
 use uuid::Uuid;
 
 use super::{
     db_error,
     rows::{run_from_row, to_json, RUN_COLS},
+    run_filter,
     stmt::Stmt,
     SqlStore,
 };
 use crate::{
     domain::{
-        runs::{ModelRun, RunCursor, RunFilter, RunOrder},
+        runs::{filter::Filter, ModelRun, RunCursor, RunOrder},
         Micros,
     },
     error::Result,
@@ -121,59 +123,73 @@ pub(super) async fn update(
 pub(super) async fn list(
     store: &SqlStore,
     namespace: &str,
-    filter: &RunFilter,
+    filter: Option<&Filter>,
     order: &RunOrder,
     after: Option<&RunCursor>,
     limit: usize,
 ) -> Result<Vec<ModelRun>> {
-    let mut sql = Stmt::new(format!("SELECT {RUN_COLS} FROM runs r"));
-    let (key_expr, desc) = match order {
-        RunOrder::CreateTime { desc } => ("r.create_time", *desc),
-        RunOrder::Metric { name, desc } => {
-            let p = sql.arg(name.clone());
-            sql.push(&format!(
-                " JOIN run_metrics m ON m.run_id = r.run_id AND m.key = {p}"
-            ));
-            ("m.value", *desc)
+    let driver = match (store.backend, filter) {
+        (Backend::Sqlite, Some(f)) => run_filter::driver(store, f, limit).await?,
+        _ => None,
+    };
+    let mut sql = Stmt::new(format!("SELECT {RUN_COLS} FROM "));
+    // SQLite keeps a CROSS JOIN's left side outside: the driving index entries first.
+    let join = match &driver {
+        Some(d) => {
+            sql.push(&format!("{} d CROSS JOIN runs r", d.table));
+            " CROSS JOIN "
+        }
+        None => {
+            sql.push("runs r");
+            // A plain join: either planner picks the order.
+            ", "
         }
     };
+    // Keyed by the metric row's own run_id, so that the (key, value, run_id) index yields
+    // the whole order.
+    let (key_expr, id_expr, desc) = match order {
+        RunOrder::CreateTime { desc } => ("r.create_time", "r.run_id", *desc),
+        RunOrder::Metric { desc, .. } => {
+            sql.push(&format!("{join}run_metrics m"));
+            ("m.value", "m.run_id", *desc)
+        }
+    };
+    sql.push(" WHERE ");
+    match &driver {
+        Some(d) => {
+            run_filter::index_match(&mut sql, d.condition, "d", store.backend);
+            sql.push(" AND r.run_id = d.run_id");
+        }
+        None => {
+            sql.push("1 = 1");
+        }
+    }
     let np = sql.arg(namespace);
-    sql.push(&format!(" WHERE r.namespace = {np}"));
-    if let Some(s) = filter.status {
-        let p = sql.arg(s.as_str());
-        sql.push(&format!(" AND r.status = {p}"));
+    sql.push(&format!(" AND r.namespace = {np}"));
+    if let RunOrder::Metric { name, .. } = order {
+        let p = sql.arg(name.as_str());
+        sql.push(&format!(" AND m.run_id = r.run_id AND m.key = {p}"));
     }
-    if let Some(mt) = &filter.model_type {
-        let p = sql.arg(mt.clone());
-        sql.push(&format!(" AND r.model_type = {p}"));
-    }
-    if let Some(prefix) = &filter.name_prefix {
-        // substr rather than LIKE: SQLite's LIKE ignores case, Postgres's does not.
-        let p = sql.arg(prefix.clone());
-        sql.push(&format!(" AND substr(r.name, 1, length({p})) = {p}"));
-    }
-    for (k, v) in &filter.tags {
-        let (kp, vp) = (sql.arg(k.clone()), sql.arg(v.clone()));
-        sql.push(&format!(
-            " AND EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = r.run_id AND t.key = {kp} AND t.value = {vp})"
-        ));
+    if let Some(f) = filter {
+        sql.push(" AND ");
+        run_filter::push(&mut sql, f, store.backend);
     }
     let cmp = if desc { "<" } else { ">" };
     match after {
         Some(RunCursor::CreateTime(t, id)) => {
             let (tp, ip) = (sql.arg(*t), sql.arg(id.to_string()));
-            sql.push(&format!(" AND ({key_expr}, r.run_id) {cmp} ({tp}, {ip})"));
+            sql.push(&format!(" AND ({key_expr}, {id_expr}) {cmp} ({tp}, {ip})"));
         }
         Some(RunCursor::Metric(v, id)) => {
             let (vp, ip) = (sql.arg(*v), sql.arg(id.to_string()));
-            sql.push(&format!(" AND ({key_expr}, r.run_id) {cmp} ({vp}, {ip})"));
+            sql.push(&format!(" AND ({key_expr}, {id_expr}) {cmp} ({vp}, {ip})"));
         }
         None => {}
     }
     let dir = if desc { "DESC" } else { "ASC" };
     let lp = sql.arg(limit as i64);
     sql.push(&format!(
-        " ORDER BY {key_expr} {dir}, r.run_id {dir} LIMIT {lp}"
+        " ORDER BY {key_expr} {dir}, {id_expr} {dir} LIMIT {lp}"
     ));
     let rows = sql.query().fetch_all(&store.read).await.map_err(db_error)?;
     rows.iter().map(run_from_row).collect()

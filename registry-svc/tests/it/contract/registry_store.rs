@@ -328,7 +328,7 @@ async fn list_runs_filters_on_every_condition(db: TestDb) {
     ];
     for (filter, expected) in cases {
         let got = store
-            .list_runs(NS, &filter, &order, None, 100)
+            .list_runs(NS, filter.as_filter().as_ref(), &order, None, 100)
             .await
             .unwrap();
         assert_eq!(ids(&got), expected, "{filter:?}");
@@ -378,7 +378,7 @@ async fn list_runs_orders_and_resumes_after_the_cursor(db: TestDb) {
             let mut after: Option<RunCursor> = None;
             loop {
                 let page = store
-                    .list_runs(NS, &RunFilter::default(), &order, after.as_ref(), 5)
+                    .list_runs(NS, None, &order, after.as_ref(), 5)
                     .await
                     .unwrap();
                 assert!(page.len() <= 5, "the limit holds");
@@ -789,13 +789,7 @@ async fn lost_connections_are_unavailable_then_mended() {
             store.ping().await,
             store.get_run(NS, run.id).await.map(drop),
             store
-                .list_runs(
-                    NS,
-                    &RunFilter::default(),
-                    &RunOrder::CreateTime { desc: true },
-                    None,
-                    5,
-                )
+                .list_runs(NS, None, &RunOrder::CreateTime { desc: true }, None, 5)
                 .await
                 .map(drop),
             store.get_alias(NS, "survivor").await.map(drop),

@@ -78,6 +78,17 @@ impl Workflow for ProvisionWorkflow {
         Ok(PROVISION_STEPS.to_vec())
     }
 
+    /// A provisioning holds its graph's name within its owner: two requests for one
+    /// name never race to allocate it or its database.
+    fn concurrency_keys(&self, _owner: &str, params: &serde_json::Value) -> Result<Vec<String>> {
+        let p: ProvisionParams = workflow::params(params)?;
+        let owner = match p.repository {
+            Some(_) => REPOSITORY_OWNER,
+            None => p.user_id.as_str(),
+        };
+        Ok(vec![format!("graph:{owner}/{}", p.graph_name)])
+    }
+
     fn resume(&self, op: &Operation) -> Result<Box<dyn Execution>> {
         Ok(Box::new(Provision {
             store: self.store.clone(),

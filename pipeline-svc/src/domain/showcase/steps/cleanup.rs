@@ -1,9 +1,6 @@
 //! `cleanup`: restores the champion on the alias.
 
-use super::super::{
-    demo::{short, Demo},
-    ALIAS,
-};
+use super::super::demo::{short, Demo};
 use crate::{domain::engine::workflow::StepOutcome, error::Result};
 
 impl Demo {
@@ -15,17 +12,19 @@ impl Demo {
         self.state.final_alias = Some((alias.run_id.clone(), alias.revision));
         Ok(StepOutcome::Passed(if changed {
             format!(
-                "{ALIAS} restored to champion {} (run {}) at r{} by compare-and-swap",
+                "{alias_name} restored to champion {} (run {}) at r{} by compare-and-swap",
                 champion.model_type,
                 short(&champion.run_id),
-                alias.revision
+                alias.revision,
+                alias_name = self.params.alias
             )
         } else {
             format!(
-                "{ALIAS} already on champion {} (run {}, r{})",
+                "{alias_name} already on champion {} (run {}, r{})",
                 champion.model_type,
                 short(&champion.run_id),
-                alias.revision
+                alias.revision,
+                alias_name = self.params.alias
             )
         }))
     }

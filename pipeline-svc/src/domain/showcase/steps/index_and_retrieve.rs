@@ -5,7 +5,7 @@ use super::super::{
     demo::Demo,
     science::knowledge::{self, KnowledgeOutcome},
     state::DemoPassage,
-    ALIAS, PASSAGES,
+    PASSAGES,
 };
 use crate::{
     domain::engine::workflow::StepOutcome,
@@ -20,7 +20,10 @@ impl Demo {
                 "when to promote a {} forecasting model on WAPE",
                 champion.model_type
             ),
-            format!("roll back the {ALIAS} alias after a bad promotion"),
+            format!(
+                "roll back the {alias_name} alias after a bad promotion",
+                alias_name = self.params.alias
+            ),
             "plan price changes and promotions with scenarios".to_string(),
         ];
         let docs = knowledge::runbooks();

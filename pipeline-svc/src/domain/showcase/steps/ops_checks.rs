@@ -1,6 +1,6 @@
 //! `ops_checks`: checks that the registry is SERVING and that the alias history records every swap.
 
-use super::super::{demo::Demo, ALIAS};
+use super::super::demo::Demo;
 use crate::{
     domain::engine::workflow::StepOutcome,
     error::{Error, Result},
@@ -12,7 +12,10 @@ impl Demo {
         if health != "SERVING" {
             return Err(Error::unavailable(format!("registry health is {health}")));
         }
-        let history = self.registry.alias_history(ALIAS, 1000).await?;
+        let history = self
+            .registry
+            .alias_history(&self.params.alias, 1000)
+            .await?;
         let mut checked = Vec::new();
         let swaps = [
             (
@@ -35,15 +38,17 @@ impl Demo {
                 .any(|h| h.revision == revision && h.run_id == run_id);
             if !found {
                 return Err(Error::Precondition(format!(
-                    "{ALIAS} history lacks r{revision} → run {run_id} ({what})"
+                    "{alias_name} history lacks r{revision} → run {run_id} ({what})",
+                    alias_name = self.params.alias
                 )));
             }
             checked.push(format!("r{revision} {what}"));
         }
         Ok(StepOutcome::Passed(format!(
-            "registry {health}; {ALIAS} history ({} entries) records every swap: {}",
+            "registry {health}; {alias_name} history ({} entries) records every swap: {}",
             history.len(),
-            checked.join(", ")
+            checked.join(", "),
+            alias_name = self.params.alias
         )))
     }
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use super::super::{
     demo::{short, Demo},
     registry::NewRun,
-    ALIAS,
 };
 use crate::{
     domain::engine::workflow::{Execution, StepCx, StepOutcome},
@@ -19,7 +18,11 @@ impl Demo {
         cx: &StepCx<'_>,
     ) -> Result<StepOutcome> {
         if self.state.alias_before.is_none() {
-            let before = self.registry.get_alias(ALIAS).await?.map(|a| a.run_id);
+            let before = self
+                .registry
+                .get_alias(&self.params.alias)
+                .await?
+                .map(|a| a.run_id);
             self.state.alias_before = Some(before);
             cx.checkpoint(&self.state()).await?;
         }
@@ -63,7 +66,7 @@ impl Demo {
         let reason = format!("showcase {}: champion by backtest WAPE", self.operation_id);
         let (alias, how) = match self
             .registry
-            .promote(ALIAS, &champion.run_id, false, &reason)
+            .promote(&self.params.alias, &champion.run_id, false, &reason)
             .await
         {
             Ok(a) => (a, "promoted"),
@@ -72,10 +75,13 @@ impl Demo {
             Err(Error::Precondition(_)) => (
                 self.registry
                     .promote(
-                        ALIAS,
+                        &self.params.alias,
                         &champion.run_id,
                         true,
-                        &format!("{reason} (takes over {ALIAS})"),
+                        &format!(
+                            "{reason} (takes over {alias_name})",
+                            alias_name = self.params.alias
+                        ),
                     )
                     .await?,
                 "promoted (forced over an earlier demo's run)",
@@ -84,12 +90,12 @@ impl Demo {
         };
         self.state.champion_revision = Some(alias.revision);
         Ok(StepOutcome::Passed(format!(
-            "{} runs registered with model artifacts; champion {} (run {}, WAPE {:.4}) {how} to {ALIAS} r{}",
+            "{} runs registered with model artifacts; champion {} (run {}, WAPE {:.4}) {how} to {alias_name} r{}",
             self.state.candidates.len(),
             champion.model_type,
             short(&champion.run_id),
             champion.wape,
-            alias.revision
+            alias.revision, alias_name = self.params.alias
         )))
     }
 }

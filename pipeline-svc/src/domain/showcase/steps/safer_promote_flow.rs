@@ -8,7 +8,6 @@ use capstan_proto::artifact_uri::ArtifactUri;
 use super::super::{
     demo::{short, Demo},
     registry::NewRun,
-    ALIAS,
 };
 use crate::{
     domain::engine::workflow::{StepCx, StepOutcome},
@@ -62,7 +61,7 @@ impl Demo {
         let refusal = match self
             .registry
             .promote(
-                ALIAS,
+                &self.params.alias,
                 &challenger.run_id,
                 false,
                 "showcase: guarded promotion of a worse challenger",
@@ -72,9 +71,11 @@ impl Demo {
             Err(Error::Precondition(m)) => m,
             Ok(a) => {
                 return Err(Error::Precondition(format!(
-                    "the guarded PromoteRun accepted a worse challenger ({ALIAS} r{} → run {})",
-                    a.revision, a.run_id
-                )))
+                "the guarded PromoteRun accepted a worse challenger ({alias_name} r{} → run {})",
+                a.revision,
+                a.run_id,
+                alias_name = self.params.alias
+            )))
             }
             Err(e) => return Err(e),
         };
@@ -85,7 +86,7 @@ impl Demo {
         let forced = self
             .registry
             .promote(
-                ALIAS,
+                &self.params.alias,
                 &challenger.run_id,
                 true,
                 "showcase: operator forces the worse challenger",
@@ -93,12 +94,12 @@ impl Demo {
             .await?;
         self.state.challenger_revision = Some(forced.revision);
         Ok(StepOutcome::Passed(format!(
-            "guard refused challenger {} (WAPE {:.4} vs champion {:.4}); forced as an operator would: {ALIAS} r{} → run {}",
+            "guard refused challenger {} (WAPE {:.4} vs champion {:.4}); forced as an operator would: {alias_name} r{} → run {}",
             worst.model_type,
             worst.wape,
             champion.wape,
             forced.revision,
-            short(&challenger.run_id)
+            short(&challenger.run_id), alias_name = self.params.alias
         )))
     }
 }

@@ -10,7 +10,7 @@ use super::super::{
     registry::NewRun,
     science::{chart, models::FittedModel, scenario},
     state::DemoScenarioOutcome,
-    ALIAS, MAX_MODEL_BYTES,
+    MAX_MODEL_BYTES,
 };
 use crate::{
     domain::engine::workflow::{StepCx, StepOutcome},
@@ -25,11 +25,12 @@ impl Demo {
         // The recorded champion, never the live alias: the drill left a worse run there.
         let (champion_id, source) = match &self.state.winning_run_id {
             Some(id) => (id.clone(), "recorded winning_run_id"),
-            None => match self.registry.get_alias(ALIAS).await? {
+            None => match self.registry.get_alias(&self.params.alias).await? {
                 Some(a) => (a.run_id, "live alias (no champion recorded)"),
                 None => {
                     return Err(Error::Precondition(format!(
-                        "no champion recorded and {ALIAS} does not exist"
+                        "no champion recorded and {alias_name} does not exist",
+                        alias_name = self.params.alias
                     )))
                 }
             },

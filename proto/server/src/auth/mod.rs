@@ -2,8 +2,13 @@
 //!
 //! The layer verifies `authorization: Bearer …` on every call except health and
 //! reflection, and puts a [`Principal`] into the request extensions; handlers then check
-//! the role and the namespace grants. Tokens carry `sub`, `role` (`admin`, `service` or
-//! `user`), `exp` and, optionally, `namespaces`: the [`Grants`] of the caller.
+//! the role and the namespace grants. Two kinds of token are accepted:
+//!
+//! - tokens with an `iss` claim: an OpenID issuer's, verified with the public keys of its
+//!   JWKS and mapped onto a principal by the `--oidc-*` settings ([`oidc`]);
+//! - tokens without one: signed with the key of `--jwt-secret-file` (HS256 tokens the
+//!   services mint, or RS256 under a PEM public key), carrying `sub`, `role` (`admin`,
+//!   `service` or `user`), `exp` and, optionally, `namespaces` ([`key_file`]).
 //!
 //! # Namespace grants
 //!
@@ -19,18 +24,28 @@
 //! ([`Grants::role_default`]): `service` reads and writes `default`, `user` reads
 //! `default`. Existing tokens and deployments keep working, and see no other team's data.
 
+mod jwks;
+pub mod key_file;
+pub mod oidc;
+
 use std::{
+    future::Future,
     path::Path,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context as _;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use tonic::{body::Body, Status};
 use tower::{Layer, Service};
+
+pub use key_file::{issue_hs256, issue_hs256_granted, trim_secret, Claims, TokenArgs};
+pub use oidc::OidcArgs;
+
+use key_file::KeyFile;
+use oidc::Oidc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -185,19 +200,14 @@ impl Principal {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub role: Role,
-    pub exp: u64,
-    /// Namespace grants; absent: the role's default ([`Grants::role_default`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespaces: Option<Grants>,
-}
-
 /// Verifies tokens; `None` inside means auth is disabled.
 #[derive(Clone)]
-pub struct Verifier(Option<Arc<(DecodingKey, Validation)>>);
+pub struct Verifier(Option<Arc<Sources>>);
+
+struct Sources {
+    key_file: Option<KeyFile>,
+    oidc: Option<Oidc>,
+}
 
 impl Verifier {
     pub fn disabled() -> Self {
@@ -205,43 +215,37 @@ impl Verifier {
         Self(None)
     }
 
-    /// HS256 with the file's bytes as the key, or RS256 when the file is a PEM public key.
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read --jwt-secret-file {}", path.display()))?;
-        if bytes.starts_with(b"-----BEGIN") {
-            let key = DecodingKey::from_rsa_pem(&bytes).with_context(|| {
-                format!(
-                    "--jwt-secret-file {} is PEM but not an RSA public key",
-                    path.display()
-                )
-            })?;
-            Ok(Self(Some(Arc::new((
-                key,
-                Validation::new(Algorithm::RS256),
-            )))))
-        } else {
-            let secret = trim_secret(&bytes);
-            anyhow::ensure!(
-                secret.len() >= 16,
-                "--jwt-secret-file {} holds {} bytes; an HS256 key needs at least 16",
-                path.display(),
-                secret.len()
-            );
-            Ok(Self::hs256(secret))
+    /// Tokens signed with the key of `key_file` and those of the OpenID issuers of
+    /// `oidc`; at least one of the two must be configured. Every setting is checked here,
+    /// at start; issuer keys are fetched once serving starts ([`Verifier::warm_up`]).
+    pub fn from_settings(key_file: Option<&Path>, oidc: &OidcArgs) -> anyhow::Result<Self> {
+        let key_file = key_file.map(KeyFile::read).transpose()?;
+        let oidc = Oidc::from_args(oidc)?;
+        if key_file.is_none() && oidc.is_none() {
+            anyhow::bail!("--auth jwt needs --jwt-secret-file (CAPSTAN_JWT_SECRET_FILE) or --oidc-issuer (CAPSTAN_OIDC_ISSUERS); pass --auth disabled (CAPSTAN_AUTH=disabled) to run without authentication");
+        }
+        Ok(Self(Some(Arc::new(Sources { key_file, oidc }))))
+    }
+
+    /// HS256 tokens signed with `secret` only.
+    pub fn hs256(secret: &[u8]) -> Self {
+        Self(Some(Arc::new(Sources {
+            key_file: Some(KeyFile::hs256(secret)),
+            oidc: None,
+        })))
+    }
+
+    /// Fetches the OpenID issuers' keys in the background (needs a Tokio runtime).
+    pub fn warm_up(&self) {
+        if let Some(oidc) = self.0.as_ref().and_then(|s| s.oidc.as_ref()) {
+            oidc.warm_up();
         }
     }
 
-    pub fn hs256(secret: &[u8]) -> Self {
-        Self(Some(Arc::new((
-            DecodingKey::from_secret(secret),
-            Validation::new(Algorithm::HS256),
-        ))))
-    }
-
-    #[allow(clippy::result_large_err)]
-    pub fn verify(&self, authorization: Option<&str>) -> Result<Principal, Status> {
-        let Some(inner) = &self.0 else {
+    /// The caller an `authorization` header names, or UNAUTHENTICATED saying why not
+    /// (PERMISSION_DENIED for an issuer's token that maps to no role).
+    pub async fn verify(&self, authorization: Option<&str>) -> Result<Principal, Status> {
+        let Some(sources) = &self.0 else {
             return Ok(Principal::anonymous_admin());
         };
         let header = authorization.ok_or_else(|| {
@@ -252,60 +256,41 @@ impl Verifier {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| {
                 Status::unauthenticated("authorization metadata must be `Bearer <token>`")
-            })?;
-        let data = jsonwebtoken::decode::<Claims>(token.trim(), &inner.0, &inner.1)
-            .map_err(|e| Status::unauthenticated(format!("invalid bearer token: {e}")))?;
-        if data.claims.sub.is_empty() {
-            return Err(Status::unauthenticated("token has an empty subject"));
+            })?
+            .trim();
+        match (unverified_issuer(token)?, &sources.oidc, &sources.key_file) {
+            (Some(iss), Some(oidc), _) => oidc.verify(token, &iss).await,
+            (Some(iss), None, _) => Err(Status::unauthenticated(format!(
+                "invalid bearer token: issuer {iss:?} is not accepted (no --oidc-issuer is configured)"
+            ))),
+            (None, _, Some(key_file)) => key_file.verify(token),
+            (None, _, None) => Err(Status::unauthenticated(
+                "invalid bearer token: it names no issuer (`iss`), and only OpenID issuers' tokens are accepted",
+            )),
         }
-        Ok(Principal::new(
-            data.claims.sub,
-            data.claims.role,
-            data.claims.namespaces,
-        ))
     }
 }
 
-/// Secret files usually end with a newline that is not part of the key.
-pub fn trim_secret(bytes: &[u8]) -> &[u8] {
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    &bytes[..end]
-}
-
-/// Mints an HS256 token (operators' `token` command, tests, the demo) without a
-/// `namespaces` claim: the role's default grants.
-pub fn issue_hs256(
-    secret: &[u8],
-    subject: &str,
-    role: Role,
-    ttl_secs: u64,
-) -> anyhow::Result<String> {
-    issue_hs256_granted(secret, subject, role, None, ttl_secs)
-}
-
-/// Mints an HS256 token carrying `grants` as its `namespaces` claim (`None`: no claim).
-pub fn issue_hs256_granted(
-    secret: &[u8],
-    subject: &str,
-    role: Role,
-    grants: Option<&Grants>,
-    ttl_secs: u64,
-) -> anyhow::Result<String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = Claims {
-        sub: subject.into(),
-        role,
-        exp: now + ttl_secs,
-        namespaces: grants.cloned(),
+/// The `iss` claim of a token not yet verified: it only says which keys to verify with.
+#[allow(clippy::result_large_err)]
+fn unverified_issuer(token: &str) -> Result<Option<String>, Status> {
+    #[derive(Deserialize)]
+    struct Issuer {
+        iss: Option<String>,
+    }
+    let malformed =
+        || Status::unauthenticated("invalid bearer token: not a JWT (header.payload.signature)");
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
     };
-    Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )?)
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| malformed())?;
+    let claims: Issuer = serde_json::from_slice(&json).map_err(|_| malformed())?;
+    Ok(claims.iss)
 }
 
 /// Paths that stay open without a token: probes and tooling discovery.
@@ -347,10 +332,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::Either<
-        S::Future,
-        std::future::Ready<Result<http::Response<Body>, S::Error>>,
-    >;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -358,33 +340,48 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         if is_public(req.uri().path()) {
-            return futures::future::Either::Left(self.inner.call(req));
+            return Box::pin(self.inner.call(req));
         }
-        let header = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match self.verifier.verify(header) {
-            Ok(principal) => {
-                req.extensions_mut().insert(principal);
-                futures::future::Either::Left(self.inner.call(req))
+        // The service driven ready is the one to call; a clone stays for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            let header = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match verifier.verify(header).await {
+                Ok(principal) => {
+                    req.extensions_mut().insert(principal);
+                    inner.call(req).await
+                }
+                Err(status) => Ok(status.into_http()),
             }
-            Err(status) => {
-                futures::future::Either::Right(std::future::ready(Ok(status.into_http())))
-            }
-        }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt as _;
+    use jsonwebtoken::{EncodingKey, Header};
+
     use super::*;
 
-    #[test]
-    fn verifies_own_tokens_and_refuses_others() {
+    /// Key-file tokens are verified without waiting on anything.
+    #[allow(clippy::result_large_err)]
+    fn verify_now(v: &Verifier, token: &str) -> Result<Principal, Status> {
+        v.verify(Some(&format!("Bearer {token}")))
+            .now_or_never()
+            .expect("key-file verification never waits")
+    }
+
+    #[tokio::test]
+    async fn verifies_own_tokens_and_refuses_others() {
         let v = Verifier::hs256(b"0123456789abcdef0123");
         let t = issue_hs256(b"0123456789abcdef0123", "alice", Role::User, 60).unwrap();
-        let p = v.verify(Some(&format!("Bearer {t}"))).unwrap();
+        let p = v.verify(Some(&format!("Bearer {t}"))).await.unwrap();
         assert_eq!(p, Principal::new("alice", Role::User, None));
 
         let other = issue_hs256(b"another-secret-0123456", "alice", Role::Admin, 60).unwrap();
@@ -394,7 +391,7 @@ mod tests {
             Some(format!("Bearer {other}")),
             Some("Bearer x.y.z".into()),
         ] {
-            let err = v.verify(bad.as_deref()).unwrap_err();
+            let err = v.verify(bad.as_deref()).await.unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad:?}");
         }
     }
@@ -413,9 +410,7 @@ mod tests {
             &EncodingKey::from_secret(b"0123456789abcdef"),
         )
         .unwrap();
-        let err = Verifier::hs256(b"0123456789abcdef")
-            .verify(Some(&format!("Bearer {t}")))
-            .unwrap_err();
+        let err = verify_now(&Verifier::hs256(b"0123456789abcdef"), &t).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
     }
 
@@ -426,9 +421,7 @@ mod tests {
             write: write.iter().map(|s| s.to_string()).collect(),
         };
         let t = issue_hs256_granted(secret, "caller", role, Some(&grants), 60).unwrap();
-        Verifier::hs256(secret)
-            .verify(Some(&format!("Bearer {t}")))
-            .unwrap()
+        verify_now(&Verifier::hs256(secret), &t).unwrap()
     }
 
     #[test]
@@ -499,9 +492,7 @@ mod tests {
             ];
             let cli = Cli::parse_from(base.iter().chain(extra));
             let t = cli.token.mint().unwrap();
-            Verifier::hs256(b"0123456789abcdef0123")
-                .verify(Some(&format!("Bearer {t}")))
-                .unwrap()
+            verify_now(&Verifier::hs256(b"0123456789abcdef0123"), &t).unwrap()
         };
         let p = mint(&[
             "--write-namespace",
@@ -514,54 +505,5 @@ mod tests {
         assert_eq!(p.grants.write, ["team-a"]);
         assert_eq!(p.grants.read, ["team-b", "team-c"]);
         assert_eq!(mint(&[]).grants, Grants::role_default(Role::Service));
-    }
-}
-
-/// `token` subcommand of both binaries: mints an HS256 token for operators and scripts.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TokenArgs {
-    /// HMAC key file (the same the server verifies with).
-    #[arg(long, env = "CAPSTAN_JWT_SECRET_FILE")]
-    pub jwt_secret_file: std::path::PathBuf,
-    /// `sub` claim: the user id for the `user` role.
-    #[arg(long, default_value = "operator")]
-    pub subject: String,
-    /// admin, service or user.
-    #[arg(long, default_value = "admin")]
-    pub role: Role,
-    #[arg(long, default_value_t = 3600)]
-    pub ttl_seconds: u64,
-    /// Registry namespace the token may read (repeatable; `*`: every namespace).
-    #[arg(long = "read-namespace", value_name = "NAMESPACE")]
-    pub read_namespaces: Vec<String>,
-    /// Registry namespace the token may read and write (repeatable; `*`: every namespace).
-    /// Without `--read-namespace` or `--write-namespace` the token carries no grants and
-    /// gets its role's default: `default` only.
-    #[arg(long = "write-namespace", value_name = "NAMESPACE")]
-    pub write_namespaces: Vec<String>,
-}
-
-impl TokenArgs {
-    pub fn mint(&self) -> anyhow::Result<String> {
-        let bytes = std::fs::read(&self.jwt_secret_file).with_context(|| {
-            format!(
-                "cannot read --jwt-secret-file {}",
-                self.jwt_secret_file.display()
-            )
-        })?;
-        let grants =
-            (!self.read_namespaces.is_empty() || !self.write_namespaces.is_empty()).then(|| {
-                Grants {
-                    read: self.read_namespaces.clone(),
-                    write: self.write_namespaces.clone(),
-                }
-            });
-        issue_hs256_granted(
-            trim_secret(&bytes),
-            &self.subject,
-            self.role,
-            grants.as_ref(),
-            self.ttl_seconds,
-        )
     }
 }
