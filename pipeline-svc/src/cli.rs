@@ -211,6 +211,7 @@ async fn download(
     let mut s = registry
         .download_artifact(rpb::DownloadArtifactRequest {
             run_id: run_id.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -31,6 +31,9 @@ pub enum Error {
     /// Content does not match what was promised, or a stored artifact is gone.
     #[error("{0}")]
     DataLoss(String),
+    /// The caller's grants do not allow this write in this namespace.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A limit was reached (concurrent watches).
     #[error("{0}")]
     ResourceExhausted(String),
@@ -54,6 +57,8 @@ pub enum Error {
 /// What a request named that does not exist: its kind and its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Missing {
+    /// Or the caller may not read it: nothing says which.
+    Namespace(String),
     Run(Uuid),
     Alias(String),
     /// The alias never had this revision.
@@ -70,6 +75,7 @@ pub enum Missing {
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Namespace(ns) => write!(f, "namespace {ns:?} does not exist or is not readable"),
             Self::Run(id) => write!(f, "run {id} does not exist"),
             Self::Alias(alias) => write!(f, "alias {alias:?} does not exist"),
             Self::AliasRevision { alias, revision } => {
@@ -139,6 +145,7 @@ impl ServiceError for Error {
             Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Self::DataLoss(_) => ErrorKind::DataLoss,
             Self::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            Self::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Internal { .. } => ErrorKind::Internal,
         }

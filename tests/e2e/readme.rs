@@ -83,6 +83,7 @@ fn readme_grpcurl_examples_work_when_pasted() {
         [
             "FailedPrecondition",
             "Aborted",
+            "NotFound",
             "InvalidArgument",
             "InvalidArgument"
         ],
@@ -100,6 +101,8 @@ fn readme_grpcurl_examples_work_when_pasted() {
         "ALIAS_ACTION_PROMOTE",
         "grpc.health.v1.Health",
         "SERVING",
+        "\"creator\": \"system\"",
+        "\"namespace\": \"team-a\"",
     ] {
         assert!(
             text.contains(expected),

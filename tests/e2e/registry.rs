@@ -162,7 +162,7 @@ fn grpcurl_drives_the_registry_binary() {
     let upload = ctx.ok(
         "UploadArtifact",
         &format!(
-            r#"{{"header": {{"run_id": "{run_id}", "name": "model.json", "namespace": "demo", "expected_sha256": "{sha}", "expected_size": {}}}}}
+            r#"{{"header": {{"run_id": "{run_id}", "name": "model.json", "expected_sha256": "{sha}", "expected_size": {}}}}}
                {{"chunk": "{}"}} {{"chunk": "{}"}}"#,
             content.len(),
             &b64[..8],
@@ -172,7 +172,7 @@ fn grpcurl_drives_the_registry_binary() {
     assert_eq!(upload["sha256"], sha.as_str());
     assert_eq!(
         upload["artifactUri"],
-        format!("demo/seasonal_naive-model_{sha}.json").as_str()
+        format!("default/seasonal_naive-model_{sha}.json").as_str()
     );
 
     ctx.ok("UpdateRun", &format!(r#"{{"run": {{"run_id": "{run_id}", "status": "RUN_STATUS_SUCCEEDED"}}, "update_mask": {{"paths": ["status"]}}}}"#));

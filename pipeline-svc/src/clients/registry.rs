@@ -220,6 +220,7 @@ impl ModelRegistry for GrpcRegistry {
             metrics: Default::default(),
             status: pb::RunStatus::Running as i32,
             heartbeat_timeout: None,
+            namespace: String::new(),
         };
         // Idempotent on request_id: a replay returns the run the lost attempt created.
         let r = self
@@ -238,6 +239,7 @@ impl ModelRegistry for GrpcRegistry {
                 let mut c = self.registry(ch);
                 let request = pb::GetRunRequest {
                     run_id: run_id.into(),
+                    ..Default::default()
                 };
                 async move { c.get_run(request).await.map(Response::into_inner) }
             })
@@ -303,7 +305,13 @@ impl ModelRegistry for GrpcRegistry {
                     // A terminal run refuses a second update: if the lost attempt landed,
                     // its outcome is the answer.
                     if replay {
-                        let run = c.get_run(pb::GetRunRequest { run_id }).await?.into_inner();
+                        let run = c
+                            .get_run(pb::GetRunRequest {
+                                run_id,
+                                ..Default::default()
+                            })
+                            .await?
+                            .into_inner();
                         if run.status == pb::RunStatus::Succeeded as i32 {
                             return Ok(run);
                         }
@@ -350,6 +358,7 @@ impl ModelRegistry for GrpcRegistry {
             description: String::new(),
             expected_revision: Some(expected_revision),
             reason: reason.into(),
+            ..Default::default()
         };
         // Compare-and-swap: a replay of a write that landed is refused (ABORTED), never
         // applied twice; the caller re-reads the alias.
@@ -379,6 +388,7 @@ impl ModelRegistry for GrpcRegistry {
             dry_run: false,
             reason: reason.into(),
             expected_revision: None,
+            ..Default::default()
         };
         let a = self
             .call("PromoteRun", |ch, replay| {
@@ -413,6 +423,7 @@ impl ModelRegistry for GrpcRegistry {
                         alias: alias.into(),
                         page_size: 500,
                         page_token: token.clone(),
+                        ..Default::default()
                     };
                     async move {
                         c.list_alias_history(request)
@@ -441,7 +452,13 @@ async fn lookup_alias(
     mut c: Client,
     alias: String,
 ) -> std::result::Result<Option<pb::Alias>, Status> {
-    match c.get_alias(pb::GetAliasRequest { alias }).await {
+    match c
+        .get_alias(pb::GetAliasRequest {
+            alias,
+            ..Default::default()
+        })
+        .await
+    {
         Ok(a) => Ok(Some(a.into_inner())),
         Err(s) if s.code() == Code::NotFound => Ok(None),
         Err(s) => Err(s),
@@ -458,6 +475,7 @@ async fn download(
     let mut stream = c
         .download_artifact(pb::DownloadArtifactRequest {
             run_id: run_id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner();

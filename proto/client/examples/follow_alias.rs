@@ -19,6 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let now = registry
         .get_alias(pb::GetAliasRequest {
             alias: alias.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -31,6 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut events = registry
         .watch_aliases(pb::WatchAliasesRequest {
             aliases: vec![alias],
+            ..Default::default()
         })
         .await?
         .into_inner();

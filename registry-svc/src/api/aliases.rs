@@ -7,6 +7,7 @@ use crate::domain::aliases::{Alias, AliasAction, AliasEvent, AliasEventKind, Ali
 
 pub fn alias_to_pb(a: Alias) -> pb::Alias {
     pb::Alias {
+        namespace: a.namespace,
         alias: a.alias,
         run_id: a.run_id.to_string(),
         description: a.description,
@@ -27,6 +28,7 @@ fn action_to_pb(a: AliasAction) -> pb::AliasAction {
 
 pub fn history_to_pb(e: AliasHistoryEntry) -> pb::AliasHistoryEntry {
     pb::AliasHistoryEntry {
+        namespace: e.namespace,
         alias: e.alias,
         revision: e.revision,
         run_id: e.run_id.map(|u| u.to_string()).unwrap_or_default(),
@@ -47,6 +49,7 @@ pub fn event_to_pb(e: AliasEvent) -> pb::WatchAliasesResponse {
     };
     pb::WatchAliasesResponse {
         alias: Some(pb::Alias {
+            namespace: e.namespace,
             alias: e.alias,
             run_id: e.run_id.map(|u| u.to_string()).unwrap_or_default(),
             description: e.description,

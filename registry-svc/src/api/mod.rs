@@ -9,7 +9,7 @@ use std::{pin::Pin, sync::Arc};
 
 use capstan_proto::registry::v1::{self as pb, registry_service_server::RegistryService};
 use capstan_server::{
-    auth::{Principal, Role},
+    auth::{Principal, DEFAULT_NAMESPACE},
     serve,
 };
 use futures::{Stream, StreamExt};
@@ -26,7 +26,7 @@ use crate::{
         runs::{ListRuns, NewRun, RunFilter},
         validate,
     },
-    error::{Error, Validator},
+    error::{Error, Missing, Validator},
 };
 
 pub use capstan_proto::registry::v1::registry_service_server::RegistryServiceServer;
@@ -45,16 +45,56 @@ impl RegistryApi {
 type ApiResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Writes need the admin or service role; users may read.
-#[allow(clippy::result_large_err)]
-fn writer<T>(req: &Request<T>) -> Result<Principal, Status> {
-    let p = Principal::of(req)?;
-    match p.role {
-        Role::Admin | Role::Service => Ok(p),
-        Role::User => Err(Status::permission_denied(
-            "writing to the registry needs the admin or service role",
-        )),
+/// The namespace a request names (`default` when it names none), checked.
+fn namespace_of(field: &str, value: &str) -> Result<String, Error> {
+    if value.is_empty() {
+        return Ok(DEFAULT_NAMESPACE.into());
     }
+    let mut v = Validator::default();
+    validate::namespace(&mut v, field, value);
+    v.finish()?;
+    Ok(value.into())
+}
+
+/// A read of `namespace`: a caller without a read grant learns nothing, not even whether
+/// the namespace exists (NOT_FOUND).
+#[allow(clippy::result_large_err)]
+fn reader<T>(
+    req: &Request<T>,
+    field: &str,
+    namespace: &str,
+) -> Result<(Principal, String), Status> {
+    let p = Principal::of(req)?;
+    let ns = namespace_of(field, namespace)?;
+    if !p.can_read(&ns) {
+        return Err(Error::NotFound(Missing::Namespace(ns)).into());
+    }
+    Ok((p, ns))
+}
+
+/// A write to `namespace`: it needs a write grant there (admins have every one).
+#[allow(clippy::result_large_err)]
+fn writer<T>(
+    req: &Request<T>,
+    field: &str,
+    namespace: &str,
+) -> Result<(Principal, String), Status> {
+    let p = Principal::of(req)?;
+    let ns = write_grant(&p, field, namespace)?;
+    Ok((p, ns))
+}
+
+#[allow(clippy::result_large_err)]
+fn write_grant(p: &Principal, field: &str, namespace: &str) -> Result<String, Status> {
+    let ns = namespace_of(field, namespace)?;
+    if !p.can_write(&ns) {
+        return Err(Error::PermissionDenied(format!(
+            "{} (role {:?}) may not write namespace {ns:?}",
+            p.subject, p.role
+        ))
+        .into());
+    }
+    Ok(ns)
 }
 
 fn run_id(field: &str, value: &str) -> Result<Uuid, Error> {
@@ -67,17 +107,18 @@ fn run_id(field: &str, value: &str) -> Result<Uuid, Error> {
 #[tonic::async_trait]
 impl RegistryService for RegistryApi {
     async fn create_run(&self, req: Request<pb::CreateRunRequest>) -> ApiResult<pb::Run> {
-        writer(&req)?;
-        let new = NewRun::try_from(req.into_inner())?;
-        let run = self.registry.create_run(new).await?;
+        let (p, ns) = writer(&req, "namespace", &req.get_ref().namespace)?;
+        let mut new = NewRun::try_from(req.into_inner())?;
+        new.namespace = ns;
+        let run = self.registry.create_run(new, &p.subject).await?;
         Ok(Response::new(runs::run_to_pb(run)))
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> ApiResult<pb::Run> {
-        Principal::of(&req)?;
+        let (_, ns) = reader(&req, "namespace", &req.get_ref().namespace)?;
         let run = self
             .registry
-            .get_run(run_id("run_id", &req.get_ref().run_id)?)
+            .get_run(&ns, run_id("run_id", &req.get_ref().run_id)?)
             .await?;
         Ok(Response::new(runs::run_to_pb(run)))
     }
@@ -86,9 +127,10 @@ impl RegistryService for RegistryApi {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> ApiResult<pb::ListRunsResponse> {
-        Principal::of(&req)?;
+        let (_, namespace) = reader(&req, "namespace", &req.get_ref().namespace)?;
         let r = req.into_inner();
         let query = ListRuns {
+            namespace,
             filter: RunFilter {
                 status: runs::status_from_pb("status", r.status)?,
                 model_type: (!r.model_type.is_empty()).then_some(r.model_type),
@@ -108,12 +150,16 @@ impl RegistryService for RegistryApi {
     }
 
     async fn update_run(&self, req: Request<pb::UpdateRunRequest>) -> ApiResult<pb::Run> {
-        writer(&req)?;
+        let named = req.get_ref().run.as_ref().map(|r| r.namespace.clone());
+        let (p, ns) = writer(&req, "run.namespace", named.as_deref().unwrap_or_default())?;
         let r = req.into_inner();
         let run = r.run.ok_or_else(|| Error::invalid("run", "is required"))?;
         let id = run_id("run.run_id", &run.run_id)?;
         let patch = runs::patch_from_pb(&run, r.update_mask.as_ref())?;
-        let run = self.registry.update_run(id, &patch).await?;
+        let run = self
+            .registry
+            .update_run(&ns, id, &patch, &p.subject)
+            .await?;
         Ok(Response::new(runs::run_to_pb(run)))
     }
 
@@ -121,8 +167,8 @@ impl RegistryService for RegistryApi {
         &self,
         req: Request<Streaming<pb::UploadArtifactRequest>>,
     ) -> ApiResult<pb::UploadArtifactResponse> {
-        writer(&req)?;
         use pb::upload_artifact_request::Payload;
+        let caller = Principal::of(&req)?;
         let mut stream = req.into_inner();
         let header = match stream.message().await? {
             Some(pb::UploadArtifactRequest {
@@ -134,6 +180,8 @@ impl RegistryService for RegistryApi {
                 )
             }
         };
+        // The namespace is in the first message, so the grant is checked once it arrives.
+        let namespace = write_grant(&caller, "header.namespace", &header.namespace)?;
         let chunks = stream.map(|m| match m {
             Ok(pb::UploadArtifactRequest {
                 payload: Some(Payload::Chunk(c)),
@@ -153,11 +201,12 @@ impl RegistryService for RegistryApi {
                 UploadHeader {
                     run_id: header.run_id,
                     name: header.name,
-                    namespace: header.namespace,
+                    namespace,
                     expected_sha256: header.expected_sha256,
                     expected_size: header.expected_size,
                 },
                 Box::pin(chunks),
+                &caller.subject,
             )
             .await?;
         Ok(Response::new(pb::UploadArtifactResponse {
@@ -175,10 +224,10 @@ impl RegistryService for RegistryApi {
         &self,
         req: Request<pb::DownloadArtifactRequest>,
     ) -> ApiResult<Self::DownloadArtifactStream> {
-        Principal::of(&req)?;
         use pb::download_artifact_response::Payload;
+        let (_, ns) = reader(&req, "namespace", &req.get_ref().namespace)?;
         let id = run_id("run_id", &req.get_ref().run_id)?;
-        let (artifact, chunks) = self.registry.download_artifact(id).await?;
+        let (artifact, chunks) = self.registry.download_artifact(&ns, id).await?;
         let meta = pb::DownloadArtifactResponse {
             payload: Some(Payload::Metadata(pb::ArtifactMetadata {
                 run_id: id.to_string(),
@@ -201,12 +250,13 @@ impl RegistryService for RegistryApi {
     }
 
     async fn set_alias(&self, req: Request<pb::SetAliasRequest>) -> ApiResult<pb::Alias> {
-        let p = writer(&req)?;
+        let (p, namespace) = writer(&req, "namespace", &req.get_ref().namespace)?;
         let r = req.into_inner();
         let alias = self
             .registry
             .set_alias(
                 SetAlias {
+                    namespace,
                     run_id: run_id("run_id", &r.run_id)?,
                     alias: r.alias,
                     description: r.description,
@@ -220,8 +270,8 @@ impl RegistryService for RegistryApi {
     }
 
     async fn get_alias(&self, req: Request<pb::GetAliasRequest>) -> ApiResult<pb::Alias> {
-        Principal::of(&req)?;
-        let alias = self.registry.get_alias(&req.get_ref().alias).await?;
+        let (_, ns) = reader(&req, "namespace", &req.get_ref().namespace)?;
+        let alias = self.registry.get_alias(&ns, &req.get_ref().alias).await?;
         Ok(Response::new(aliases::alias_to_pb(alias)))
     }
 
@@ -229,11 +279,11 @@ impl RegistryService for RegistryApi {
         &self,
         req: Request<pb::ListAliasesRequest>,
     ) -> ApiResult<pb::ListAliasesResponse> {
-        Principal::of(&req)?;
+        let (_, ns) = reader(&req, "namespace", &req.get_ref().namespace)?;
         let r = req.get_ref();
         let (aliases, next_page_token) = self
             .registry
-            .list_aliases(r.page_size, &r.page_token)
+            .list_aliases(&ns, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(pb::ListAliasesResponse {
             aliases: aliases.into_iter().map(aliases::alias_to_pb).collect(),
@@ -242,10 +292,10 @@ impl RegistryService for RegistryApi {
     }
 
     async fn delete_alias(&self, req: Request<pb::DeleteAliasRequest>) -> ApiResult<()> {
-        let p = writer(&req)?;
+        let (p, ns) = writer(&req, "namespace", &req.get_ref().namespace)?;
         let r = req.get_ref();
         self.registry
-            .delete_alias(&r.alias, r.expected_revision, &r.reason, &p.subject)
+            .delete_alias(&ns, &r.alias, r.expected_revision, &r.reason, &p.subject)
             .await?;
         Ok(Response::new(()))
     }
@@ -254,11 +304,11 @@ impl RegistryService for RegistryApi {
         &self,
         req: Request<pb::ListAliasHistoryRequest>,
     ) -> ApiResult<pb::ListAliasHistoryResponse> {
-        Principal::of(&req)?;
+        let (_, ns) = reader(&req, "namespace", &req.get_ref().namespace)?;
         let r = req.get_ref();
         let (entries, next_page_token) = self
             .registry
-            .alias_history(&r.alias, r.page_size, &r.page_token)
+            .alias_history(&ns, &r.alias, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(pb::ListAliasHistoryResponse {
             entries: entries.into_iter().map(aliases::history_to_pb).collect(),
@@ -267,11 +317,12 @@ impl RegistryService for RegistryApi {
     }
 
     async fn rollback_alias(&self, req: Request<pb::RollbackAliasRequest>) -> ApiResult<pb::Alias> {
-        let p = writer(&req)?;
+        let (p, ns) = writer(&req, "namespace", &req.get_ref().namespace)?;
         let r = req.get_ref();
         let alias = self
             .registry
             .rollback_alias(
+                &ns,
                 &r.alias,
                 r.to_revision,
                 r.expected_revision,
@@ -286,12 +337,13 @@ impl RegistryService for RegistryApi {
         &self,
         req: Request<pb::PromoteRunRequest>,
     ) -> ApiResult<pb::PromoteRunResponse> {
-        let p = writer(&req)?;
+        let (p, namespace) = writer(&req, "namespace", &req.get_ref().namespace)?;
         let r = req.into_inner();
         let out = self
             .registry
             .promote_run(
                 PromoteRun {
+                    namespace,
                     run_id: run_id("run_id", &r.run_id)?,
                     alias: r.alias,
                     metric: r.metric,
@@ -323,13 +375,37 @@ impl RegistryService for RegistryApi {
         &self,
         req: Request<pb::WatchAliasesRequest>,
     ) -> ApiResult<Self::WatchAliasesStream> {
-        Principal::of(&req)?;
+        let (_, ns) = reader(&req, "namespace", &req.get_ref().namespace)?;
         let rx = self
             .registry
-            .watch_aliases(req.into_inner().aliases, self.shutdown.clone())
+            .watch_aliases(ns, req.into_inner().aliases, self.shutdown.clone())
             .await?;
         let stream =
             ReceiverStream::new(rx).map(|e| e.map(aliases::event_to_pb).map_err(Status::from));
         Ok(Response::new(Box::pin(serve::with_request_id(stream))))
+    }
+
+    async fn list_namespaces(
+        &self,
+        req: Request<pb::ListNamespacesRequest>,
+    ) -> ApiResult<pb::ListNamespacesResponse> {
+        let p = Principal::of(&req)?;
+        let r = req.get_ref();
+        let readable = p.readable_namespaces();
+        let (namespaces, next_page_token) = self
+            .registry
+            .list_namespaces(readable.as_deref(), r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListNamespacesResponse {
+            namespaces: namespaces
+                .into_iter()
+                .map(|n| pb::Namespace {
+                    name: n.name,
+                    creator: n.creator,
+                    create_time: runs::timestamp(n.create_time),
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 }

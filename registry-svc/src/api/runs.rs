@@ -58,6 +58,9 @@ pub fn run_to_pb(r: ModelRun) -> pb::Run {
     };
     pb::Run {
         run_id: r.id.to_string(),
+        namespace: r.namespace,
+        created_by: r.created_by,
+        updated_by: r.updated_by,
         etag: r.version.to_string(),
         name: r.name,
         model_type: r.model_type,
@@ -88,6 +91,8 @@ impl TryFrom<pb::CreateRunRequest> for NewRun {
     type Error = Error;
     fn try_from(r: pb::CreateRunRequest) -> Result<Self> {
         Ok(NewRun {
+            // The api layer sets it once the caller's grant on it is checked.
+            namespace: String::new(),
             request_id: (!r.request_id.is_empty()).then_some(r.request_id),
             name: r.name,
             model_type: r.model_type,

@@ -6,11 +6,13 @@
 //!   listing with filters, order and page tokens, and the heartbeat reaper.
 //! - [`aliases`]: named pointers to runs, changed by compare-and-swap with a gapless
 //!   history: set, delete, roll back, guarded promotion, the read cache and `WatchAliases`.
+//! - [`namespaces`]: where runs and aliases live; listing them.
 //! - [`artifacts`]: upload (hashed while streaming, content-addressed) and download.
 //! - [`validate`]: field rules shared by every request that carries the field.
 
 pub mod aliases;
 pub mod artifacts;
+pub mod namespaces;
 pub mod ports;
 pub mod registry;
 pub mod runs;

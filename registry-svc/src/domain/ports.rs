@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{
     aliases::{Alias, AliasHistoryEntry, AliasWrite},
+    namespaces::Namespace,
     runs::{filter::Filter, ModelRun, RunCursor, RunOrder},
     Micros,
 };
@@ -27,17 +28,20 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// served from memory without missing another replica's change.
     fn single_writer(&self) -> bool;
 
-    /// Inserts `run`; when its `request_id` was used before, returns that earlier run and
+    /// Inserts `run`, and its namespace (created by the run's creator) if it is new; when
+    /// its `request_id` was used before in the namespace, returns that earlier run and
     /// `false` instead (concurrent inserts of one request id make exactly one run).
     async fn insert_run(&self, run: &ModelRun) -> Result<(ModelRun, bool)>;
-    async fn get_run(&self, id: Uuid) -> Result<Option<ModelRun>>;
+    /// The run, if it exists in `namespace`.
+    async fn get_run(&self, namespace: &str, id: Uuid) -> Result<Option<ModelRun>>;
     /// Replaces the run if it is still at `expected_version`; `false` (and nothing
     /// changed) if it moved on or does not exist.
     async fn update_run(&self, run: &ModelRun, expected_version: i64) -> Result<bool>;
-    /// Up to `limit` runs matching `filter`, in `order`, after `after` (exclusive); ties of
-    /// the sort key are broken by run id in the same direction.
+    /// Up to `limit` runs of `namespace` matching `filter`, in `order`, after `after`
+    /// (exclusive); ties of the sort key are broken by run id in the same direction.
     async fn list_runs(
         &self,
+        namespace: &str,
         filter: Option<&Filter>,
         order: &RunOrder,
         after: Option<&RunCursor>,
@@ -47,9 +51,23 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// bumping its version; returns how many.
     async fn fail_expired_runs(&self, now: Micros) -> Result<u64>;
 
-    async fn get_alias(&self, alias: &str) -> Result<Option<Alias>>;
-    /// Up to `limit` aliases by name, after `after` (exclusive).
-    async fn list_aliases(&self, after: Option<&str>, limit: usize) -> Result<Vec<Alias>>;
+    /// Up to `limit` namespaces by name, after `after` (exclusive), among `only` when given.
+    async fn list_namespaces(
+        &self,
+        only: Option<&[String]>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Namespace>>;
+
+    /// Aliases are named within their namespace: every alias method takes it.
+    async fn get_alias(&self, namespace: &str, alias: &str) -> Result<Option<Alias>>;
+    /// Up to `limit` aliases of `namespace` by name, after `after` (exclusive).
+    async fn list_aliases(
+        &self,
+        namespace: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Alias>>;
     /// Applies one compare-and-swap change and appends its history entry, atomically.
     ///
     /// The alias's revision goes up by one on every change, and a re-created alias goes on
@@ -61,6 +79,7 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// Newest first, revisions below `before` when given.
     async fn alias_history(
         &self,
+        namespace: &str,
         alias: &str,
         before: Option<i64>,
         limit: usize,
@@ -68,12 +87,13 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// Oldest first, revisions above `after`.
     async fn alias_changes(
         &self,
+        namespace: &str,
         alias: &str,
         after: i64,
         limit: usize,
     ) -> Result<Vec<AliasHistoryEntry>>;
-    /// The latest history revision of every alias that ever existed.
-    async fn alias_revisions(&self) -> Result<Vec<(String, i64)>>;
+    /// The latest history revision of every alias that ever existed in `namespace`.
+    async fn alias_revisions(&self, namespace: &str) -> Result<Vec<(String, i64)>>;
 
     /// Announcements of alias changes made by any process, for as long as the stream is
     /// polled; `None` where only this process writes.

@@ -104,6 +104,15 @@ pub fn alias_ok(alias: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(c))
 }
 
+/// Namespace names follow the alias rule: one segment of an artifact URI, never a path.
+pub fn namespace(v: &mut Validator, field: &str, value: &str) {
+    v.check(alias_ok(value), field, || {
+        format!(
+            "must be 1-{MAX_ALIAS_CHARS} characters of [a-z0-9_.-] starting with a letter or digit"
+        )
+    });
+}
+
 pub fn alias(v: &mut Validator, field: &str, value: &str) {
     v.check(alias_ok(value), field, || {
         format!(

@@ -11,7 +11,10 @@ capstan_server::test_on_both_backends!(artifacts_hash_dedupe_and_round_trip,);
 
 async fn artifacts_hash_dedupe_and_round_trip(db: TestDb) {
     let server = start(db).await;
-    let mut c = server.client(Role::Service).await;
+    // Its grant is on team-a only: the uploads go there.
+    let mut c = server
+        .granted(Role::Service, "team-a-ci", &[], &["team-a"])
+        .await;
     let content: Vec<u8> = (0..(3 << 20) + 17)
         .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
@@ -20,6 +23,7 @@ async fn artifacts_hash_dedupe_and_round_trip(db: TestDb) {
     for name in ["first", "second"] {
         let run = c
             .create_run(pb::CreateRunRequest {
+                namespace: "team-a".into(),
                 name: name.into(),
                 model_type: "exp_smoothing".into(),
                 ..Default::default()
@@ -30,7 +34,7 @@ async fn artifacts_hash_dedupe_and_round_trip(db: TestDb) {
         let header = pb::ArtifactHeader {
             run_id: run.run_id.clone(),
             name: "weights.BIN".into(),
-            namespace: "demo/team-a".into(),
+            namespace: "team-a".into(),
             expected_sha256: sha.clone(),
             expected_size: Some(content.len() as i64),
         };
@@ -53,7 +57,7 @@ async fn artifacts_hash_dedupe_and_round_trip(db: TestDb) {
         assert_eq!(up.size_bytes, content.len() as i64);
         assert_eq!(
             up.artifact_uri,
-            format!("demo/team-a/exp_smoothing-model_{sha}.bin")
+            format!("team-a/exp_smoothing-model_{sha}.bin")
         );
         assert_eq!(up.deduplicated, name == "second");
         ids.push(run.run_id);
@@ -67,6 +71,7 @@ async fn artifacts_hash_dedupe_and_round_trip(db: TestDb) {
 
     let mut stream = c
         .download_artifact(pb::DownloadArtifactRequest {
+            namespace: "team-a".into(),
             run_id: ids[1].clone(),
         })
         .await
@@ -122,12 +127,16 @@ async fn s3_uploads_dedupe_verify_and_leave_nothing_behind() {
     let mut runs = Vec::new();
     for i in 0..3 {
         let run = registry
-            .create_run(NewRun {
-                name: format!("s3-{i}"),
-                model_type: "m".into(),
-                status: Some(RunStatus::Running),
-                ..Default::default()
-            })
+            .create_run(
+                NewRun {
+                    namespace: "default".into(),
+                    name: format!("s3-{i}"),
+                    model_type: "m".into(),
+                    status: Some(RunStatus::Running),
+                    ..Default::default()
+                },
+                "tester",
+            )
             .await
             .unwrap();
         let chunks: Vec<Result<Bytes, Error>> = content
@@ -139,10 +148,12 @@ async fn s3_uploads_dedupe_verify_and_leave_nothing_behind() {
                 UploadHeader {
                     run_id: run.id.to_string(),
                     name: "w.bin".into(),
+                    namespace: "default".into(),
                     expected_sha256: if i == 2 { "0".repeat(64) } else { sha.clone() },
                     ..Default::default()
                 },
                 futures::stream::iter(chunks),
+                "tester",
             )
             .await;
         match i {
@@ -166,7 +177,10 @@ async fn s3_uploads_dedupe_verify_and_leave_nothing_behind() {
         vec![format!("registry/blobs/sha256/{}/{sha}", &sha[..2])],
         "one blob, no staging, no open uploads"
     );
-    let (artifact, mut stream) = registry.download_artifact(runs[1]).await.unwrap();
+    let (artifact, mut stream) = registry
+        .download_artifact("default", runs[1])
+        .await
+        .unwrap();
     assert_eq!(artifact.sha256, sha);
     let mut hasher = Sha256::new();
     let mut n = 0;

@@ -266,6 +266,7 @@ async fn malformed_requests_get_clear_codes_and_change_nothing(db: TestDb) {
                 Box::pin(async move {
                     ok(a.get_alias(pb::GetAliasRequest {
                         alias: "prod".into(),
+                        ..Default::default()
                     })
                     .await)
                 }),
@@ -274,17 +275,23 @@ async fn malformed_requests_get_clear_codes_and_change_nothing(db: TestDb) {
         // GetRun
         case!("get: not a uuid", InvalidArgument, |c| c.get_run(
             pb::GetRunRequest {
-                run_id: "not-a-uuid".into()
+                run_id: "not-a-uuid".into(),
+                ..Default::default()
             }
         ));
         case!("get: empty id", InvalidArgument, |c| c.get_run(
             pb::GetRunRequest {
-                run_id: String::new()
+                run_id: String::new(),
+                ..Default::default()
             }
         ));
         let u2 = unknown.clone();
-        case!("get: unknown run", NotFound, |c| c
-            .get_run(pb::GetRunRequest { run_id: u2.clone() }));
+        case!("get: unknown run", NotFound, |c| c.get_run(
+            pb::GetRunRequest {
+                run_id: u2.clone(),
+                ..Default::default()
+            }
+        ));
         // ListRuns
         case!("list: negative page_size", InvalidArgument, |c| c
             .list_runs(pb::ListRunsRequest {
@@ -528,12 +535,14 @@ async fn malformed_requests_get_clear_codes_and_change_nothing(db: TestDb) {
         // DownloadArtifact
         case!("download: bad id", InvalidArgument, |c| c
             .download_artifact(pb::DownloadArtifactRequest {
-                run_id: "1234".into()
+                run_id: "1234".into(),
+                ..Default::default()
             }));
         let rid2 = running.run_id.clone();
         case!("download: run without artifact", NotFound, |c| c
             .download_artifact(pb::DownloadArtifactRequest {
-                run_id: rid2.clone()
+                run_id: rid2.clone(),
+                ..Default::default()
             }));
         // SetAlias
         let okid = ok_run.run_id.clone();
@@ -575,14 +584,28 @@ async fn malformed_requests_get_clear_codes_and_change_nothing(db: TestDb) {
         // GetAlias, ListAliases, DeleteAlias, ListAliasHistory, RollbackAlias
         case!("get alias: unknown", NotFound, |c| c.get_alias(
             pb::GetAliasRequest {
-                alias: "nope".into()
+                alias: "nope".into(),
+                ..Default::default()
             }
         ));
         case!("get alias: invalid name", InvalidArgument, |c| c.get_alias(
             pb::GetAliasRequest {
-                alias: "../x".into()
+                alias: "../x".into(),
+                ..Default::default()
             }
         ));
+        case!("get alias: namespace with a slash", InvalidArgument, |c| c
+            .get_alias(pb::GetAliasRequest {
+                alias: "x".into(),
+                namespace: "team/a".into(),
+            }));
+        case!("create run: upper-case namespace", InvalidArgument, |c| c
+            .create_run(pb::CreateRunRequest {
+                namespace: "Team".into(),
+                name: "r".into(),
+                model_type: "m".into(),
+                ..Default::default()
+            }));
         case!("list aliases: negative page_size", InvalidArgument, |c| c
             .list_aliases(pb::ListAliasesRequest {
                 page_size: -5,
@@ -667,11 +690,13 @@ async fn malformed_requests_get_clear_codes_and_change_nothing(db: TestDb) {
         // WatchAliases
         case!("watch: invalid alias", InvalidArgument, |c| c
             .watch_aliases(pb::WatchAliasesRequest {
-                aliases: vec!["Bad!".into()]
+                aliases: vec!["Bad!".into()],
+                ..Default::default()
             }));
         case!("watch: too many aliases", InvalidArgument, |c| c
             .watch_aliases(pb::WatchAliasesRequest {
-                aliases: (0..101).map(|i| format!("a{i}")).collect()
+                aliases: (0..101).map(|i| format!("a{i}")).collect(),
+                ..Default::default()
             }));
 
         assert!(cases.len() >= 50, "only {} cases", cases.len());

@@ -20,14 +20,16 @@ async fn shared_reads_answer_everyone_despite_cancellations() {
     let db = TestDb::sqlite();
     let store: Arc<dyn RegistryStore> = Arc::new(SqlStore::connect(&db.url).await.unwrap());
     let run = NewRun {
+        namespace: "default".into(),
         name: "r".into(),
         model_type: "m".into(),
         ..Default::default()
     }
-    .into_run(Uuid::new_v4(), 1);
+    .into_run(Uuid::new_v4(), 1, "tester");
     store.insert_run(&run).await.unwrap();
     store
         .write_alias(&AliasWrite {
+            namespace: "default".into(),
             alias: "hot".into(),
             run_id: Some(run.id),
             description: String::new(),
@@ -49,10 +51,14 @@ async fn shared_reads_answer_everyone_despite_cancellations() {
                 // Gives up after a few µs: often while leading a read.
                 let patience = Duration::from_micros((round * 7 + i) % 60);
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(patience, reads.get("hot")).await;
+                    let _ =
+                        tokio::time::timeout(patience, reads.get("default", "hot", "default/hot"))
+                            .await;
                 });
             } else {
-                kept.push(tokio::spawn(async move { reads.get("hot").await }));
+                kept.push(tokio::spawn(async move {
+                    reads.get("default", "hot", "default/hot").await
+                }));
             }
         }
         tokio::task::yield_now().await;

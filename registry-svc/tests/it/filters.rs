@@ -114,6 +114,9 @@ fn model_run(r: &pb::Run) -> ModelRun {
     };
     ModelRun {
         id: Uuid::parse_str(&r.run_id).unwrap(),
+        namespace: r.namespace.clone(),
+        created_by: r.created_by.clone(),
+        updated_by: r.updated_by.clone(),
         request_id: None,
         name: r.name.clone(),
         model_type: r.model_type.clone(),

@@ -9,6 +9,7 @@ mod coalescing;
 mod contract;
 mod filters;
 mod moto;
+mod namespaces;
 mod oidc;
 mod outage;
 mod runs;

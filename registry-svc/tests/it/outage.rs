@@ -87,7 +87,10 @@ async fn writes_survive_every_database_connection_being_terminated() {
         clients.push(tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let read = c
-                    .get_alias(pb::GetAliasRequest { alias: "w0".into() })
+                    .get_alias(pb::GetAliasRequest {
+                        alias: "w0".into(),
+                        ..Default::default()
+                    })
                     .await;
                 // Before the first write lands the alias may not exist yet.
                 if !matches!(&read, Err(s) if s.code() == Code::NotFound) {
@@ -159,6 +162,7 @@ async fn writes_survive_every_database_connection_being_terminated() {
         let run = admin
             .get_run(pb::GetRunRequest {
                 run_id: run_id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|s| panic!("acknowledged run {run_id} is gone: {s:?}"))

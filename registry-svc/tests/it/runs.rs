@@ -346,6 +346,7 @@ async fn updates_through_other_replicas_are_never_lost(db: TestDb) {
     let read = b
         .get_run(pb::GetRunRequest {
             run_id: run.run_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -388,6 +389,7 @@ async fn heartbeat_reaper_fails_silent_runs_only() {
     let silent = c
         .get_run(pb::GetRunRequest {
             run_id: silent.run_id,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -401,6 +403,7 @@ async fn heartbeat_reaper_fails_silent_runs_only() {
     let alive = c
         .get_run(pb::GetRunRequest {
             run_id: alive.run_id,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -27,7 +27,11 @@ async fn replicas_starting_together_share_one_schema(db: TestDb) {
                 .unwrap()
                 .unwrap_or_else(|e| panic!("replica {i} failed to start on {}: {e}", db.url));
             store.ping().await.unwrap();
-            assert!(store.list_aliases(None, 10).await.unwrap().is_empty());
+            assert!(store
+                .list_aliases("default", None, 10)
+                .await
+                .unwrap()
+                .is_empty());
         }
     }
 }

@@ -4,7 +4,7 @@
 use capstan_client::{registry_client, RegistryClient};
 use capstan_proto::registry::v1::{self as pb};
 use capstan_server::{
-    auth::{issue_hs256, Role},
+    auth::{issue_hs256, issue_hs256_granted, Grants, Role},
     serve::ServeOptions,
     testing::{jwt_secret, TestDb},
 };
@@ -97,6 +97,22 @@ impl Server {
             .unwrap()
     }
 
+    /// A client whose token grants `read` and `write` on the namespaces named.
+    pub async fn granted(
+        &self,
+        role: Role,
+        subject: &str,
+        read: &[&str],
+        write: &[&str],
+    ) -> RegistryClient {
+        let grants = Grants {
+            read: read.iter().map(|s| s.to_string()).collect(),
+            write: write.iter().map(|s| s.to_string()).collect(),
+        };
+        let token = issue_hs256_granted(&self.secret, subject, role, Some(&grants), 3600).unwrap();
+        self.with_token(&token).await
+    }
+
     pub async fn anonymous(&self) -> RegistryClient {
         registry_client(&self.url, None, 64 << 20).await.unwrap()
     }
@@ -115,8 +131,19 @@ impl Server {
 
 /// A SUCCEEDED run with an uploaded artifact and the given metrics.
 pub async fn servable_run(c: &mut RegistryClient, name: &str, metrics: &[(&str, f64)]) -> pb::Run {
+    servable_run_in(c, "", name, metrics).await
+}
+
+/// [`servable_run`] in `namespace` (empty: the default).
+pub async fn servable_run_in(
+    c: &mut RegistryClient,
+    namespace: &str,
+    name: &str,
+    metrics: &[(&str, f64)],
+) -> pb::Run {
     let run = c
         .create_run(pb::CreateRunRequest {
+            namespace: namespace.into(),
             name: name.into(),
             model_type: "seasonal_naive".into(),
             status: pb::RunStatus::Running as i32,
@@ -126,11 +153,17 @@ pub async fn servable_run(c: &mut RegistryClient, name: &str, metrics: &[(&str, 
         .await
         .unwrap()
         .into_inner();
-    upload(c, &run.run_id, format!("model of {name}").into_bytes())
-        .await
-        .unwrap();
+    upload_in(
+        c,
+        namespace,
+        &run.run_id,
+        format!("model of {name}").into_bytes(),
+    )
+    .await
+    .unwrap();
     c.update_run(pb::UpdateRunRequest {
         run: Some(pb::Run {
+            namespace: namespace.into(),
             run_id: run.run_id.clone(),
             status: pb::RunStatus::Succeeded as i32,
             ..Default::default()
@@ -142,8 +175,9 @@ pub async fn servable_run(c: &mut RegistryClient, name: &str, metrics: &[(&str, 
     .into_inner()
 }
 
-pub async fn upload(
+pub async fn upload_in(
     c: &mut RegistryClient,
+    namespace: &str,
     run_id: &str,
     content: Vec<u8>,
 ) -> Result<pb::UploadArtifactResponse, tonic::Status> {
@@ -151,6 +185,7 @@ pub async fn upload(
         pb::UploadArtifactRequest {
             payload: Some(pb::upload_artifact_request::Payload::Header(
                 pb::ArtifactHeader {
+                    namespace: namespace.into(),
                     run_id: run_id.into(),
                     name: "model.json".into(),
                     ..Default::default()
@@ -193,11 +228,20 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 /// Every history entry of `alias`, newest first, read page by page.
 pub async fn alias_history(c: &mut RegistryClient, alias: &str) -> Vec<pb::AliasHistoryEntry> {
+    alias_history_in(c, "", alias).await
+}
+
+pub async fn alias_history_in(
+    c: &mut RegistryClient,
+    namespace: &str,
+    alias: &str,
+) -> Vec<pb::AliasHistoryEntry> {
     let mut history = Vec::new();
     let mut token = String::new();
     loop {
         let page = c
             .list_alias_history(pb::ListAliasHistoryRequest {
+                namespace: namespace.into(),
                 alias: alias.into(),
                 page_size: 1000,
                 page_token: token,

@@ -363,6 +363,7 @@ async fn request_phases(
                         client
                             .get_alias(pb::GetAliasRequest {
                                 alias: "bench-get".into(),
+                                ..Default::default()
                             })
                             .await
                             .map(drop)
@@ -408,6 +409,7 @@ async fn request_phases(
                     client
                         .get_alias(pb::GetAliasRequest {
                             alias: format!("bench-set-{worker}"),
+                            ..Default::default()
                         })
                         .await
                         .map(drop)
@@ -624,6 +626,7 @@ async fn download(c: &mut RegistryClient, run_id: &str) -> anyhow::Result<u64> {
     let mut stream = c
         .download_artifact(pb::DownloadArtifactRequest {
             run_id: run_id.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

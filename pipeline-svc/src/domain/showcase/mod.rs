@@ -37,8 +37,11 @@ use crate::{
     error::Result,
 };
 
-/// Registry namespace of every artifact the demo uploads.
-const NAMESPACE: &str = "demo";
+/// The alias the demo promotes to and restores.
+pub const ALIAS: &str = "demo-production";
+/// Registry namespace of the demo's runs, aliases and artifacts: `default`, which a
+/// service token without namespace grants may write.
+const NAMESPACE: &str = "default";
 /// Rolling-origin folds of the backtest.
 pub const FOLDS: usize = 3;
 /// The largest champion model the planning step downloads.

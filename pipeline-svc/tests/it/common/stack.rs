@@ -244,6 +244,7 @@ pub async fn alias_run(registry_url: &str) -> Option<String> {
     match r
         .get_alias(capstan_proto::registry::v1::GetAliasRequest {
             alias: "demo-production".into(),
+            ..Default::default()
         })
         .await
     {

@@ -25,6 +25,7 @@ async fn download(registry_url: &str, run_id: &str) -> Vec<u8> {
     let mut s = r
         .download_artifact(rpb::DownloadArtifactRequest {
             run_id: run_id.into(),
+            ..Default::default()
         })
         .await
         .expect("download")
@@ -102,6 +103,7 @@ async fn showcase_rich_end_to_end(db: TestDb) {
             alias: "demo-production".into(),
             page_size: 100,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -120,6 +122,7 @@ async fn showcase_rich_end_to_end(db: TestDb) {
     let challenger = r
         .get_run(rpb::GetRunRequest {
             run_id: d.challenger_run_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -79,6 +79,7 @@ async fn history(registry_url: &str, alias: &str) -> Vec<rpb::AliasHistoryEntry>
             alias: alias.into(),
             page_size: 1000,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("ListAliasHistory")
@@ -130,6 +131,7 @@ async fn eight_demos_on_one_alias_take_turns(db: TestDb) {
     let now = r
         .get_alias(rpb::GetAliasRequest {
             alias: alias.into(),
+            ..Default::default()
         })
         .await
         .expect("GetAlias")

@@ -92,22 +92,23 @@ impl AliasCache {
 /// Runs known to be SUCCEEDED with an artifact. Terminal runs never change status and
 /// their artifact is fixed, so membership never has to be revoked.
 #[derive(Default)]
-pub struct ServableRuns(RwLock<HashSet<Uuid>>);
+pub struct ServableRuns(RwLock<HashSet<(String, Uuid)>>);
 
 impl ServableRuns {
-    pub fn contains(&self, id: &Uuid) -> bool {
+    /// Whether `id` was found servable in `namespace` (nowhere else counts).
+    pub fn contains(&self, namespace: &str, id: &Uuid) -> bool {
         self.0
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
+            .contains(&(namespace.to_string(), *id))
     }
 
-    pub fn insert(&self, id: Uuid) {
+    pub fn insert(&self, namespace: &str, id: Uuid) {
         let mut set = self.0.write().unwrap_or_else(|p| p.into_inner());
         if set.len() >= MAX_ENTRIES {
             set.clear();
         }
-        set.insert(id);
+        set.insert((namespace.to_string(), id));
     }
 }
 
@@ -117,6 +118,7 @@ mod tests {
 
     fn alias(rev: i64) -> Alias {
         Alias {
+            namespace: "default".into(),
             alias: "a".into(),
             run_id: Uuid::nil(),
             description: String::new(),

@@ -44,25 +44,31 @@ impl CoalescedAliasReads {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    pub async fn get(self: &Arc<Self>, alias: &str) -> Result<Option<Alias>> {
+    /// The alias `alias` of `namespace`; `key` is its key in this process's maps.
+    pub async fn get(
+        self: &Arc<Self>,
+        namespace: &str,
+        alias: &str,
+        key: &str,
+    ) -> Result<Option<Alias>> {
         let (tx, rx) = oneshot::channel();
         let lead = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = slots.entry(alias.to_string()).or_default();
+            let slot = slots.entry(key.to_string()).or_default();
             slot.waiting.push(tx);
             !std::mem::replace(&mut slot.reading, true)
         };
         if lead {
             // The first flight runs in this request (no hand-off for a lone reader);
             // readers who arrived meanwhile are served by a task of their own.
-            let mut flight = Flight::new(self.clone(), alias);
+            let mut flight = Flight::new(self.clone(), namespace, alias, key);
             flight.fly_once().await;
             if flight.more_waiting() {
                 tokio::spawn(flight.fly());
             }
         }
         rx.await.map_err(|_| {
-            tracing::error!(alias, "coalesced alias read lost its reader");
+            tracing::error!(namespace, alias, "coalesced alias read lost its reader");
             Error::Unavailable {
                 what: format!("the shared read of alias {alias:?} (interrupted)"),
                 source: None,
@@ -73,16 +79,20 @@ impl CoalescedAliasReads {
 
 struct Flight {
     reads: Arc<CoalescedAliasReads>,
+    namespace: String,
     alias: String,
+    key: String,
     /// The readers the read in progress answers (empty between reads).
     batch: Vec<Answer>,
 }
 
 impl Flight {
-    fn new(reads: Arc<CoalescedAliasReads>, alias: &str) -> Self {
+    fn new(reads: Arc<CoalescedAliasReads>, namespace: &str, alias: &str, key: &str) -> Self {
         Self {
             reads,
+            namespace: namespace.to_string(),
             alias: alias.to_string(),
+            key: key.to_string(),
             batch: Vec::new(),
         }
     }
@@ -97,16 +107,20 @@ impl Flight {
     async fn fly_once(&mut self) -> bool {
         {
             let mut slots = self.reads.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(slot) = slots.get_mut(&self.alias) else {
+            let Some(slot) = slots.get_mut(&self.key) else {
                 return false;
             };
             if slot.waiting.is_empty() {
-                slots.remove(&self.alias);
+                slots.remove(&self.key);
                 return false;
             }
             self.batch = std::mem::take(&mut slot.waiting);
         }
-        let read = self.reads.store.get_alias(&self.alias).await;
+        let read = self
+            .reads
+            .store
+            .get_alias(&self.namespace, &self.alias)
+            .await;
         for answer in self.batch.drain(..) {
             // A closed receiver is a request that was cancelled meanwhile.
             let _ = answer.send(read.clone());
@@ -117,10 +131,10 @@ impl Flight {
     /// Whether readers arrived during the last read; if not, the slot is released.
     fn more_waiting(&self) -> bool {
         let mut slots = self.reads.slots.lock().unwrap_or_else(|p| p.into_inner());
-        match slots.get(&self.alias) {
+        match slots.get(&self.key) {
             Some(slot) if !slot.waiting.is_empty() => true,
             _ => {
-                slots.remove(&self.alias);
+                slots.remove(&self.key);
                 false
             }
         }
@@ -138,12 +152,12 @@ impl Drop for Flight {
         let mut batch = std::mem::take(&mut self.batch);
         {
             let mut slots = self.reads.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = slots.entry(self.alias.clone()).or_default();
+            let slot = slots.entry(self.key.clone()).or_default();
             slot.reading = true;
             batch.append(&mut slot.waiting);
             slot.waiting = batch;
         }
-        let flight = Flight::new(self.reads.clone(), &self.alias);
+        let flight = Flight::new(self.reads.clone(), &self.namespace, &self.alias, &self.key);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn(flight.fly())),
             // Only when the runtime itself is going away; nobody is left to answer.

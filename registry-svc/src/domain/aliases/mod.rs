@@ -18,8 +18,15 @@ pub use promotion::{decide_promotion, PromoteRun, Promotion, PromotionDecision};
 pub use service::SetAlias;
 pub use watch::{AliasEvent, AliasEventKind, AliasWatch};
 
+/// The key of an alias in this process's maps: namespace and alias names hold no `/`.
+fn key(namespace: &str, alias: &str) -> String {
+    format!("{namespace}/{alias}")
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alias {
+    /// The alias's namespace, which is its run's; the name is unique within it.
+    pub namespace: String,
     pub alias: String,
     pub run_id: Uuid,
     pub description: String,
@@ -54,6 +61,7 @@ impl AliasAction {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AliasHistoryEntry {
+    pub namespace: String,
     pub alias: String,
     pub revision: i64,
     /// None for a deletion.
@@ -69,6 +77,7 @@ pub struct AliasHistoryEntry {
 /// One alias change, applied by the store atomically with its history entry.
 #[derive(Debug, Clone)]
 pub struct AliasWrite {
+    pub namespace: String,
     pub alias: String,
     /// None deletes the alias.
     pub run_id: Option<Uuid>,
@@ -85,6 +94,7 @@ impl AliasWrite {
     /// The history entry this write becomes at `revision`.
     pub fn entry(&self, revision: i64, previous_run_id: Option<Uuid>) -> AliasHistoryEntry {
         AliasHistoryEntry {
+            namespace: self.namespace.clone(),
             alias: self.alias.clone(),
             revision,
             run_id: self.run_id,
@@ -128,7 +138,7 @@ mod tests {
         #[test]
         fn cas_rule(expected in proptest::option::of(0i64..4), current in proptest::option::of(1i64..4)) {
             let w = AliasWrite {
-                alias: "a".into(), run_id: None, description: String::new(), expected_revision: expected,
+                namespace: "default".into(), alias: "a".into(), run_id: None, description: String::new(), expected_revision: expected,
                 action: AliasAction::Set, reason: String::new(), actor: String::new(), time: 0,
             };
             let ok = match expected { None => true, Some(0) => current.is_none(), Some(e) => current == Some(e) };

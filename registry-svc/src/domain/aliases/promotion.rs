@@ -11,6 +11,8 @@ use crate::{
 
 #[derive(Debug, Clone)]
 pub struct PromoteRun {
+    /// The alias's namespace, which the run must be in.
+    pub namespace: String,
     pub alias: String,
     pub run_id: Uuid,
     pub metric: String,
@@ -91,9 +93,9 @@ impl Registry {
                 "must be 1-128 characters of [A-Za-z0-9_.-/]",
             ));
         }
-        let challenger = self.servable_run(req.run_id, "run").await?;
+        let challenger = self.servable_run(&req.namespace, req.run_id, "run").await?;
         for _ in 0..WRITE_RETRIES {
-            let current = self.store.get_alias(&req.alias).await?;
+            let current = self.store.get_alias(&req.namespace, &req.alias).await?;
             let seen_revision = current.as_ref().map_or(0, |a| a.revision);
             if let Some(exp) = req.expected_revision {
                 if exp != seen_revision {
@@ -114,6 +116,7 @@ impl Registry {
             let description = current.map(|a| a.description).unwrap_or_default();
             if req.dry_run {
                 let alias = Alias {
+                    namespace: req.namespace.clone(),
                     alias: req.alias.clone(),
                     run_id: challenger.id,
                     description,
@@ -129,6 +132,7 @@ impl Registry {
                 });
             }
             let write = AliasWrite {
+                namespace: req.namespace.clone(),
                 alias: req.alias.clone(),
                 run_id: Some(challenger.id),
                 description,
@@ -171,7 +175,7 @@ impl Registry {
             Some(a) => Some((
                 a.run_id,
                 self.store
-                    .get_run(a.run_id)
+                    .get_run(&a.namespace, a.run_id)
                     .await?
                     .and_then(|r| r.metrics.get(&req.metric).copied()),
             )),

@@ -18,6 +18,8 @@ use crate::{
 
 #[derive(Debug, Clone)]
 pub struct SetAlias {
+    /// The alias's namespace, which the run must be in.
+    pub namespace: String,
     pub alias: String,
     pub run_id: Uuid,
     pub description: String,
@@ -33,9 +35,11 @@ impl Registry {
             &req.reason,
             req.expected_revision,
         )?;
-        self.ensure_servable(req.run_id, "run").await?;
+        self.ensure_servable(&req.namespace, req.run_id, "run")
+            .await?;
         let entry = self
             .write_alias_retrying(&AliasWrite {
+                namespace: req.namespace,
                 alias: req.alias,
                 run_id: Some(req.run_id),
                 description: req.description,
@@ -51,16 +55,17 @@ impl Registry {
 
     /// From memory while every change is known here, else from one store read shared
     /// with concurrent readers of the alias.
-    pub async fn get_alias(&self, alias: &str) -> Result<Alias> {
+    pub async fn get_alias(&self, namespace: &str, alias: &str) -> Result<Alias> {
         let mut v = Validator::default();
         validate::alias(&mut v, "alias", alias);
         v.finish()?;
-        let found = match self.aliases.get(alias) {
+        let key = super::key(namespace, alias);
+        let found = match self.aliases.get(&key) {
             Some(hit) => hit,
             None => {
                 let generation = self.aliases.generation();
-                let read = self.alias_reads.get(alias).await?;
-                self.aliases.put(alias, read.clone(), generation);
+                let read = self.alias_reads.get(namespace, alias, &key).await?;
+                self.aliases.put(&key, read.clone(), generation);
                 read
             }
         };
@@ -69,15 +74,20 @@ impl Registry {
 
     pub async fn list_aliases(
         &self,
+        namespace: &str,
         page_size: i32,
         page_token: &str,
     ) -> Result<(Vec<Alias>, String)> {
         let limit = paging::page_size(page_size)?;
-        let after: Option<String> = paging::decode(page_token, "aliases")?;
-        let mut aliases = self.store.list_aliases(after.as_deref(), limit + 1).await?;
+        let query = format!("aliases|{namespace}");
+        let after: Option<String> = paging::decode(page_token, &query)?;
+        let mut aliases = self
+            .store
+            .list_aliases(namespace, after.as_deref(), limit + 1)
+            .await?;
         let next = if aliases.len() > limit {
             aliases.truncate(limit);
-            paging::encode("aliases", &aliases[limit - 1].alias)
+            paging::encode(&query, &aliases[limit - 1].alias)
         } else {
             String::new()
         };
@@ -86,6 +96,7 @@ impl Registry {
 
     pub async fn delete_alias(
         &self,
+        namespace: &str,
         alias: &str,
         expected_revision: Option<i64>,
         reason: &str,
@@ -93,6 +104,7 @@ impl Registry {
     ) -> Result<()> {
         Self::check_alias_fields(alias, "", reason, expected_revision)?;
         self.write_alias_retrying(&AliasWrite {
+            namespace: namespace.into(),
             alias: alias.into(),
             run_id: None,
             description: String::new(),
@@ -108,6 +120,7 @@ impl Registry {
 
     pub async fn alias_history(
         &self,
+        namespace: &str,
         alias: &str,
         page_size: i32,
         page_token: &str,
@@ -116,9 +129,12 @@ impl Registry {
         validate::alias(&mut v, "alias", alias);
         v.finish()?;
         let limit = paging::page_size(page_size)?;
-        let query = format!("history|{alias}");
+        let query = format!("history|{namespace}|{alias}");
         let before: Option<i64> = paging::decode(page_token, &query)?;
-        let mut entries = self.store.alias_history(alias, before, limit + 1).await?;
+        let mut entries = self
+            .store
+            .alias_history(namespace, alias, before, limit + 1)
+            .await?;
         if entries.is_empty() && before.is_none() {
             return Err(Error::NotFound(Missing::Alias(alias.into())));
         }
@@ -133,6 +149,7 @@ impl Registry {
 
     pub async fn rollback_alias(
         &self,
+        namespace: &str,
         alias: &str,
         to_revision: i64,
         expected_revision: Option<i64>,
@@ -148,7 +165,7 @@ impl Registry {
         }
         let target = self
             .store
-            .alias_history(alias, Some(to_revision + 1), 1)
+            .alias_history(namespace, alias, Some(to_revision + 1), 1)
             .await?
             .into_iter()
             .find(|e| e.revision == to_revision)
@@ -163,9 +180,11 @@ impl Registry {
                 "revision {to_revision} of alias {alias:?} is a deletion"
             ))
         })?;
-        self.ensure_servable(run_id, "run of that revision").await?;
+        self.ensure_servable(namespace, run_id, "run of that revision")
+            .await?;
         let entry = self
             .write_alias_retrying(&AliasWrite {
+                namespace: namespace.into(),
                 alias: alias.into(),
                 run_id: Some(run_id),
                 description: target.description,
@@ -184,8 +203,13 @@ impl Registry {
     }
 
     /// The run, if an alias may point at it: SUCCEEDED, with an artifact.
-    pub(super) async fn servable_run(&self, id: Uuid, field: &str) -> Result<ModelRun> {
-        let run = self.get_run(id).await?;
+    pub(super) async fn servable_run(
+        &self,
+        namespace: &str,
+        id: Uuid,
+        field: &str,
+    ) -> Result<ModelRun> {
+        let run = self.get_run(namespace, id).await?;
         // Terminal runs never change, so this check stays true after it is made.
         if run.status != RunStatus::Succeeded || run.artifact.is_none() {
             return Err(Error::FailedPrecondition(format!(
@@ -202,10 +226,10 @@ impl Registry {
     }
 
     /// Marks the run servable after checking it once; terminal runs never change.
-    async fn ensure_servable(&self, id: Uuid, field: &str) -> Result<()> {
-        if !self.servable.contains(&id) {
-            self.servable_run(id, field).await?;
-            self.servable.insert(id);
+    async fn ensure_servable(&self, namespace: &str, id: Uuid, field: &str) -> Result<()> {
+        if !self.servable.contains(namespace, &id) {
+            self.servable_run(namespace, id, field).await?;
+            self.servable.insert(namespace, id);
         }
         Ok(())
     }
@@ -236,6 +260,7 @@ impl Registry {
 
     pub(super) fn alias_of(entry: &AliasHistoryEntry) -> Alias {
         Alias {
+            namespace: entry.namespace.clone(),
             alias: entry.alias.clone(),
             run_id: entry.run_id.unwrap_or_default(),
             description: entry.description.clone(),

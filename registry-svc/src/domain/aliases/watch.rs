@@ -41,6 +41,7 @@ pub enum AliasEventKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AliasEvent {
     pub kind: AliasEventKind,
+    pub namespace: String,
     pub alias: String,
     pub run_id: Option<Uuid>,
     pub description: String,
@@ -57,6 +58,7 @@ impl AliasEvent {
             } else {
                 AliasEventKind::Changed
             },
+            namespace: entry.namespace,
             alias: entry.alias,
             run_id: entry.run_id,
             description: entry.description,
@@ -130,8 +132,10 @@ impl Registry {
     }
 
     /// Starts a watch; events arrive on the receiver until it is dropped or `shutdown`.
+    /// Follows `names` (empty: every alias) of `namespace` only.
     pub async fn watch_aliases(
         self: &Arc<Self>,
+        namespace: String,
         names: Vec<String>,
         shutdown: CancellationToken,
     ) -> Result<mpsc::Receiver<Result<AliasEvent>>> {
@@ -154,7 +158,7 @@ impl Registry {
             let _watching = InFlight::enter(metrics::gauge!("capstan_alias_watchers"));
             let all = names.is_empty();
             let mut seen: HashMap<String, i64> = HashMap::new();
-            let snapshot = this.snapshot(&names, &mut seen).await;
+            let snapshot = this.snapshot(&namespace, &names, &mut seen).await;
             let ok = match snapshot {
                 Ok(events) => send_all(&tx, events).await,
                 Err(e) => {
@@ -173,7 +177,7 @@ impl Registry {
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
                 }
-                match this.changes(all, &names, &mut seen).await {
+                match this.changes(&namespace, all, &names, &mut seen).await {
                     Ok(events) => {
                         if !send_all(&tx, events).await {
                             return;
@@ -190,17 +194,21 @@ impl Registry {
 
     async fn snapshot(
         &self,
+        namespace: &str,
         names: &[String],
         seen: &mut HashMap<String, i64>,
     ) -> Result<Vec<AliasEvent>> {
         let mut events = Vec::new();
         if names.is_empty() {
-            for (alias, rev) in self.store.alias_revisions().await? {
+            for (alias, rev) in self.store.alias_revisions(namespace).await? {
                 seen.insert(alias, rev);
             }
             let mut after: Option<String> = None;
             loop {
-                let page = self.store.list_aliases(after.as_deref(), 500).await?;
+                let page = self
+                    .store
+                    .list_aliases(namespace, after.as_deref(), 500)
+                    .await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.alias.clone());
                 for a in page {
@@ -214,7 +222,7 @@ impl Registry {
             return Ok(events);
         }
         for name in names {
-            match self.store.get_alias(name).await? {
+            match self.store.get_alias(namespace, name).await? {
                 Some(a) => {
                     seen.insert(name.clone(), a.revision);
                     events.push(snapshot_event(a));
@@ -222,7 +230,7 @@ impl Registry {
                 None => {
                     let last = self
                         .store
-                        .alias_history(name, None, 1)
+                        .alias_history(namespace, name, None, 1)
                         .await?
                         .first()
                         .map_or(0, |e| e.revision);
@@ -235,13 +243,14 @@ impl Registry {
 
     async fn changes(
         &self,
+        namespace: &str,
         all: bool,
         names: &[String],
         seen: &mut HashMap<String, i64>,
     ) -> Result<Vec<AliasEvent>> {
         let changed: Vec<String> = if all {
             self.store
-                .alias_revisions()
+                .alias_revisions(namespace)
                 .await?
                 .into_iter()
                 .filter(|(a, r)| seen.get(a).is_none_or(|s| r > s))
@@ -253,7 +262,11 @@ impl Registry {
         let mut events = Vec::new();
         for name in changed {
             let after = seen.get(&name).copied().unwrap_or(0);
-            for entry in self.store.alias_changes(&name, after, 1000).await? {
+            for entry in self
+                .store
+                .alias_changes(namespace, &name, after, 1000)
+                .await?
+            {
                 seen.insert(name.clone(), entry.revision);
                 events.push(AliasEvent::of(entry));
             }
@@ -265,6 +278,7 @@ impl Registry {
 fn snapshot_event(a: Alias) -> AliasEvent {
     AliasEvent {
         kind: AliasEventKind::Snapshot,
+        namespace: a.namespace,
         alias: a.alias,
         run_id: Some(a.run_id),
         description: a.description,

@@ -21,12 +21,12 @@ use crate::{
 pub const MAX_ARTIFACT_BYTES: i64 = 64 << 30;
 /// Size of download chunks: large enough for throughput, far under message limits.
 pub const CHUNK_BYTES: usize = 256 * 1024;
-const DEFAULT_NAMESPACE: &str = "runs";
 
 #[derive(Debug, Clone, Default)]
 pub struct UploadHeader {
     pub run_id: String,
     pub name: String,
+    /// The run's namespace (the api layer fills in the default); the URI starts with it.
     pub namespace: String,
     pub expected_sha256: String,
     pub expected_size: Option<i64>,
@@ -57,11 +57,7 @@ impl UploadHeader {
             "header.name",
             || "must be a file name of 1-255 bytes without path separators".into(),
         );
-        v.check(
-            self.namespace.is_empty() || artifact_uri::is_valid_namespace(&self.namespace),
-            "header.namespace",
-            || "must be `/`-separated segments of [a-z0-9][a-z0-9_.-]*".into(),
-        );
+        validate::namespace(&mut v, "header.namespace", &self.namespace);
         v.check(
             self.expected_sha256.is_empty() || validate::sha256_hex_ok(&self.expected_sha256),
             "header.expected_sha256",
@@ -86,20 +82,17 @@ impl Registry {
         &self,
         header: UploadHeader,
         chunks: impl Stream<Item = Result<Bytes>> + Unpin + Send,
+        actor: &str,
     ) -> Result<Uploaded> {
         let run_id = header.validate()?;
-        let run = self.get_run(run_id).await?;
+        let namespace = header.namespace.as_str();
+        let run = self.get_run(namespace, run_id).await?;
         if run.status.is_terminal() {
             return Err(Error::FailedPrecondition(format!(
                 "run {run_id} is {}: artifacts are attached before a run ends",
                 run.status.as_str()
             )));
         }
-        let namespace = if header.namespace.is_empty() {
-            DEFAULT_NAMESPACE
-        } else {
-            &header.namespace
-        };
         let ext = artifact_uri::extension_of(&header.name);
 
         let Received {
@@ -131,11 +124,13 @@ impl Registry {
         };
         let run = self
             .update_run(
+                namespace,
                 run_id,
                 &RunPatch {
                     artifact: Some(artifact.clone()),
                     ..Default::default()
                 },
+                actor,
             )
             .await?;
         metrics::counter!("capstan_artifact_bytes_uploaded_total").increment(size as u64);
@@ -197,9 +192,10 @@ impl Registry {
     /// The run's artifact reference and a stream of its content.
     pub async fn download_artifact(
         &self,
+        namespace: &str,
         run_id: Uuid,
     ) -> Result<(Artifact, BoxStream<'static, Result<Bytes>>)> {
-        let run = self.get_run(run_id).await?;
+        let run = self.get_run(namespace, run_id).await?;
         let artifact = run
             .artifact
             .ok_or(Error::NotFound(Missing::Artifact(run_id)))?;

@@ -14,6 +14,7 @@ use crate::{
 
 #[derive(Debug, Clone, Default)]
 pub struct NewRun {
+    pub namespace: String,
     pub request_id: Option<String>,
     pub name: String,
     pub model_type: String,
@@ -30,6 +31,7 @@ pub const MAX_HEARTBEAT_TIMEOUT_MS: i64 = 7 * 24 * 3600 * 1000;
 impl NewRun {
     pub fn validate(&self) -> Result<()> {
         let mut v = Validator::default();
+        validate::namespace(&mut v, "namespace", &self.namespace);
         if let Some(id) = &self.request_id {
             validate::request_id(&mut v, "request_id", id);
         }
@@ -63,9 +65,12 @@ impl NewRun {
         Ok(v.finish()?)
     }
 
-    pub fn into_run(self, id: Uuid, now: Micros) -> ModelRun {
+    pub fn into_run(self, id: Uuid, now: Micros, actor: &str) -> ModelRun {
         ModelRun {
             id,
+            namespace: self.namespace,
+            created_by: actor.into(),
+            updated_by: actor.into(),
             request_id: self.request_id,
             name: self.name,
             model_type: self.model_type,
@@ -205,6 +210,16 @@ impl RunPatch {
             run.heartbeat_timeout_ms = h;
         }
         if let Some(a) = &self.artifact {
+            if a.uri.namespace() != run.namespace {
+                return Err(Error::invalid(
+                    "run.artifact_uri",
+                    format!(
+                        "namespace {:?} in the URI differs from the run's {:?}",
+                        a.uri.namespace(),
+                        run.namespace
+                    ),
+                ));
+            }
             if a.uri.model_type() != run.model_type {
                 return Err(Error::invalid(
                     "run.artifact_uri",
@@ -239,7 +254,7 @@ mod tests {
             model_type: "m".into(),
             ..Default::default()
         }
-        .into_run(Uuid::nil(), 0);
+        .into_run(Uuid::nil(), 0, "tester");
         r.status = status;
         r
     }

@@ -103,6 +103,8 @@ impl RunCursor {
 /// A `ListRuns` request as the client sent it.
 #[derive(Debug, Clone, Default)]
 pub struct ListRuns {
+    /// Only runs of this namespace are listed.
+    pub namespace: String,
     pub filter: RunFilter,
     /// An AIP-160 filter expression; it and `filter` must both hold.
     pub expression: String,
@@ -131,8 +133,8 @@ impl ListRuns {
         let filter = Filter::all(parts);
         // The canonical text: the same filter spelled differently keeps its tokens.
         let fingerprint = match &filter {
-            Some(f) => format!("{f}|{order:?}"),
-            None => format!("|{order:?}"),
+            Some(f) => format!("{}|{f}|{order:?}", self.namespace),
+            None => format!("{}||{order:?}", self.namespace),
         };
         let after: Option<RunCursor> = paging::decode(&self.page_token, &fingerprint)?;
         if after.as_ref().is_some_and(|a| !a.fits(&order)) {

@@ -78,6 +78,11 @@ pub struct Artifact {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelRun {
     pub id: Uuid,
+    /// Where the run lives: its artifact URIs start with it, and grants are given on it.
+    pub namespace: String,
+    /// Subjects of the callers that created the run and that changed it last.
+    pub created_by: String,
+    pub updated_by: String,
     pub request_id: Option<String>,
     pub name: String,
     pub model_type: String,

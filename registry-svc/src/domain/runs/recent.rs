@@ -64,7 +64,7 @@ mod tests {
                 params: [("p".to_string(), "x".repeat(param_bytes))].into(),
                 ..Default::default()
             }
-            .into_run(Uuid::new_v4(), 0);
+            .into_run(Uuid::new_v4(), 0, "tester");
             r.status = status;
             r
         };

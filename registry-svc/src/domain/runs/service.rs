@@ -12,9 +12,10 @@ use crate::{
 };
 
 impl Registry {
-    pub async fn create_run(&self, new: NewRun) -> Result<ModelRun> {
+    /// Creates the run, and its namespace when this is the namespace's first run.
+    pub async fn create_run(&self, new: NewRun, actor: &str) -> Result<ModelRun> {
         new.validate()?;
-        let run = new.into_run(Uuid::new_v4(), now_micros());
+        let run = new.into_run(Uuid::new_v4(), now_micros(), actor);
         let (run, created) = self.store.insert_run(&run).await?;
         if created {
             self.recent_runs.keep(&run);
@@ -22,9 +23,10 @@ impl Registry {
         Ok(run)
     }
 
-    pub async fn get_run(&self, id: Uuid) -> Result<ModelRun> {
+    /// The run, if it is in `namespace`.
+    pub async fn get_run(&self, namespace: &str, id: Uuid) -> Result<ModelRun> {
         self.store
-            .get_run(id)
+            .get_run(namespace, id)
             .await?
             .ok_or(Error::NotFound(Missing::Run(id)))
     }
@@ -35,6 +37,7 @@ impl Registry {
         let runs = self
             .store
             .list_runs(
+                &req.namespace,
                 query.filter.as_ref(),
                 &query.order,
                 query.after.as_ref(),
@@ -48,20 +51,31 @@ impl Registry {
     /// writers (heartbeats, the reaper, other replicas); a client etag mismatch is final.
     /// It starts from this process's last write of the run when it has one (no read);
     /// whatever that copy refuses is tried again from the store.
-    pub async fn update_run(&self, id: Uuid, patch: &RunPatch) -> Result<ModelRun> {
+    pub async fn update_run(
+        &self,
+        namespace: &str,
+        id: Uuid,
+        patch: &RunPatch,
+        actor: &str,
+    ) -> Result<ModelRun> {
         patch.validate()?;
-        let mut guess = self.recent_runs.take(&id);
+        // A copy from another namespace is no guess at all: the run is not there.
+        let mut guess = self
+            .recent_runs
+            .take(&id)
+            .filter(|r| r.namespace == namespace);
         for _ in 0..WRITE_RETRIES {
             let guessed = guess.is_some();
             let mut run = match guess.take() {
                 Some(run) => run,
-                None => self.get_run(id).await?,
+                None => self.get_run(namespace, id).await?,
             };
             let version = run.version;
             match patch.apply(&mut run, now_micros()) {
                 Err(_) if guessed => continue,
                 applied => applied?,
             }
+            run.updated_by = actor.into();
             if self.store.update_run(&run, version).await? {
                 self.recent_runs.keep(&run);
                 return Ok(run);

@@ -16,10 +16,11 @@ use crate::{
     error::{Error, Missing, Result},
 };
 
-pub(super) async fn get(store: &SqlStore, alias: &str) -> Result<Option<Alias>> {
+pub(super) async fn get(store: &SqlStore, namespace: &str, alias: &str) -> Result<Option<Alias>> {
     let row = sqlx::query(&format!(
-        "SELECT {ALIAS_COLS} FROM aliases WHERE alias = $1"
+        "SELECT {ALIAS_COLS} FROM aliases WHERE namespace = $1 AND alias = $2"
     ))
+    .bind(namespace)
     .bind(alias)
     .fetch_optional(&store.read)
     .await
@@ -29,12 +30,15 @@ pub(super) async fn get(store: &SqlStore, alias: &str) -> Result<Option<Alias>> 
 
 pub(super) async fn list(
     store: &SqlStore,
+    namespace: &str,
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Alias>> {
     let rows = sqlx::query(&format!(
-        "SELECT {ALIAS_COLS} FROM aliases WHERE alias > $1 ORDER BY alias LIMIT $2"
+        "SELECT {ALIAS_COLS} FROM aliases WHERE namespace = $1 AND alias > $2 \
+         ORDER BY alias LIMIT $3"
     ))
+    .bind(namespace)
     .bind(after.unwrap_or(""))
     .bind(limit as i64)
     .fetch_all(&store.read)
@@ -53,7 +57,7 @@ pub(super) async fn write(store: &SqlStore, w: &AliasWrite) -> Result<AliasHisto
         Some(expected) if expected > 0 => Stmt::returning(
             "UPDATE aliases SET previous_run_id = run_id, run_id = $1, description = $2, \
              revision = revision + 1, update_time = $3, updated_by = $4, last_action = $5, \
-             last_reason = $6 WHERE alias = $7 AND revision = $8 \
+             last_reason = $6 WHERE alias = $7 AND revision = $8 AND namespace = $9 \
              RETURNING revision, previous_run_id",
         )
         .bind(run_id.to_string())
@@ -63,15 +67,16 @@ pub(super) async fn write(store: &SqlStore, w: &AliasWrite) -> Result<AliasHisto
         .bind(w.action.as_str())
         .bind(&w.reason)
         .bind(&w.alias)
-        .bind(expected),
+        .bind(expected)
+        .bind(&w.namespace),
         // No expectation: create or replace. Expected 0: create only (a conflict
         // updates nothing). A re-created alias continues the numbering of its history.
         _ => Stmt::returning(
             "INSERT INTO aliases (alias, run_id, description, revision, update_time, updated_by, \
-             last_action, last_reason, previous_run_id) \
+             last_action, last_reason, previous_run_id, namespace) \
              VALUES ($1, $2, $3, (SELECT COALESCE(MAX(revision), 0) + 1 FROM alias_history \
-             WHERE alias = $1), $4, $5, $6, $7, '') \
-             ON CONFLICT (alias) DO UPDATE SET previous_run_id = aliases.run_id, \
+             WHERE namespace = $9 AND alias = $1), $4, $5, $6, $7, '', $9) \
+             ON CONFLICT (namespace, alias) DO UPDATE SET previous_run_id = aliases.run_id, \
              run_id = excluded.run_id, description = excluded.description, \
              revision = aliases.revision + 1, update_time = excluded.update_time, \
              updated_by = excluded.updated_by, last_action = excluded.last_action, \
@@ -85,7 +90,8 @@ pub(super) async fn write(store: &SqlStore, w: &AliasWrite) -> Result<AliasHisto
         .bind(&w.actor)
         .bind(w.action.as_str())
         .bind(&w.reason)
-        .bind(i64::from(w.expected_revision.is_none())),
+        .bind(i64::from(w.expected_revision.is_none()))
+        .bind(&w.namespace),
     };
     let written = store.write.one(write).await.map_err(|e| concurrent(w, e))?;
     if written.returned.is_none() {
@@ -99,17 +105,19 @@ pub(super) async fn write(store: &SqlStore, w: &AliasWrite) -> Result<AliasHisto
 
 pub(super) async fn history(
     store: &SqlStore,
+    namespace: &str,
     alias: &str,
     before: Option<i64>,
     limit: usize,
 ) -> Result<Vec<AliasHistoryEntry>> {
     let rows = sqlx::query(&format!(
         "SELECT {HISTORY_COLS} FROM alias_history \
-         WHERE alias = $1 AND revision < $2 ORDER BY revision DESC LIMIT $3"
+         WHERE namespace = $4 AND alias = $1 AND revision < $2 ORDER BY revision DESC LIMIT $3"
     ))
     .bind(alias)
     .bind(before.unwrap_or(i64::MAX))
     .bind(limit as i64)
+    .bind(namespace)
     .fetch_all(&store.read)
     .await
     .map_err(db_error)?;
@@ -118,29 +126,34 @@ pub(super) async fn history(
 
 pub(super) async fn changes(
     store: &SqlStore,
+    namespace: &str,
     alias: &str,
     after: i64,
     limit: usize,
 ) -> Result<Vec<AliasHistoryEntry>> {
     let rows = sqlx::query(&format!(
         "SELECT {HISTORY_COLS} FROM alias_history \
-         WHERE alias = $1 AND revision > $2 ORDER BY revision LIMIT $3"
+         WHERE namespace = $4 AND alias = $1 AND revision > $2 ORDER BY revision LIMIT $3"
     ))
     .bind(alias)
     .bind(after)
     .bind(limit as i64)
+    .bind(namespace)
     .fetch_all(&store.read)
     .await
     .map_err(db_error)?;
     rows.iter().map(history_from_row).collect()
 }
 
-pub(super) async fn revisions(store: &SqlStore) -> Result<Vec<(String, i64)>> {
-    let rows =
-        sqlx::query("SELECT alias, MAX(revision) AS revision FROM alias_history GROUP BY alias")
-            .fetch_all(&store.read)
-            .await
-            .map_err(db_error)?;
+pub(super) async fn revisions(store: &SqlStore, namespace: &str) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query(
+        "SELECT alias, MAX(revision) AS revision FROM alias_history WHERE namespace = $1 \
+         GROUP BY alias",
+    )
+    .bind(namespace)
+    .fetch_all(&store.read)
+    .await
+    .map_err(db_error)?;
     rows.iter()
         .map(|r| {
             Ok((
@@ -164,7 +177,7 @@ fn concurrent(w: &AliasWrite, e: Error) -> Error {
 
 /// Why a conditional alias write changed nothing, from the alias as it is now.
 async fn refused(store: &SqlStore, w: &AliasWrite) -> Error {
-    let current = match get(store, &w.alias).await {
+    let current = match get(store, &w.namespace, &w.alias).await {
         Ok(current) => current,
         Err(e) => return e,
     };
@@ -184,10 +197,10 @@ async fn refused(store: &SqlStore, w: &AliasWrite) -> Error {
 /// Appends the alias's DELETE entry and removes it, atomically.
 async fn delete(store: &SqlStore, w: &AliasWrite) -> Result<AliasHistoryEntry> {
     let entry = Stmt::returning(format!(
-        "INSERT INTO alias_history (alias, revision, run_id, previous_run_id, action, reason, \
-         actor, description, time) \
-         SELECT alias, revision + 1, '', run_id, $3, $4, $5, $6, $7 FROM aliases \
-         WHERE alias = $1 AND ($2 < 0 OR revision = $2){} \
+        "INSERT INTO alias_history (namespace, alias, revision, run_id, previous_run_id, \
+         action, reason, actor, description, time) \
+         SELECT namespace, alias, revision + 1, '', run_id, $3, $4, $5, $6, $7 FROM aliases \
+         WHERE namespace = $8 AND alias = $1 AND ($2 < 0 OR revision = $2){} \
          RETURNING revision, previous_run_id",
         store.backend.for_update()
     ))
@@ -197,14 +210,16 @@ async fn delete(store: &SqlStore, w: &AliasWrite) -> Result<AliasHistoryEntry> {
     .bind(&w.reason)
     .bind(&w.actor)
     .bind(&w.description)
-    .bind(w.time);
+    .bind(w.time)
+    .bind(&w.namespace);
     // The alias's revision trails its newest history entry only when one was just
     // appended above: otherwise this deletes nothing.
     let delete = Stmt::new(
-        "DELETE FROM aliases WHERE alias = $1 \
-         AND revision < (SELECT MAX(revision) FROM alias_history WHERE alias = $1)",
+        "DELETE FROM aliases WHERE namespace = $2 AND alias = $1 AND revision < \
+         (SELECT MAX(revision) FROM alias_history WHERE namespace = $2 AND alias = $1)",
     )
-    .bind(&w.alias);
+    .bind(&w.alias)
+    .bind(&w.namespace);
     let done = store
         .write
         .run(vec![entry, delete])

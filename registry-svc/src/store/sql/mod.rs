@@ -4,12 +4,15 @@
 //! differences (row locks, notifications) are switched on [`Backend`].
 
 mod aliases;
+mod namespaces;
 mod notify;
 mod rows;
 mod run_filter;
 mod runs;
 mod sqlite_writer;
 mod stmt;
+
+use std::{collections::HashSet, sync::RwLock};
 
 use async_trait::async_trait;
 use capstan_server::{
@@ -25,6 +28,7 @@ use self::{sqlite_writer::SqliteWriter, stmt::Writer};
 use crate::{
     domain::{
         aliases::{Alias, AliasHistoryEntry, AliasWrite},
+        namespaces::Namespace,
         ports::{ChangeHint, RegistryStore},
         runs::{filter::Filter, ModelRun, RunCursor, RunOrder},
         Micros,
@@ -50,6 +54,25 @@ pub struct SqlStore {
     write: Writer,
     backend: Backend,
     url: String,
+    /// Namespaces known to exist (they are never removed): a run in one of them needs no
+    /// statement creating it.
+    namespaces: RwLock<HashSet<String>>,
+}
+
+impl SqlStore {
+    fn namespace_known(&self, name: &str) -> bool {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    fn remember_namespace(&self, name: &str) {
+        self.namespaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
+    }
 }
 
 async fn connections(url: &str, backend: Backend, max: u32) -> Result<Connections> {
@@ -100,6 +123,7 @@ impl SqlStore {
             write,
             backend,
             url: url.to_string(),
+            namespaces: RwLock::default(),
         })
     }
 }
@@ -147,8 +171,10 @@ impl RegistryStore for SqlStore {
             .await
     }
 
-    async fn get_run(&self, id: Uuid) -> Result<Option<ModelRun>> {
-        runs::get(self, id).instrument(self.span("get_run")).await
+    async fn get_run(&self, namespace: &str, id: Uuid) -> Result<Option<ModelRun>> {
+        runs::get(self, namespace, id)
+            .instrument(self.span("get_run"))
+            .await
     }
 
     async fn update_run(&self, run: &ModelRun, expected_version: i64) -> Result<bool> {
@@ -159,12 +185,13 @@ impl RegistryStore for SqlStore {
 
     async fn list_runs(
         &self,
+        namespace: &str,
         filter: Option<&Filter>,
         order: &RunOrder,
         after: Option<&RunCursor>,
         limit: usize,
     ) -> Result<Vec<ModelRun>> {
-        runs::list(self, filter, order, after, limit)
+        runs::list(self, namespace, filter, order, after, limit)
             .instrument(self.span("list_runs"))
             .await
     }
@@ -175,14 +202,30 @@ impl RegistryStore for SqlStore {
             .await
     }
 
-    async fn get_alias(&self, alias: &str) -> Result<Option<Alias>> {
-        aliases::get(self, alias)
+    async fn list_namespaces(
+        &self,
+        only: Option<&[String]>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Namespace>> {
+        namespaces::list(self, only, after, limit)
+            .instrument(self.span("list_namespaces"))
+            .await
+    }
+
+    async fn get_alias(&self, namespace: &str, alias: &str) -> Result<Option<Alias>> {
+        aliases::get(self, namespace, alias)
             .instrument(self.span("get_alias"))
             .await
     }
 
-    async fn list_aliases(&self, after: Option<&str>, limit: usize) -> Result<Vec<Alias>> {
-        aliases::list(self, after, limit)
+    async fn list_aliases(
+        &self,
+        namespace: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Alias>> {
+        aliases::list(self, namespace, after, limit)
             .instrument(self.span("list_aliases"))
             .await
     }
@@ -195,28 +238,30 @@ impl RegistryStore for SqlStore {
 
     async fn alias_history(
         &self,
+        namespace: &str,
         alias: &str,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AliasHistoryEntry>> {
-        aliases::history(self, alias, before, limit)
+        aliases::history(self, namespace, alias, before, limit)
             .instrument(self.span("alias_history"))
             .await
     }
 
     async fn alias_changes(
         &self,
+        namespace: &str,
         alias: &str,
         after: i64,
         limit: usize,
     ) -> Result<Vec<AliasHistoryEntry>> {
-        aliases::changes(self, alias, after, limit)
+        aliases::changes(self, namespace, alias, after, limit)
             .instrument(self.span("alias_changes"))
             .await
     }
 
-    async fn alias_revisions(&self) -> Result<Vec<(String, i64)>> {
-        aliases::revisions(self)
+    async fn alias_revisions(&self, namespace: &str) -> Result<Vec<(String, i64)>> {
+        aliases::revisions(self, namespace)
             .instrument(self.span("alias_revisions"))
             .await
     }

@@ -8,18 +8,22 @@ use super::db_error;
 use crate::{
     domain::{
         aliases::{Alias, AliasAction, AliasHistoryEntry},
+        namespaces::Namespace,
         runs::{Artifact, ModelRun, RunStatus},
     },
     error::{Error, Result},
 };
 
-pub const ALIAS_COLS: &str = "alias, run_id, description, revision, update_time, updated_by";
+pub const ALIAS_COLS: &str =
+    "namespace, alias, run_id, description, revision, update_time, updated_by";
 
 pub const HISTORY_COLS: &str =
-    "alias, revision, run_id, previous_run_id, action, reason, actor, description, time";
+    "namespace, alias, revision, run_id, previous_run_id, action, reason, actor, description, time";
+
+pub const NAMESPACE_COLS: &str = "name, creator, create_time";
 
 pub const RUN_COLS: &str =
-    "r.run_id, r.request_id, r.name, r.model_type, r.params, r.tags, r.metrics, r.status, \
+    "r.run_id, r.namespace, r.created_by, r.updated_by, r.request_id, r.name, r.model_type, r.params, r.tags, r.metrics, r.status, \
      r.status_message, r.artifact_uri, r.artifact_sha256, r.artifact_size_bytes, r.create_time, \
      r.update_time, r.heartbeat_time, r.heartbeat_timeout_ms, r.version";
 
@@ -69,6 +73,9 @@ pub fn run_from_row(row: &AnyRow) -> Result<ModelRun> {
     };
     Ok(ModelRun {
         id: uuid_col(row, "run_id")?,
+        namespace: row.try_get("namespace").map_err(db_error)?,
+        created_by: row.try_get("created_by").map_err(db_error)?,
+        updated_by: row.try_get("updated_by").map_err(db_error)?,
         request_id: row.try_get("request_id").map_err(db_error)?,
         name: row.try_get("name").map_err(db_error)?,
         model_type: row.try_get("model_type").map_err(db_error)?,
@@ -88,6 +95,7 @@ pub fn run_from_row(row: &AnyRow) -> Result<ModelRun> {
 
 pub fn alias_from_row(row: &AnyRow) -> Result<Alias> {
     Ok(Alias {
+        namespace: row.try_get("namespace").map_err(db_error)?,
         alias: row.try_get("alias").map_err(db_error)?,
         run_id: uuid_col(row, "run_id")?,
         description: row.try_get("description").map_err(db_error)?,
@@ -100,6 +108,7 @@ pub fn alias_from_row(row: &AnyRow) -> Result<Alias> {
 pub fn history_from_row(row: &AnyRow) -> Result<AliasHistoryEntry> {
     let action: String = row.try_get("action").map_err(db_error)?;
     Ok(AliasHistoryEntry {
+        namespace: row.try_get("namespace").map_err(db_error)?,
         alias: row.try_get("alias").map_err(db_error)?,
         revision: row.try_get("revision").map_err(db_error)?,
         run_id: opt_uuid_col(row, "run_id")?,
@@ -109,6 +118,14 @@ pub fn history_from_row(row: &AnyRow) -> Result<AliasHistoryEntry> {
         actor: row.try_get("actor").map_err(db_error)?,
         description: row.try_get("description").map_err(db_error)?,
         time: row.try_get("time").map_err(db_error)?,
+    })
+}
+
+pub fn namespace_from_row(row: &AnyRow) -> Result<Namespace> {
+    Ok(Namespace {
+        name: row.try_get("name").map_err(db_error)?,
+        creator: row.try_get("creator").map_err(db_error)?,
+        create_time: row.try_get("create_time").map_err(db_error)?,
     })
 }
 

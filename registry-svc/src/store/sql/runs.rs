@@ -19,33 +19,46 @@ use crate::{
 };
 
 pub(super) async fn insert(store: &SqlStore, run: &ModelRun) -> Result<(ModelRun, bool)> {
-    // One statement: triggers derive the tag and metric index rows.
-    let inserted = store
-        .write
-        .one(
-            Stmt::new(
-                "INSERT INTO runs (name, params, tags, metrics, status, status_message, \
-                 run_id, request_id, model_type, create_time, update_time, heartbeat_time, \
-                 heartbeat_timeout_ms, version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-                 ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind_run_contents(run)
-            .bind(run.id.to_string())
-            .bind(run.request_id.as_deref())
-            .bind(&run.model_type)
-            .bind(run.create_time)
-            .bind(run.update_time)
-            .bind(run.heartbeat_time)
-            .bind(run.heartbeat_timeout_ms)
-            .bind(run.version),
+    // One statement (triggers derive the tag and metric index rows), two in a
+    // namespace's first run, which creates it; namespaces are never removed.
+    let insert = Stmt::new(
+        "INSERT INTO runs (name, params, tags, metrics, status, status_message, \
+         run_id, request_id, model_type, create_time, update_time, heartbeat_time, \
+         heartbeat_timeout_ms, version, namespace, created_by, updated_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+         ON CONFLICT (namespace, request_id) DO NOTHING",
+    )
+    .bind_run_contents(run)
+    .bind(run.id.to_string())
+    .bind(run.request_id.as_deref())
+    .bind(&run.model_type)
+    .bind(run.create_time)
+    .bind(run.update_time)
+    .bind(run.heartbeat_time)
+    .bind(run.heartbeat_timeout_ms)
+    .bind(run.version)
+    .bind(&run.namespace)
+    .bind(&run.created_by)
+    .bind(&run.updated_by);
+    let inserted = if store.namespace_known(&run.namespace) {
+        store.write.one(insert).await?.affected
+    } else {
+        let create = Stmt::new(
+            "INSERT INTO namespaces (name, creator, create_time) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
         )
-        .await?
-        .affected;
+        .bind(&run.namespace)
+        .bind(&run.created_by)
+        .bind(run.create_time);
+        let done = store.write.run(vec![create, insert]).await?;
+        store.remember_namespace(&run.namespace);
+        done.last().map_or(0, |o| o.affected)
+    };
     if inserted == 0 {
         let row = sqlx::query(&format!(
-            "SELECT {RUN_COLS} FROM runs r WHERE r.request_id = $1"
+            "SELECT {RUN_COLS} FROM runs r WHERE r.namespace = $1 AND r.request_id = $2"
         ))
+        .bind(&run.namespace)
         .bind(run.request_id.as_deref())
         .fetch_one(&store.read)
         .await
@@ -55,11 +68,12 @@ pub(super) async fn insert(store: &SqlStore, run: &ModelRun) -> Result<(ModelRun
     Ok((run.clone(), true))
 }
 
-pub(super) async fn get(store: &SqlStore, id: Uuid) -> Result<Option<ModelRun>> {
+pub(super) async fn get(store: &SqlStore, namespace: &str, id: Uuid) -> Result<Option<ModelRun>> {
     let row = sqlx::query(&format!(
-        "SELECT {RUN_COLS} FROM runs r WHERE r.run_id = $1"
+        "SELECT {RUN_COLS} FROM runs r WHERE r.run_id = $1 AND r.namespace = $2"
     ))
     .bind(id.to_string())
+    .bind(namespace)
     .fetch_optional(&store.read)
     .await
     .map_err(db_error)?;
@@ -87,8 +101,8 @@ pub(super) async fn update(
                 "UPDATE runs SET name = $1, params = $2, tags = $3, metrics = $4, status = $5, \
                  status_message = $6, artifact_uri = $7, artifact_sha256 = $8, \
                  artifact_size_bytes = $9, update_time = $10, heartbeat_time = $11, \
-                 heartbeat_timeout_ms = $12, version = $13 \
-                 WHERE run_id = $14 AND version = $15",
+                 heartbeat_timeout_ms = $12, version = $13, updated_by = $14 \
+                 WHERE run_id = $15 AND version = $16",
             )
             .bind_run_contents(run)
             .bind(uri)
@@ -98,6 +112,7 @@ pub(super) async fn update(
             .bind(run.heartbeat_time)
             .bind(run.heartbeat_timeout_ms)
             .bind(run.version)
+            .bind(&run.updated_by)
             .bind(run.id.to_string())
             .bind(expected_version),
         )
@@ -107,6 +122,7 @@ pub(super) async fn update(
 
 pub(super) async fn list(
     store: &SqlStore,
+    namespace: &str,
     filter: Option<&Filter>,
     order: &RunOrder,
     after: Option<&RunCursor>,
@@ -148,6 +164,8 @@ pub(super) async fn list(
             sql.push("1 = 1");
         }
     }
+    let np = sql.arg(namespace);
+    sql.push(&format!(" AND r.namespace = {np}"));
     if let RunOrder::Metric { name, .. } = order {
         let p = sql.arg(name.as_str());
         sql.push(&format!(" AND m.run_id = r.run_id AND m.key = {p}"));

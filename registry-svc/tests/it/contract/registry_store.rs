@@ -33,6 +33,7 @@ capstan_server::test_on_both_backends!(
     history_and_changes_page_in_revision_order,
     list_aliases_pages_by_name,
     alias_change_hints_follow_the_backend,
+    namespaces_keep_runs_aliases_and_request_ids_apart,
 );
 
 async fn open(db: &TestDb) -> Arc<dyn RegistryStore> {
@@ -43,13 +44,17 @@ async fn open(db: &TestDb) -> Arc<dyn RegistryStore> {
     )
 }
 
+/// Where the suite's runs and aliases live unless a case says otherwise.
+const NS: &str = "default";
+
 fn new_run(name: &str) -> ModelRun {
     NewRun {
+        namespace: NS.into(),
         name: name.into(),
         model_type: "seasonal_naive".into(),
         ..Default::default()
     }
-    .into_run(Uuid::new_v4(), 1_000)
+    .into_run(Uuid::new_v4(), 1_000, "tester")
 }
 
 /// A stored run's id: aliases point at runs that exist.
@@ -69,6 +74,7 @@ async fn stored_runs(store: &dyn RegistryStore, n: usize) -> Vec<Uuid> {
 
 fn alias_write(alias: &str, run: Option<Uuid>, expected: Option<i64>) -> AliasWrite {
     AliasWrite {
+        namespace: NS.into(),
         alias: alias.into(),
         run_id: run,
         description: format!("points at {run:?}"),
@@ -112,8 +118,8 @@ async fn inserted_runs_read_back_whole(db: TestDb) {
     let (stored, created) = store.insert_run(&run).await.unwrap();
     assert!(created);
     assert_eq!(stored, run);
-    assert_eq!(store.get_run(run.id).await.unwrap(), Some(run.clone()));
-    assert_eq!(store.get_run(Uuid::new_v4()).await.unwrap(), None);
+    assert_eq!(store.get_run(NS, run.id).await.unwrap(), Some(run.clone()));
+    assert_eq!(store.get_run(NS, Uuid::new_v4()).await.unwrap(), None);
 
     // Without a request id any number of runs may be created.
     for i in 0..3 {
@@ -135,7 +141,7 @@ async fn insert_is_idempotent_on_request_id(db: TestDb) {
     let (got, created) = store.insert_run(&again).await.unwrap();
     assert!(!created);
     assert_eq!(got, first, "the earlier run comes back, unchanged");
-    assert_eq!(store.get_run(again.id).await.unwrap(), None);
+    assert_eq!(store.get_run(NS, again.id).await.unwrap(), None);
 
     let tasks: Vec<_> = (0..16)
         .map(|i| {
@@ -182,7 +188,7 @@ async fn update_run_applies_only_at_the_expected_version(db: TestDb) {
     next.update_time = 2_000;
     next.heartbeat_time = 2_000;
     assert!(store.update_run(&next, run.version).await.unwrap());
-    assert_eq!(store.get_run(run.id).await.unwrap(), Some(next.clone()));
+    assert_eq!(store.get_run(NS, run.id).await.unwrap(), Some(next.clone()));
 
     let mut stale = run.clone();
     stale.version += 1;
@@ -191,10 +197,10 @@ async fn update_run_applies_only_at_the_expected_version(db: TestDb) {
         !store.update_run(&stale, run.version).await.unwrap(),
         "a write at an old version is refused"
     );
-    assert_eq!(store.get_run(run.id).await.unwrap(), Some(next));
+    assert_eq!(store.get_run(NS, run.id).await.unwrap(), Some(next));
     let ghost = new_run("ghost");
     assert!(!store.update_run(&ghost, 1).await.unwrap());
-    assert_eq!(store.get_run(ghost.id).await.unwrap(), None);
+    assert_eq!(store.get_run(NS, ghost.id).await.unwrap(), None);
 }
 
 async fn concurrent_updates_at_one_version_let_one_win(db: TestDb) {
@@ -217,7 +223,7 @@ async fn concurrent_updates_at_one_version_let_one_win(db: TestDb) {
         winners.extend(t.await.unwrap());
     }
     assert_eq!(winners.len(), 1, "exactly one writer wins a version");
-    assert_eq!(store.get_run(run.id).await.unwrap(), winners.pop());
+    assert_eq!(store.get_run(NS, run.id).await.unwrap(), winners.pop());
 }
 
 /// Twelve runs: create times in ties of three, two statuses, two model types, two teams,
@@ -226,6 +232,7 @@ async fn listing_fixture(store: &dyn RegistryStore) -> Vec<ModelRun> {
     let mut runs = Vec::new();
     for i in 0..12i64 {
         let mut run = NewRun {
+            namespace: NS.into(),
             name: format!("{}-{i:02}", if i % 2 == 0 { "Alpha" } else { "beta" }),
             model_type: if i % 3 == 0 { "a" } else { "b" }.into(),
             tags: [
@@ -243,7 +250,7 @@ async fn listing_fixture(store: &dyn RegistryStore) -> Vec<ModelRun> {
             },
             ..Default::default()
         }
-        .into_run(Uuid::new_v4(), (i / 3) * 1_000);
+        .into_run(Uuid::new_v4(), (i / 3) * 1_000, "tester");
         run.status = if i % 2 == 0 {
             RunStatus::Running
         } else {
@@ -321,7 +328,7 @@ async fn list_runs_filters_on_every_condition(db: TestDb) {
     ];
     for (filter, expected) in cases {
         let got = store
-            .list_runs(filter.as_filter().as_ref(), &order, None, 100)
+            .list_runs(NS, filter.as_filter().as_ref(), &order, None, 100)
             .await
             .unwrap();
         assert_eq!(ids(&got), expected, "{filter:?}");
@@ -371,7 +378,7 @@ async fn list_runs_orders_and_resumes_after_the_cursor(db: TestDb) {
             let mut after: Option<RunCursor> = None;
             loop {
                 let page = store
-                    .list_runs(None, &order, after.as_ref(), 5)
+                    .list_runs(NS, None, &order, after.as_ref(), 5)
                     .await
                     .unwrap();
                 assert!(page.len() <= 5, "the limit holds");
@@ -409,7 +416,7 @@ async fn fail_expired_runs_fails_only_silent_running_runs(db: TestDb) {
         store.insert_run(run).await.unwrap();
     }
     assert_eq!(store.fail_expired_runs(now).await.unwrap(), 1);
-    let failed = store.get_run(silent.id).await.unwrap().unwrap();
+    let failed = store.get_run(NS, silent.id).await.unwrap().unwrap();
     assert_eq!(failed.status, RunStatus::Failed);
     assert!(
         failed.status_message.contains("heartbeat"),
@@ -419,7 +426,7 @@ async fn fail_expired_runs_fails_only_silent_running_runs(db: TestDb) {
     assert_eq!(failed.version, silent.version + 1, "the version moves on");
     assert_eq!(failed.update_time, now);
     for run in &spared {
-        assert_eq!(store.get_run(run.id).await.unwrap().as_ref(), Some(run));
+        assert_eq!(store.get_run(NS, run.id).await.unwrap().as_ref(), Some(run));
     }
     assert_eq!(store.fail_expired_runs(now).await.unwrap(), 0, "only once");
 }
@@ -435,7 +442,7 @@ async fn alias_writes_follow_compare_and_swap(db: TestDb) {
         created,
         alias_write("prod", Some(r1), Some(0)).entry(1, None)
     );
-    let alias = store.get_alias("prod").await.unwrap().unwrap();
+    let alias = store.get_alias(NS, "prod").await.unwrap().unwrap();
     assert_eq!(
         (
             alias.run_id,
@@ -478,15 +485,19 @@ async fn alias_writes_follow_compare_and_swap(db: TestDb) {
             .write_alias(&alias_write("prod", Some(r2), Some(2)))
             .await
     ));
-    let now = store.get_alias("prod").await.unwrap().unwrap();
+    let now = store.get_alias(NS, "prod").await.unwrap().unwrap();
     assert_eq!(
         (now.run_id, now.revision),
         (r1, 3),
         "refusals changed nothing"
     );
-    assert_eq!(store.get_alias("ghost").await.unwrap(), None);
+    assert_eq!(store.get_alias(NS, "ghost").await.unwrap(), None);
     assert_eq!(
-        store.alias_history("prod", None, 10).await.unwrap().len(),
+        store
+            .alias_history(NS, "prod", None, 10)
+            .await
+            .unwrap()
+            .len(),
         3
     );
 }
@@ -519,7 +530,7 @@ async fn deletion_keeps_history_and_recreation_goes_on_numbering(db: TestDb) {
         ),
         (3, None, Some(r2), AliasAction::Delete)
     );
-    assert_eq!(store.get_alias("gone").await.unwrap(), None);
+    assert_eq!(store.get_alias(NS, "gone").await.unwrap(), None);
     for expected in [None, Some(3)] {
         match store
             .write_alias(&alias_write("gone", None, expected))
@@ -529,7 +540,7 @@ async fn deletion_keeps_history_and_recreation_goes_on_numbering(db: TestDb) {
             other => panic!("deleting an absent alias: {other:?}"),
         }
     }
-    let history = store.alias_history("gone", None, 10).await.unwrap();
+    let history = store.alias_history(NS, "gone", None, 10).await.unwrap();
     assert_eq!(
         history.iter().map(|e| e.revision).collect::<Vec<_>>(),
         vec![3, 2, 1],
@@ -543,9 +554,12 @@ async fn deletion_keeps_history_and_recreation_goes_on_numbering(db: TestDb) {
         back.revision, 4,
         "a re-created alias goes on from its history"
     );
-    assert_eq!(store.get_alias("gone").await.unwrap().unwrap().revision, 4);
+    assert_eq!(
+        store.get_alias(NS, "gone").await.unwrap().unwrap().revision,
+        4
+    );
     assert!(store
-        .alias_revisions()
+        .alias_revisions(NS)
         .await
         .unwrap()
         .contains(&("gone".to_string(), 4)));
@@ -620,7 +634,7 @@ async fn unconditional_concurrent_writes_leave_a_gapless_history(db: TestDb) {
         (1..=n).collect::<Vec<_>>(),
         "one revision per write, no gaps"
     );
-    let history = store.alias_history("busy", None, 1000).await.unwrap();
+    let history = store.alias_history(NS, "busy", None, 1000).await.unwrap();
     assert_eq!(history.len() as i64, n);
     for pair in history.windows(2) {
         assert_eq!(
@@ -642,41 +656,45 @@ async fn history_and_changes_page_in_revision_order(db: TestDb) {
         entries.iter().map(|e| e.revision).collect::<Vec<_>>()
     };
     assert_eq!(
-        revs(store.alias_history("paged", None, 2).await.unwrap()),
+        revs(store.alias_history(NS, "paged", None, 2).await.unwrap()),
         [5, 4]
     );
     assert_eq!(
-        revs(store.alias_history("paged", Some(4), 2).await.unwrap()),
+        revs(store.alias_history(NS, "paged", Some(4), 2).await.unwrap()),
         [3, 2]
     );
     assert_eq!(
-        revs(store.alias_history("paged", Some(2), 5).await.unwrap()),
+        revs(store.alias_history(NS, "paged", Some(2), 5).await.unwrap()),
         [1]
     );
     assert_eq!(
-        revs(store.alias_changes("paged", 2, 2).await.unwrap()),
+        revs(store.alias_changes(NS, "paged", 2, 2).await.unwrap()),
         [3, 4]
     );
     assert_eq!(
-        revs(store.alias_changes("paged", 0, 10).await.unwrap()),
+        revs(store.alias_changes(NS, "paged", 0, 10).await.unwrap()),
         [1, 2, 3, 4, 5]
     );
     assert!(store
-        .alias_changes("paged", 5, 10)
+        .alias_changes(NS, "paged", 5, 10)
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .alias_history("never", None, 10)
+        .alias_history(NS, "never", None, 10)
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .alias_changes("never", 0, 10)
+        .alias_changes(NS, "never", 0, 10)
         .await
         .unwrap()
         .is_empty());
-    let entry = store.alias_changes("paged", 0, 1).await.unwrap().remove(0);
+    let entry = store
+        .alias_changes(NS, "paged", 0, 1)
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(
         (
             entry.action,
@@ -705,15 +723,15 @@ async fn list_aliases_pages_by_name(db: TestDb) {
         aliases.into_iter().map(|a| a.alias).collect::<Vec<_>>()
     };
     assert_eq!(
-        names(store.list_aliases(None, 2).await.unwrap()),
+        names(store.list_aliases(NS, None, 2).await.unwrap()),
         ["a", "b"]
     );
     assert_eq!(
-        names(store.list_aliases(Some("b"), 2).await.unwrap()),
+        names(store.list_aliases(NS, Some("b"), 2).await.unwrap()),
         ["c"],
         "deleted aliases are not listed"
     );
-    let mut revisions = store.alias_revisions().await.unwrap();
+    let mut revisions = store.alias_revisions(NS).await.unwrap();
     revisions.sort();
     assert_eq!(
         revisions,
@@ -769,16 +787,16 @@ async fn lost_connections_are_unavailable_then_mended() {
     loop {
         let results: Vec<Result<(), Error>> = vec![
             store.ping().await,
-            store.get_run(run.id).await.map(drop),
+            store.get_run(NS, run.id).await.map(drop),
             store
-                .list_runs(None, &RunOrder::CreateTime { desc: true }, None, 5)
+                .list_runs(NS, None, &RunOrder::CreateTime { desc: true }, None, 5)
                 .await
                 .map(drop),
-            store.get_alias("survivor").await.map(drop),
-            store.list_aliases(None, 5).await.map(drop),
-            store.alias_history("survivor", None, 5).await.map(drop),
-            store.alias_changes("survivor", 0, 5).await.map(drop),
-            store.alias_revisions().await.map(drop),
+            store.get_alias(NS, "survivor").await.map(drop),
+            store.list_aliases(NS, None, 5).await.map(drop),
+            store.alias_history(NS, "survivor", None, 5).await.map(drop),
+            store.alias_changes(NS, "survivor", 0, 5).await.map(drop),
+            store.alias_revisions(NS).await.map(drop),
             store.fail_expired_runs(0).await.map(drop),
             store.insert_run(&new_run("after")).await.map(drop),
             store
@@ -801,4 +819,93 @@ async fn lost_connections_are_unavailable_then_mended() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A run is found only in its namespace; a namespace's first run creates it (recording its
+/// creator); request ids and alias names repeat freely across namespaces.
+async fn namespaces_keep_runs_aliases_and_request_ids_apart(db: TestDb) {
+    let store = open(&db).await;
+    let mut ids = Vec::new();
+    for (ns, who) in [("team-a", "alice"), ("team-b", "bob"), ("team-a", "carol")] {
+        let mut run = new_run("shared");
+        run.namespace = ns.into();
+        run.created_by = who.into();
+        run.request_id = Some(format!("req-{who}"));
+        assert!(store.insert_run(&run).await.unwrap().1);
+        ids.push(run.id);
+        let mut twin = new_run("twin");
+        twin.namespace = ns.into();
+        twin.request_id = Some("same-everywhere".into());
+        let (kept, _) = store.insert_run(&twin).await.unwrap();
+        assert_eq!(kept.namespace, ns);
+    }
+    assert!(store.get_run("team-a", ids[0]).await.unwrap().is_some());
+    assert_eq!(store.get_run("team-b", ids[0]).await.unwrap(), None);
+    assert_eq!(store.get_run(NS, ids[1]).await.unwrap(), None);
+
+    let listed = store.list_namespaces(None, None, 10).await.unwrap();
+    let names: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|n| (n.name.as_str(), n.creator.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("default", "system"),
+            ("team-a", "alice"),
+            ("team-b", "bob")
+        ]
+    );
+    let only = ["team-b".to_string(), "nowhere".to_string()];
+    let some = store.list_namespaces(Some(&only), None, 10).await.unwrap();
+    assert_eq!(some.len(), 1);
+    assert_eq!(some[0].name, "team-b");
+    assert!(store
+        .list_namespaces(Some(&[]), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let after = store
+        .list_namespaces(None, Some("default"), 1)
+        .await
+        .unwrap();
+    assert_eq!(after[0].name, "team-a");
+
+    for (ns, run) in [("team-a", ids[0]), ("team-b", ids[1])] {
+        let mut w = alias_write("prod", Some(run), Some(0));
+        w.namespace = ns.into();
+        assert_eq!(store.write_alias(&w).await.unwrap().revision, 1);
+    }
+    assert_eq!(store.get_alias(NS, "prod").await.unwrap(), None);
+    let a = store.get_alias("team-a", "prod").await.unwrap().unwrap();
+    let b = store.get_alias("team-b", "prod").await.unwrap().unwrap();
+    assert_eq!((a.run_id, a.namespace.as_str()), (ids[0], "team-a"));
+    assert_eq!((b.run_id, b.namespace.as_str()), (ids[1], "team-b"));
+    let mut gone = alias_write("prod", None, None);
+    gone.namespace = "team-b".into();
+    store.write_alias(&gone).await.unwrap();
+    assert!(store.get_alias("team-a", "prod").await.unwrap().is_some());
+    assert_eq!(
+        store
+            .alias_history("team-a", "prod", None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let b_history = store
+        .alias_history("team-b", "prod", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(b_history.len(), 2);
+    assert!(b_history.iter().all(|e| e.namespace == "team-b"));
+    assert_eq!(
+        store.alias_revisions("team-b").await.unwrap(),
+        vec![("prod".to_string(), 2)]
+    );
+    assert_eq!(
+        store.list_aliases("team-a", None, 10).await.unwrap().len(),
+        1
+    );
+    assert!(store.list_aliases(NS, None, 10).await.unwrap().is_empty());
 }
