@@ -16,7 +16,7 @@
 //!
 //! let mut client = registry_client("http://127.0.0.1:50051", Some("token"), 8 << 20).await?;
 //! let alias = client
-//!     .get_alias(registry::GetAliasRequest { alias: "prod".into() })
+//!     .get_alias(registry::GetAliasRequest { alias: "prod".into(), ..Default::default() })
 //!     .await?
 //!     .into_inner();
 //! println!("prod is run {} (revision {})", alias.run_id, alias.revision);

@@ -39,11 +39,18 @@ async fn create_run(server: &Server, token: &str) -> Result<pb::Run, tonic::Stat
         .map(tonic::Response::into_inner)
 }
 
-async fn list_runs(server: &Server, token: &str) -> Result<pb::ListRunsResponse, tonic::Status> {
+async fn list_runs(
+    server: &Server,
+    token: &str,
+    namespace: &str,
+) -> Result<pb::ListRunsResponse, tonic::Status> {
     server
         .with_token(token)
         .await
-        .list_runs(pb::ListRunsRequest::default())
+        .list_runs(pb::ListRunsRequest {
+            namespace: namespace.into(),
+            ..Default::default()
+        })
         .await
         .map(tonic::Response::into_inner)
 }
@@ -62,16 +69,16 @@ async fn issuer_tokens_are_accepted_with_roles_from_their_claims() {
         create_run(&server, &writer)
             .await
             .unwrap_or_else(|s| panic!("service token ({alg}) refused: {s:?}"));
-        // A reader reads and may not write.
+        // A reader reads where its `namespaces` claim grants it (team-b) and may not write.
         let reader = provider.token("reader-bot", resource).await;
-        list_runs(&server, &reader)
+        list_runs(&server, &reader, "team-b")
             .await
             .unwrap_or_else(|s| panic!("user token ({alg}) refused: {s:?}"));
         let denied = create_run(&server, &reader).await.unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied, "{alg}: {denied:?}");
         // A client whose claims map to no role is known but may do nothing.
         let nobody = provider.token("nobody", resource).await;
-        let denied = list_runs(&server, &nobody).await.unwrap_err();
+        let denied = list_runs(&server, &nobody, "team-b").await.unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied, "{alg}: {denied:?}");
         assert!(denied.message().contains("no Capstan role"), "{denied:?}");
     }
@@ -129,7 +136,7 @@ async fn wrong_tokens_are_unauthenticated() {
     for (case, token, says) in cases {
         for status in [
             create_run(&server, &token).await.unwrap_err(),
-            list_runs(&server, &token).await.unwrap_err(),
+            list_runs(&server, &token, "default").await.unwrap_err(),
         ] {
             assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
             assert!(status.message().contains(says), "{case}: {status:?}");
@@ -137,7 +144,11 @@ async fn wrong_tokens_are_unauthenticated() {
     }
     // And nothing was written by any of them.
     let admin = provider.token("admin-bot", RS256).await;
-    assert!(list_runs(&server, &admin).await.unwrap().runs.is_empty());
+    assert!(list_runs(&server, &admin, "default")
+        .await
+        .unwrap()
+        .runs
+        .is_empty());
 }
 
 fn now() -> u64 {
@@ -208,7 +219,7 @@ async fn unknown_keys_refetch_at_most_once_per_interval() {
     let started = Instant::now();
     for _ in 0..20 {
         let forged = provider.forge("wrong-kid").await;
-        let s = list_runs(&server, &forged).await.unwrap_err();
+        let s = list_runs(&server, &forged, "default").await.unwrap_err();
         assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
     }
     // At most one fetch per 10 s (the default), however many made-up kids arrive.
