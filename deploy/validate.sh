@@ -11,8 +11,8 @@
 #      (`promtool test rules`), and checks the dashboard's and the rules' queries against
 #      the metric names the services export (monitoring/check.py, and its --self-test),
 #   6. lints the Dockerfiles (hadolint) and the scripts (shellcheck).
-# Installs what is missing (kubectl, kubernetes-validate, PyYAML, promtool, hadolint,
-# shellcheck).
+# Installs what is missing: kubectl, kubernetes-validate, PyYAML, promtool, hadolint and
+# the script linter.
 #
 # Environment: RENDER_DIR keeps the rendered YAML there (default: a temporary dir);
 # K8S_VERSIONS overrides the Kubernetes versions validated against; KUBECTL the binary.
