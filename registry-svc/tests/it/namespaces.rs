@@ -96,6 +96,13 @@ fn code<T>(r: &Result<T, tonic::Status>) -> Code {
     }
 }
 
+/// One cell of the matrix: the RPC's name and the code its call ended with.
+macro_rules! cell {
+    ($out:ident, $rpc:literal, $call:expr) => {
+        $out.push(($rpc, code(&$call.await)))
+    };
+}
+
 /// The fixtures of one namespace: a servable run (the alias `prod` points at it), a second
 /// servable run for promotions, and a RUNNING run that writes may change.
 struct Fixture {
@@ -148,53 +155,45 @@ async fn every_rpc(
     let own = format!("t-{who}");
     let n = || ns.to_string();
 
-    out.push((
+    cell!(
+        out,
         "CreateRun",
-        code(
-            &c.create_run(pb::CreateRunRequest {
-                namespace: n(),
-                name: format!("by-{who}"),
-                model_type: "seasonal_naive".into(),
-                ..Default::default()
-            })
-            .await,
-        ),
-    ));
-    out.push((
+        c.create_run(pb::CreateRunRequest {
+            namespace: n(),
+            name: format!("by-{who}"),
+            model_type: "seasonal_naive".into(),
+            ..Default::default()
+        })
+    );
+    cell!(
+        out,
         "GetRun",
-        code(
-            &c.get_run(pb::GetRunRequest {
-                namespace: n(),
-                run_id: f.servable.run_id.clone(),
-            })
-            .await,
-        ),
-    ));
-    out.push((
+        c.get_run(pb::GetRunRequest {
+            namespace: n(),
+            run_id: f.servable.run_id.clone(),
+        })
+    );
+    cell!(
+        out,
         "ListRuns",
-        code(
-            &c.list_runs(pb::ListRunsRequest {
-                namespace: n(),
-                ..Default::default()
-            })
-            .await,
-        ),
-    ));
-    out.push((
+        c.list_runs(pb::ListRunsRequest {
+            namespace: n(),
+            ..Default::default()
+        })
+    );
+    cell!(
+        out,
         "UpdateRun",
-        code(
-            &c.update_run(pb::UpdateRunRequest {
-                run: Some(pb::Run {
-                    namespace: n(),
-                    run_id: f.scratch.run_id.clone(),
-                    tags: [("touched-by".to_string(), who.to_string())].into(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-            })
-            .await,
-        ),
-    ));
+        c.update_run(pb::UpdateRunRequest {
+            run: Some(pb::Run {
+                namespace: n(),
+                run_id: f.scratch.run_id.clone(),
+                tags: [("touched-by".to_string(), who.to_string())].into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+    );
     out.push((
         "UploadArtifact",
         code(&upload_in(c, ns, &f.scratch.run_id, format!("from {who}").into_bytes()).await),
@@ -220,85 +219,71 @@ async fn every_rpc(
         Err(e) => Err(e),
     };
     out.push(("DownloadArtifact", code(&download)));
-    out.push((
+    cell!(
+        out,
         "SetAlias",
-        code(
-            &c.set_alias(pb::SetAliasRequest {
-                namespace: n(),
-                alias: own.clone(),
-                run_id: f.servable.run_id.clone(),
-                ..Default::default()
-            })
-            .await,
-        ),
-    ));
-    out.push((
+        c.set_alias(pb::SetAliasRequest {
+            namespace: n(),
+            alias: own.clone(),
+            run_id: f.servable.run_id.clone(),
+            ..Default::default()
+        })
+    );
+    cell!(
+        out,
         "GetAlias",
-        code(
-            &c.get_alias(pb::GetAliasRequest {
-                namespace: n(),
-                alias: "prod".into(),
-            })
-            .await,
-        ),
-    ));
-    out.push((
+        c.get_alias(pb::GetAliasRequest {
+            namespace: n(),
+            alias: "prod".into(),
+        })
+    );
+    cell!(
+        out,
         "ListAliases",
-        code(
-            &c.list_aliases(pb::ListAliasesRequest {
-                namespace: n(),
-                ..Default::default()
-            })
-            .await,
-        ),
-    ));
-    out.push((
+        c.list_aliases(pb::ListAliasesRequest {
+            namespace: n(),
+            ..Default::default()
+        })
+    );
+    cell!(
+        out,
         "ListAliasHistory",
-        code(
-            &c.list_alias_history(pb::ListAliasHistoryRequest {
-                namespace: n(),
-                alias: "prod".into(),
-                ..Default::default()
-            })
-            .await,
-        ),
-    ));
-    out.push((
+        c.list_alias_history(pb::ListAliasHistoryRequest {
+            namespace: n(),
+            alias: "prod".into(),
+            ..Default::default()
+        })
+    );
+    cell!(
+        out,
         "PromoteRun",
-        code(
-            &c.promote_run(pb::PromoteRunRequest {
-                namespace: n(),
-                alias: own.clone(),
-                run_id: f.challenger.run_id.clone(),
-                metric: "wape".into(),
-                ..Default::default()
-            })
-            .await,
-        ),
-    ));
-    out.push((
+        c.promote_run(pb::PromoteRunRequest {
+            namespace: n(),
+            alias: own.clone(),
+            run_id: f.challenger.run_id.clone(),
+            metric: "wape".into(),
+            ..Default::default()
+        })
+    );
+    cell!(
+        out,
         "RollbackAlias",
-        code(
-            &c.rollback_alias(pb::RollbackAliasRequest {
-                namespace: n(),
-                alias: own.clone(),
-                to_revision: 1,
-                ..Default::default()
-            })
-            .await,
-        ),
-    ));
-    out.push((
+        c.rollback_alias(pb::RollbackAliasRequest {
+            namespace: n(),
+            alias: own.clone(),
+            to_revision: 1,
+            ..Default::default()
+        })
+    );
+    cell!(
+        out,
         "DeleteAlias",
-        code(
-            &c.delete_alias(pb::DeleteAliasRequest {
-                namespace: n(),
-                alias: own.clone(),
-                ..Default::default()
-            })
-            .await,
-        ),
-    ));
+        c.delete_alias(pb::DeleteAliasRequest {
+            namespace: n(),
+            alias: own.clone(),
+            ..Default::default()
+        })
+    );
     let watch = match c
         .watch_aliases(pb::WatchAliasesRequest {
             namespace: n(),
