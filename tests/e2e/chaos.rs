@@ -6,6 +6,9 @@
 //!   one still SUCCEEDS by itself (steps retry by their policy, writes that lost their
 //!   connection end the execution, and another claim resumes it from the last finished
 //!   step).
+//! - 8 demos on one alias while replicas of both services (two of each) are SIGKILLed and
+//!   restarted at random moments: all 8 SUCCEED, the alias ends on a recorded champion,
+//!   and its history holds each demo's swaps together, never interleaved with another's.
 
 use std::{
     net::TcpListener,
@@ -365,7 +368,256 @@ async fn queued_demos_survive_a_postgres_restart() {
         .flatten()
         .filter(|o| o.attempts > 1 || o.steps.iter().any(|s| s.attempt > 1))
         .count();
-    eprintln!("{resumed} of {} demos ran a step again or were resumed", ids.len());
+    eprintln!(
+        "{resumed} of {} demos ran a step again or were resumed",
+        ids.len()
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A number below `n`, good enough for picking a victim and a moment.
+fn random_below(n: u64) -> u64 {
+    (uuid::Uuid::new_v4().as_u128() % u128::from(n)) as u64
+}
+
+/// One instance on a fixed port, restarted with the same flags after a SIGKILL.
+struct Instance {
+    bin: &'static str,
+    args: Vec<String>,
+    log: PathBuf,
+    service: Service,
+    restarts: usize,
+}
+
+impl Instance {
+    fn start(bin: &'static str, args: Vec<String>, log: PathBuf) -> Self {
+        let service = Self::spawn(bin, &args, &log, 0);
+        Self {
+            bin,
+            args,
+            log,
+            service,
+            restarts: 0,
+        }
+    }
+
+    fn spawn(bin: &str, args: &[String], log: &Path, n: usize) -> Service {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Service::start(
+            &binary(bin),
+            &args,
+            &[],
+            log.with_extension(format!("{n}.log")),
+        )
+        .unwrap()
+    }
+
+    fn kill_and_restart(&mut self) {
+        self.service.child.kill().unwrap();
+        self.service.child.wait().unwrap();
+        self.restarts += 1;
+        self.service = Self::spawn(self.bin, &self.args, &self.log, self.restarts);
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_alias_keeps_its_order_while_replicas_are_killed() {
+    const ALIAS: &str = "chaos-one";
+    let pg = PrivatePg::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry_ports = [free_port(), free_port()];
+    let registry_urls = registry_ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let artifacts = dir.path().join("registry");
+    let mut instances = Vec::new();
+    for (i, port) in registry_ports.iter().enumerate() {
+        instances.push(Instance::start(
+            "registry-svc",
+            strings(&[
+                "--auth",
+                "disabled",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                artifacts.to_str().unwrap(),
+                "--database-url",
+                &pg.url("registry"),
+                "--database-wait-seconds",
+                "30",
+            ]),
+            dir.path().join(format!("registry-{i}")),
+        ));
+    }
+    let pipeline_ports = [free_port(), free_port()];
+    for (i, port) in pipeline_ports.iter().enumerate() {
+        let name = format!("kill-{i}");
+        instances.push(Instance::start(
+            "pipeline-svc",
+            strings(&[
+                "--auth",
+                "disabled",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                dir.path().join(&name).to_str().unwrap(),
+                "--database-url",
+                &pg.url("pipeline"),
+                "--registry-url",
+                &registry_urls,
+                "--replica-id",
+                &name,
+                "--direct-execution",
+                "false",
+                "--lease-seconds",
+                "2",
+                "--poll-interval-millis",
+                "200",
+                "--database-wait-seconds",
+                "30",
+            ]),
+            dir.path().join(&name),
+        ));
+    }
+    let pipeline_urls = pipeline_ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // One channel over both replicas: a call to a killed one goes to the other.
+    let channel = connect(&pipeline_urls, None).await.unwrap();
+    let mut pipeline = PipelineServiceClient::new(channel.clone());
+    let mut replicas = [Replica {
+        pipeline: PipelineServiceClient::new(channel.clone()),
+        operations: OperationsServiceClient::new(channel),
+    }];
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let mut request = small_demo(i);
+        request.request_id = format!("one-alias-{i}");
+        request.alias = ALIAS.into();
+        let op = pipeline
+            .start_demo(request)
+            .await
+            .expect("StartDemo")
+            .into_inner();
+        ids.push(op.operation_id);
+    }
+
+    let until = tokio::time::Instant::now() + Duration::from_secs(100);
+    let mut kills = 0;
+    let mut last = Vec::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(800 + random_below(1700))).await;
+        if kills < 6 {
+            let victim = random_below(instances.len() as u64) as usize;
+            instances[victim].kill_and_restart();
+            kills += 1;
+        }
+        last.clear();
+        for id in &ids {
+            last.push(read(&mut replicas, id).await);
+        }
+        let done = last.iter().all(|op| {
+            op.as_ref()
+                .is_some_and(|o| o.status >= pb::OperationStatus::Succeeded as i32)
+        });
+        if (done && kills >= 6) || tokio::time::Instant::now() >= until {
+            break;
+        }
+    }
+    let ops: Vec<pb::Operation> = last.into_iter().flatten().collect();
+    let failures: Vec<String> = ops
+        .iter()
+        .filter(|o| o.status != pb::OperationStatus::Succeeded as i32)
+        .map(|o| {
+            format!(
+                "{}: {} {:?} ({})",
+                o.operation_id, o.status, o.error, o.message
+            )
+        })
+        .collect();
+    assert!(
+        ops.len() == ids.len() && failures.is_empty(),
+        "all 8 demos succeed through {kills} kills; these did not:\n{}",
+        failures.join("\n")
+    );
+
+    let demos: Vec<pb::DemoResult> = ops
+        .iter()
+        .map(|o| match o.result.as_ref().and_then(|r| r.result.clone()) {
+            Some(pb::operation_result::Result::Demo(d)) => d,
+            other => panic!("{}: no demo result: {other:?}", o.operation_id),
+        })
+        .collect();
+    let owner_of = |run: &str| {
+        demos.iter().position(|d| {
+            d.challenger_run_id == run || d.candidates.iter().any(|c| c.run_id == run)
+        })
+    };
+    let mut registry = capstan_client::registry_client(&registry_urls, None, 8 << 20)
+        .await
+        .unwrap();
+    let alias = registry
+        .get_alias(capstan_proto::registry::v1::GetAliasRequest {
+            alias: ALIAS.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetAlias")
+        .into_inner();
+    assert!(
+        demos.iter().any(|d| d.winning_run_id == alias.run_id),
+        "the alias ends on a recorded champion, not {alias:?}"
+    );
+    let history = registry
+        .list_alias_history(capstan_proto::registry::v1::ListAliasHistoryRequest {
+            alias: ALIAS.into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("ListAliasHistory")
+        .into_inner()
+        .entries;
+    // Oldest first, each entry named by the demo whose run it points at.
+    let mut order: Vec<usize> = Vec::new();
+    for entry in history.iter().rev() {
+        let demo = owner_of(&entry.run_id)
+            .unwrap_or_else(|| panic!("r{} points at no demo's run: {entry:?}", entry.revision));
+        if order.last() != Some(&demo) {
+            order.push(demo);
+        }
+    }
+    let mut seen = order.clone();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        order.len(),
+        "a demo's swaps are interleaved with another's: {order:?}"
+    );
+    assert_eq!(seen.len(), 8, "every demo swapped the alias: {order:?}");
+    let last_demo = order.last().copied().unwrap();
+    assert_eq!(
+        alias.run_id, demos[last_demo].winning_run_id,
+        "the last demo's champion holds the alias"
+    );
+    let restarts: usize = instances.iter().map(|i| i.restarts).sum();
+    assert_eq!(restarts, kills);
 }
 
 fn tail(text: &str) -> String {
