@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::{
     db_error,
-    rows::{run_from_row, to_json, RUN_COLS},
+    rows::{attachments_json, run_from_row, to_json, RUN_COLS},
     run_filter,
     stmt::Stmt,
     SqlStore,
@@ -86,13 +86,14 @@ pub(super) async fn update(
     expected_version: i64,
 ) -> Result<bool> {
     // One statement: triggers rewrite the index rows when tags or metrics changed.
-    let (uri, sha, size) = match &run.artifact {
+    let (uri, sha, size, media_type) = match &run.artifact {
         Some(a) => (
             Some(a.uri.to_string()),
             Some(a.sha256.clone()),
             Some(a.size_bytes),
+            a.media_type.clone(),
         ),
-        None => (None, None, None),
+        None => (None, None, None, String::new()),
     };
     let updated = store
         .write
@@ -101,8 +102,9 @@ pub(super) async fn update(
                 "UPDATE runs SET name = $1, params = $2, tags = $3, metrics = $4, status = $5, \
                  status_message = $6, artifact_uri = $7, artifact_sha256 = $8, \
                  artifact_size_bytes = $9, update_time = $10, heartbeat_time = $11, \
-                 heartbeat_timeout_ms = $12, version = $13, updated_by = $14 \
-                 WHERE run_id = $15 AND version = $16",
+                 heartbeat_timeout_ms = $12, version = $13, updated_by = $14, \
+                 artifact_media_type = $15, artifacts = $16 \
+                 WHERE run_id = $17 AND version = $18",
             )
             .bind_run_contents(run)
             .bind(uri)
@@ -113,6 +115,8 @@ pub(super) async fn update(
             .bind(run.heartbeat_timeout_ms)
             .bind(run.version)
             .bind(&run.updated_by)
+            .bind(media_type)
+            .bind(attachments_json(&run.attachments))
             .bind(run.id.to_string())
             .bind(expected_version),
         )

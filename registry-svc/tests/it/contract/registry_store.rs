@@ -184,7 +184,18 @@ async fn update_run_applies_only_at_the_expected_version(db: TestDb) {
         .unwrap(),
         sha256: "a".repeat(64),
         size_bytes: 123,
+        media_type: "application/json".into(),
     });
+    next.attachments.insert(
+        "chart".into(),
+        Artifact {
+            uri: ArtifactUri::parse(&format!("runs/seasonal_naive-model_{}.svg", "b".repeat(64)))
+                .unwrap(),
+            sha256: "b".repeat(64),
+            size_bytes: 45,
+            media_type: "image/svg+xml".into(),
+        },
+    );
     next.update_time = 2_000;
     next.heartbeat_time = 2_000;
     assert!(store.update_run(&next, run.version).await.unwrap());
