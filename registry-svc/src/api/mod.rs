@@ -163,6 +163,15 @@ impl RegistryService for RegistryApi {
         Ok(Response::new(runs::run_to_pb(run)))
     }
 
+    async fn delete_run(&self, req: Request<pb::DeleteRunRequest>) -> ApiResult<()> {
+        let (p, ns) = writer(&req, "namespace", &req.get_ref().namespace)?;
+        let r = req.get_ref();
+        let id = run_id("run_id", &r.run_id)?;
+        let etag = (!r.etag.is_empty()).then_some(r.etag.as_str());
+        self.registry.delete_run(&ns, id, etag, &p.subject).await?;
+        Ok(Response::new(()))
+    }
+
     async fn upload_artifact(
         &self,
         req: Request<Streaming<pb::UploadArtifactRequest>>,

@@ -168,13 +168,33 @@ async fn every_rpc(
     let own = format!("t-{who}");
     let n = || ns.to_string();
 
+    let create = |name: String| pb::CreateRunRequest {
+        namespace: n(),
+        name,
+        model_type: "seasonal_naive".into(),
+        ..Default::default()
+    };
+    cell!(out, "CreateRun", c.create_run(create(format!("by-{who}"))));
+    // What a writer deletes is a run of its own; others try the scratch run.
+    let doomed = c
+        .create_run(create(format!("doomed-{who}")))
+        .await
+        .map_or(f.scratch.run_id.clone(), |r| r.into_inner().run_id);
     cell!(
         out,
-        "CreateRun",
-        c.create_run(pb::CreateRunRequest {
+        "DeleteRun",
+        c.delete_run(pb::DeleteRunRequest {
             namespace: n(),
-            name: format!("by-{who}"),
-            model_type: "seasonal_naive".into(),
+            run_id: doomed,
+            ..Default::default()
+        })
+    );
+    cell!(
+        out,
+        "DeleteRun(aliased)",
+        c.delete_run(pb::DeleteRunRequest {
+            namespace: n(),
+            run_id: f.servable.run_id.clone(),
             ..Default::default()
         })
     );
@@ -366,6 +386,8 @@ const READS: [&str; 8] = [
 fn expected(rpc: &str, access: Access) -> Code {
     let read = READS.contains(&rpc);
     match (read, access) {
+        // `prod` points at the run.
+        (false, Access::Write) if rpc == "DeleteRun(aliased)" => Code::FailedPrecondition,
         (true, Access::Read | Access::Write) | (false, Access::Write) => Code::Ok,
         (true, Access::None) => Code::NotFound,
         (false, _) => Code::PermissionDenied,

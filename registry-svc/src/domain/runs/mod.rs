@@ -1,6 +1,7 @@
 //! Model runs: one training or evaluation of a model, with its parameters, metrics,
 //! outcome and artifact.
 
+mod deletion;
 pub mod filter;
 mod lifecycle;
 mod listing;
