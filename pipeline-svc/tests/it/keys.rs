@@ -221,13 +221,18 @@ async fn commits(pool: &sqlx::AnyPool) -> i64 {
     .expect("pg_stat_database")
 }
 
+/// Commits an idle window may count that are not the waiters': the counter's own read,
+/// and counts of earlier work that a loaded server flushes late.
+const MAX_IDLE_COMMITS: i64 = 10;
+
 /// Longer than a Postgres backend keeps its counts to itself while idle.
 const STATS_SETTLE: Duration = Duration::from_secs(11);
 
 /// An operation waiting behind a key costs the database nothing: with one holder (held
 /// mid-step) and 100 DIRECT waiters, an idle window commits no transaction but the
-/// counter's own read; then the holder ends and every waiter is woken and runs, with the
-/// poll and the lease heartbeats far beyond the test, so only the wake-ups can do it.
+/// counter's own read (within a small allowance for late counts, far below one per
+/// waiter); then the holder ends and every waiter is woken and runs, with the poll and
+/// the lease heartbeats far beyond the test, so only the wake-ups can do it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn waiting_behind_a_key_costs_the_database_nothing() {
     let db = TestDb::postgres().await;
@@ -279,12 +284,14 @@ async fn waiting_behind_a_key_costs_the_database_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::time::sleep(STATS_SETTLE).await;
     let after = commits(&meter).await;
-    assert_eq!(
-        after - before,
-        1,
+    // Alone it is exactly 1, the counter's own read; under a loaded server a few counts
+    // from before the window flush late. A cost per waiter (a poll, a heartbeat) would
+    // add at least 100.
+    assert!(
+        after - before <= MAX_IDLE_COMMITS,
         "101 operations on one key, 100 of them waiting, committed {} transactions in an \
-         idle window (1 is the counter's own read)",
-        after - before - 1
+         idle window (1 of them the counter's own read)",
+        after - before
     );
     let waiting = engine.get(ids[100], None).await.unwrap();
     assert_eq!(waiting.status, OpStatus::Pending, "{waiting:?}");
