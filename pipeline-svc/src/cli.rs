@@ -204,13 +204,16 @@ fn summary(op: &pb::Operation) -> String {
     out
 }
 
+/// The run's artifact called `artifact` (empty: its model).
 async fn download(
     registry: &mut capstan_client::RegistryClient,
     run_id: &str,
+    artifact: &str,
 ) -> anyhow::Result<Vec<u8>> {
     let mut s = registry
         .download_artifact(rpb::DownloadArtifactRequest {
             run_id: run_id.into(),
+            artifact: artifact.into(),
             ..Default::default()
         })
         .await?
@@ -384,7 +387,7 @@ async fn drive(
         let admin = issue_hs256(secret.as_bytes(), "demo-cli", Role::Admin, 600)?;
         if !d.chart_run_id.is_empty() {
             let mut registry = client::registry_client(registry_url, Some(&admin), 8 << 20).await?;
-            let svg = download(&mut registry, &d.chart_run_id).await?;
+            let svg = download(&mut registry, &d.chart_run_id, "chart").await?;
             let path = args.data_dir.join("showcase-chart.svg");
             std::fs::write(&path, svg)
                 .with_context(|| format!("cannot write {}", path.display()))?;
