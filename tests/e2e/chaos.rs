@@ -206,36 +206,52 @@ async fn replica(service: &Service) -> Replica {
     }
 }
 
-fn start_pipeline(pg: &PrivatePg, registry: &Service, dir: &Path, name: &str) -> Service {
-    let data = dir.join(name);
-    Service::start(
-        &binary("pipeline-svc"),
-        &[
-            "--auth",
-            "disabled",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--database-url",
-            &pg.url("pipeline"),
-            "--registry-url",
-            &registry.url(),
-            "--replica-id",
-            name,
-            "--direct-execution",
-            "false",
-            "--lease-seconds",
-            "2",
-            "--poll-interval-millis",
-            "200",
-            "--database-wait-seconds",
-            "30",
-        ],
-        &[],
-        dir.join(format!("{name}.log")),
-    )
-    .unwrap()
+/// The flags both services take: no auth (the drill is about failures, not tokens), where
+/// to listen, keep files and find the database (waiting for it at start-up).
+fn service_flags(listen: &str, data_dir: &Path, database_url: &str) -> Vec<String> {
+    let data_dir = data_dir.to_str().unwrap();
+    strings(&[
+        "--auth",
+        "disabled",
+        "--listen",
+        listen,
+        "--data-dir",
+        data_dir,
+        "--database-url",
+        database_url,
+        "--database-wait-seconds",
+        "30",
+    ])
+}
+
+/// A QUEUED pipeline replica's flags: short leases, so that a lost execution is resumed
+/// soon by whichever replica claims it.
+fn pipeline_flags(
+    pg: &PrivatePg,
+    registry_urls: &str,
+    dir: &Path,
+    name: &str,
+    listen: &str,
+) -> Vec<String> {
+    let mut flags = service_flags(listen, &dir.join(name), &pg.url("pipeline"));
+    flags.extend(strings(&[
+        "--registry-url",
+        registry_urls,
+        "--replica-id",
+        name,
+        "--direct-execution",
+        "false",
+        "--lease-seconds",
+        "2",
+        "--poll-interval-millis",
+        "200",
+    ]));
+    flags
+}
+
+/// A registry replica's flags; replicas share `data_dir` (the artifacts) and the database.
+fn registry_flags(pg: &PrivatePg, data_dir: &Path, listen: &str) -> Vec<String> {
+    service_flags(listen, data_dir, &pg.url("registry"))
 }
 
 fn small_demo(i: usize) -> pb::StartDemoRequest {
@@ -251,6 +267,19 @@ fn small_demo(i: usize) -> pb::StartDemoRequest {
         alias: format!("chaos-{}", i % 4),
         timeout: None,
     }
+}
+
+/// Every operation of `ids` as it is now, and whether all of them have ended.
+async fn read_all(replicas: &mut [Replica], ids: &[String]) -> (Vec<Option<pb::Operation>>, bool) {
+    let mut ops = Vec::new();
+    for id in ids {
+        ops.push(read(replicas, id).await);
+    }
+    let ended = ops.iter().all(|op| {
+        op.as_ref()
+            .is_some_and(|o| o.status >= pb::OperationStatus::Succeeded as i32)
+    });
+    (ops, ended)
 }
 
 /// The operation as it is now, asking `replicas` in turn (one may be between
@@ -274,26 +303,16 @@ async fn read(replicas: &mut [Replica], id: &str) -> Option<pb::Operation> {
 async fn queued_demos_survive_a_postgres_restart() {
     let pg = PrivatePg::start();
     let dir = tempfile::tempdir().unwrap();
-    let registry = Service::start(
-        &binary("registry-svc"),
-        &[
-            "--auth",
-            "disabled",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("registry").to_str().unwrap(),
-            "--database-url",
-            &pg.url("registry"),
-            "--database-wait-seconds",
-            "30",
-        ],
-        &[],
-        dir.path().join("registry.log"),
-    )
-    .unwrap();
-    let a = start_pipeline(&pg, &registry, dir.path(), "chaos-a");
-    let b = start_pipeline(&pg, &registry, dir.path(), "chaos-b");
+    let registry = Instance::start(
+        "registry-svc",
+        registry_flags(&pg, &dir.path().join("registry"), "127.0.0.1:0"),
+        dir.path().join("registry"),
+    );
+    let registry_url = registry.service.url();
+    let [a, b] = ["chaos-a", "chaos-b"].map(|name| {
+        let flags = pipeline_flags(&pg, &registry_url, dir.path(), name, "127.0.0.1:0");
+        Instance::start("pipeline-svc", flags, dir.path().join(name)).service
+    });
     let mut replicas = [replica(&a).await, replica(&b).await];
 
     let mut ids = Vec::new();
@@ -329,21 +348,13 @@ async fn queued_demos_survive_a_postgres_restart() {
     pg.restart();
 
     let until = tokio::time::Instant::now() + Duration::from_secs(100);
-    let mut last = Vec::new();
-    loop {
-        last.clear();
-        for id in &ids {
-            last.push(read(&mut replicas, id).await);
-        }
-        let done = last.iter().all(|op| {
-            op.as_ref()
-                .is_some_and(|o| o.status >= pb::OperationStatus::Succeeded as i32)
-        });
+    let last = loop {
+        let (ops, done) = read_all(&mut replicas, &ids).await;
         if done || tokio::time::Instant::now() >= until {
-            break;
+            break ops;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    };
     let failures: Vec<String> = last
         .iter()
         .zip(&ids)
@@ -447,18 +458,7 @@ async fn one_alias_keeps_its_order_while_replicas_are_killed() {
     for (i, port) in registry_ports.iter().enumerate() {
         instances.push(Instance::start(
             "registry-svc",
-            strings(&[
-                "--auth",
-                "disabled",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                artifacts.to_str().unwrap(),
-                "--database-url",
-                &pg.url("registry"),
-                "--database-wait-seconds",
-                "30",
-            ]),
+            registry_flags(&pg, &artifacts, &format!("127.0.0.1:{port}")),
             dir.path().join(format!("registry-{i}")),
         ));
     }
@@ -467,28 +467,13 @@ async fn one_alias_keeps_its_order_while_replicas_are_killed() {
         let name = format!("kill-{i}");
         instances.push(Instance::start(
             "pipeline-svc",
-            strings(&[
-                "--auth",
-                "disabled",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                dir.path().join(&name).to_str().unwrap(),
-                "--database-url",
-                &pg.url("pipeline"),
-                "--registry-url",
+            pipeline_flags(
+                &pg,
                 &registry_urls,
-                "--replica-id",
+                dir.path(),
                 &name,
-                "--direct-execution",
-                "false",
-                "--lease-seconds",
-                "2",
-                "--poll-interval-millis",
-                "200",
-                "--database-wait-seconds",
-                "30",
-            ]),
+                &format!("127.0.0.1:{port}"),
+            ),
             dir.path().join(&name),
         ));
     }
@@ -519,26 +504,18 @@ async fn one_alias_keeps_its_order_while_replicas_are_killed() {
 
     let until = tokio::time::Instant::now() + Duration::from_secs(100);
     let mut kills = 0;
-    let mut last = Vec::new();
-    loop {
+    let last = loop {
         tokio::time::sleep(Duration::from_millis(800 + random_below(1700))).await;
         if kills < 6 {
             let victim = random_below(instances.len() as u64) as usize;
             instances[victim].kill_and_restart();
             kills += 1;
         }
-        last.clear();
-        for id in &ids {
-            last.push(read(&mut replicas, id).await);
-        }
-        let done = last.iter().all(|op| {
-            op.as_ref()
-                .is_some_and(|o| o.status >= pb::OperationStatus::Succeeded as i32)
-        });
+        let (ops, done) = read_all(&mut replicas, &ids).await;
         if (done && kills >= 6) || tokio::time::Instant::now() >= until {
-            break;
+            break ops;
         }
-    }
+    };
     let ops: Vec<pb::Operation> = last.into_iter().flatten().collect();
     let failures: Vec<String> = ops
         .iter()

@@ -1,7 +1,8 @@
 //! Concurrency keys through the engine, on SQLite and Postgres, DIRECT and QUEUED (two
 //! replicas on one database): operations of one key run one at a time in order of
 //! arrival, waiters stay PENDING naming the operation ahead, other keys run alongside, a
-//! cancelled waiter ends without running, and the per-owner limit holds.
+//! cancelled waiter ends without running, and the per-owner limit holds. Waiting costs the
+//! database nothing (Postgres counts the transactions).
 
 use std::{sync::Arc, time::Duration};
 
@@ -205,6 +206,99 @@ async fn the_owner_limit_holds_through_the_engine(db: TestDb) {
     gate.add_permits(3);
     for id in [first.id, second.id, other.id] {
         let events = collect(&engine, id, 0).await;
+        assert_eq!(events.last().unwrap().status, OpStatus::Succeeded);
+    }
+}
+
+/// Commits in the test's database so far, as Postgres counts them. Backends report their
+/// counts up to 10 s late when idle (PGSTAT_IDLE_INTERVAL), so readers wait that out.
+async fn commits(pool: &sqlx::AnyPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_database")
+}
+
+/// Commits an idle window may count that are not the waiters': the counter's own read,
+/// and counts of earlier work that a loaded server flushes late.
+const MAX_IDLE_COMMITS: i64 = 10;
+
+/// Longer than a Postgres backend keeps its counts to itself while idle.
+const STATS_SETTLE: Duration = Duration::from_secs(11);
+
+/// An operation waiting behind a key costs the database nothing: with one holder (held
+/// mid-step) and 100 DIRECT waiters, an idle window commits no transaction but the
+/// counter's own read (within a small allowance for late counts, far below one per
+/// waiter); then the holder ends and every waiter is woken and runs, with the poll and
+/// the lease heartbeats far beyond the test, so only the wake-ups can do it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_behind_a_key_costs_the_database_nothing() {
+    let db = TestDb::postgres().await;
+    let backend = capstan_server::db::Backend::of_url(&db.url).unwrap();
+    let store = store(&db.url, "waiter").await;
+    let meter = capstan_server::db::pool(&db.url, backend, 1, None)
+        .await
+        .unwrap();
+    // Autovacuum would count its own transactions in the window.
+    sqlx::query(
+        "DO $$ DECLARE t record; BEGIN FOR t IN SELECT schemaname, tablename FROM pg_tables \
+         WHERE schemaname = 'capstan_pipeline' LOOP EXECUTE format('ALTER TABLE %I.%I SET \
+         (autovacuum_enabled = false)', t.schemaname, t.tablename); END LOOP; END $$",
+    )
+    .execute(&meter)
+    .await
+    .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let flow = TestFlow {
+        keys: vec!["alias:busy".into()],
+        gate: Some((0, gate.clone())),
+        ..Default::default()
+    };
+    let mut cfg = engine_config("waiter");
+    cfg.poll_interval = Duration::from_secs(600);
+    cfg.lease = Duration::from_secs(1800);
+    // No worker, no listener, no queue gauge: only the executions touch the database.
+    let engine = flow.idle_engine(store, cfg);
+    let mut ids = Vec::new();
+    for i in 0..101 {
+        let op = engine
+            .start(
+                &format!("user{i}"),
+                flow.request(1, Some(ExecutionMode::Direct)),
+            )
+            .await
+            .unwrap();
+        ids.push(op.id);
+    }
+    eventually(Duration::from_secs(60), || async {
+        let holder = engine.get(ids[0], None).await.unwrap();
+        let waiting = engine.get(ids[100], None).await.unwrap();
+        (holder.status == OpStatus::Running && waiting.message.contains("waiting for"))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(STATS_SETTLE).await;
+    let before = commits(&meter).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(STATS_SETTLE).await;
+    let after = commits(&meter).await;
+    // Alone it is exactly 1, the counter's own read; under a loaded server a few counts
+    // from before the window flush late. A cost per waiter (a poll, a heartbeat) would
+    // add at least 100.
+    assert!(
+        after - before <= MAX_IDLE_COMMITS,
+        "101 operations on one key, 100 of them waiting, committed {} transactions in an \
+         idle window (1 of them the counter's own read)",
+        after - before
+    );
+    let waiting = engine.get(ids[100], None).await.unwrap();
+    assert_eq!(waiting.status, OpStatus::Pending, "{waiting:?}");
+    // The key frees: every waiter runs in turn, woken, not polled.
+    gate.add_permits(1);
+    for id in &ids {
+        let events = collect(&engine, *id, 0).await;
         assert_eq!(events.last().unwrap().status, OpStatus::Succeeded);
     }
 }

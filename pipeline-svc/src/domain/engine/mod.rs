@@ -287,7 +287,10 @@ impl Engine {
     /// Runs (DIRECT) or announces (QUEUED) what a store created from
     /// [`Engine::prepare`]; an operation that existed already is returned as it is.
     pub fn launch(self: &Arc<Self>, created: Created) -> Operation {
-        self.run_created(created, false)
+        if let Created::New { op, .. } = &created {
+            metrics::counter!("capstan_operations_started_total", "kind" => op.kind.clone(), "mode" => op.execution_mode.as_str()).increment(1);
+        }
+        self.run_created(created)
     }
 
     /// RetryOperation: runs a FAILED or CANCELLED operation again from the step its
@@ -336,7 +339,10 @@ impl Engine {
             time: now,
         };
         let created = self.store.retry(id, &retry).await?;
-        Ok(self.run_created(created, true))
+        if let Created::New { op, .. } = &created {
+            metrics::counter!("capstan_operations_retried_total", "kind" => op.kind.clone(), "mode" => op.execution_mode.as_str()).increment(1);
+        }
+        Ok(self.run_created(created))
     }
 
     fn job_start(&self, mode: ExecutionMode, now: Micros) -> JobStart {
@@ -349,8 +355,8 @@ impl Engine {
         }
     }
 
-    /// Runs or announces a created (or retried) operation, counting it in `counter`.
-    fn run_created(self: &Arc<Self>, created: Created, retried: bool) -> Operation {
+    /// Runs or announces a created (or retried) operation.
+    fn run_created(self: &Arc<Self>, created: Created) -> Operation {
         match created {
             Created::Existing(op) => op,
             Created::New {
@@ -359,13 +365,6 @@ impl Engine {
                 lease,
                 waiting,
             } => {
-                // Literal names, so that the dashboard check finds what is exported.
-                let (kind, mode) = (op.kind.clone(), op.execution_mode.as_str());
-                if retried {
-                    metrics::counter!("capstan_operations_retried_total", "kind" => kind, "mode" => mode).increment(1);
-                } else {
-                    metrics::counter!("capstan_operations_started_total", "kind" => kind, "mode" => mode).increment(1);
-                }
                 self.hub.publish(event);
                 let admitted = waiting.is_none();
                 if let Some(w) = waiting {

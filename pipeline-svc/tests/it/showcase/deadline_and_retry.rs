@@ -72,21 +72,7 @@ async fn deadline_fails_a_hanging_queued_demo_on_another_replica(db: TestDb) {
         "{deadline:?} {created:?}"
     );
 
-    let mut operations = operations_client(&front_url, &ops).await;
-    let mut stream = operations
-        .watch_operation(pb::WatchOperationRequest {
-            operation_id: op.operation_id.clone(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let events = until_finished(&mut stream, "the demo past its deadline").await;
-    let done = operations
-        .get_operation(op_id(&op))
-        .await
-        .unwrap()
-        .into_inner();
+    let (done, events) = follow(&front_url, &ops, &op, "the demo past its deadline").await;
     assert_eq!(done.status, pb::OperationStatus::Failed as i32, "{done:#?}");
     let error = done.error.clone().expect("error");
     assert!(error.message.contains("deadline passed"), "{error:?}");
@@ -131,6 +117,17 @@ async fn retry_and_follow(
         retried.last_sequence > op.last_sequence,
         "the log goes on: {retried:#?}"
     );
+    follow(url, token, op, "the retried demo").await
+}
+
+/// Watches `op` from its first event to its end; returns it as it ended, and the events.
+async fn follow(
+    url: &str,
+    token: &str,
+    op: &pb::Operation,
+    what: &str,
+) -> (pb::Operation, Vec<pb::OperationEvent>) {
+    let mut operations = operations_client(url, token).await;
     let mut stream = operations
         .watch_operation(pb::WatchOperationRequest {
             operation_id: op.operation_id.clone(),
@@ -139,7 +136,7 @@ async fn retry_and_follow(
         .await
         .unwrap()
         .into_inner();
-    let events = until_finished(&mut stream, "the retried demo").await;
+    let events = until_finished(&mut stream, what).await;
     let done = operations
         .get_operation(op_id(op))
         .await
