@@ -59,6 +59,29 @@ impl Registry {
         actor: &str,
     ) -> Result<ModelRun> {
         patch.validate()?;
+        // A new reference holds its blob against the collector until it is written.
+        let referenced = patch
+            .artifact
+            .as_ref()
+            .or(patch.attachment.as_ref().map(|(_, a)| a));
+        let lease = match referenced {
+            Some(a) => Some(self.lease_blob(&a.sha256).await?),
+            None => None,
+        };
+        let updated = self.apply_update(namespace, id, patch, actor).await;
+        if let Some(lease) = lease {
+            self.release_blob(lease).await;
+        }
+        updated
+    }
+
+    async fn apply_update(
+        &self,
+        namespace: &str,
+        id: Uuid,
+        patch: &RunPatch,
+        actor: &str,
+    ) -> Result<ModelRun> {
         // A copy from another namespace is no guess at all: the run is not there.
         let mut guess = self
             .recent_runs
