@@ -58,6 +58,14 @@ pub trait RegistryStore: Send + Sync + 'static {
         now: Micros,
         actor: &str,
     ) -> Result<RunDeletion>;
+    /// Up to `limit` runs (namespace, id), oldest first, that retention may delete: not
+    /// deleted, terminal, last changed before `before`, and named by no alias and by no
+    /// alias history entry (as its run or previous run; a rollback may need them).
+    async fn retention_candidates(
+        &self,
+        before: Micros,
+        limit: usize,
+    ) -> Result<Vec<(String, Uuid)>>;
     /// Removes up to `limit` runs deleted before `before`, with every row that refers to
     /// them (tags, metrics, params, artifact references); returns how many.
     async fn purge_deleted_runs(&self, before: Micros, limit: usize) -> Result<u64>;

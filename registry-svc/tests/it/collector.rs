@@ -58,7 +58,7 @@ fn sha(content: &[u8]) -> String {
 }
 
 /// A RUNNING run with `content` as its model.
-async fn run_with(registry: &Registry, name: &str, content: &[u8]) -> Uuid {
+pub async fn run_with(registry: &Registry, name: &str, content: &[u8]) -> Uuid {
     let run = registry
         .create_run(
             NewRun {

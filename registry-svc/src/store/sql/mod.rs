@@ -210,6 +210,16 @@ impl RegistryStore for SqlStore {
             .await
     }
 
+    async fn retention_candidates(
+        &self,
+        before: Micros,
+        limit: usize,
+    ) -> Result<Vec<(String, Uuid)>> {
+        runs::retention_candidates(self, before, limit)
+            .instrument(self.span("retention_candidates"))
+            .await
+    }
+
     async fn purge_deleted_runs(&self, before: Micros, limit: usize) -> Result<u64> {
         runs::purge_deleted(self, before, limit)
             .instrument(self.span("purge_deleted_runs"))
