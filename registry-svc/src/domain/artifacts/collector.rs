@@ -98,25 +98,17 @@ impl Registry {
         grace: Duration,
         shutdown: CancellationToken,
     ) {
-        let this = self.clone();
         let holder = Uuid::new_v4().to_string();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                match this.collect_blobs(&holder, grace).await {
-                    Ok(None | Some(0)) => {}
-                    Ok(Some(n)) => {
+        self.every(interval, shutdown, "blob collection", move |this| {
+            let holder = holder.clone();
+            async move {
+                if let Some(n) = this.collect_blobs(&holder, grace).await? {
+                    if n > 0 {
                         tracing::info!(blobs = n, "removed blobs no run refers to");
                         metrics::counter!("capstan_blobs_collected_total").increment(n);
                     }
-                    Err(e) => {
-                        tracing::error!(error = %capstan_server::error::Chain(&e), "blob collection failed")
-                    }
                 }
+                Ok(())
             }
         });
     }

@@ -110,37 +110,26 @@ impl Registry {
         retention: Option<Duration>,
         shutdown: CancellationToken,
     ) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                if let Some(retention) = retention {
-                    match this.expire_runs(retention).await {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::info!(runs = n, "deleted runs past the retention period");
-                            metrics::counter!("capstan_runs_expired_total").increment(n);
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %capstan_server::error::Chain(&e), "run retention failed")
-                        }
-                    }
-                }
-                match this.purge_deleted_runs(grace).await {
+        self.every(interval, shutdown, "purging deleted runs", move |this| async move {
+            if let Some(retention) = retention {
+                // A failed retention pass leaves the purge to go on.
+                match this.expire_runs(retention).await {
                     Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!(runs = n, "purged deleted runs past their grace period");
-                        metrics::counter!("capstan_runs_purged_total").increment(n);
+                        tracing::info!(runs = n, "deleted runs past the retention period");
+                        metrics::counter!("capstan_runs_expired_total").increment(n);
                     }
                     Err(e) => {
-                        tracing::error!(error = %capstan_server::error::Chain(&e), "purging deleted runs failed")
+                        tracing::error!(error = %capstan_server::error::Chain(&e), "run retention failed")
                     }
                 }
             }
+            let n = this.purge_deleted_runs(grace).await?;
+            if n > 0 {
+                tracing::info!(runs = n, "purged deleted runs past their grace period");
+                metrics::counter!("capstan_runs_purged_total").increment(n);
+            }
+            Ok(())
         });
     }
 }

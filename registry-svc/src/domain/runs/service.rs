@@ -115,25 +115,13 @@ impl Registry {
 
     /// Runs the heartbeat reaper every `interval` until `shutdown`.
     pub fn spawn_reaper(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                match this.fail_expired_runs().await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::warn!(runs = n, "marked runs FAILED after heartbeat timeout");
-                        metrics::counter!("capstan_runs_reaped_total").increment(n);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %capstan_server::error::Chain(&e), "heartbeat reaper failed")
-                    }
-                }
+        self.every(interval, shutdown, "heartbeat reaper", |this| async move {
+            let n = this.fail_expired_runs().await?;
+            if n > 0 {
+                tracing::warn!(runs = n, "marked runs FAILED after heartbeat timeout");
+                metrics::counter!("capstan_runs_reaped_total").increment(n);
             }
+            Ok(())
         });
     }
 }
