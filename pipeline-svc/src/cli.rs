@@ -150,7 +150,7 @@ impl Progress {
                 );
             }
             Ok(T::Compensation) => eprintln!("         ↺ {}", e.message),
-            Ok(T::CancelRequested) => eprintln!("{pct} {}", e.message),
+            Ok(T::CancelRequested) | Ok(T::Retried) => eprintln!("{pct} {}", e.message),
             Ok(T::Finished) => eprintln!("{pct} {}: {}", status_name(e.status), e.message),
             Ok(T::Heartbeat) | Ok(T::Unspecified) | Err(_) => {}
         }
@@ -275,6 +275,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         max_attempts: 5,
         max_running_per_owner: 0,
         step_timeout_seconds: 0,
+        operation_timeout_seconds: 0,
         replica_id: Some("demo".into()),
         knowledge_provider: KnowledgeProvider::Local,
         knowledge_url: None,
@@ -331,6 +332,7 @@ async fn drive(
             horizon: args.horizon,
             execution_mode: pb::ExecutionMode::Unspecified as i32,
             alias: String::new(),
+            timeout: None,
         }),
     };
     let started = Instant::now();
