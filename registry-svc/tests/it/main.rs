@@ -6,6 +6,7 @@ mod artifacts;
 mod bad_input;
 mod balancing;
 mod coalescing;
+mod collector;
 mod contract;
 mod deletion;
 mod filters;
