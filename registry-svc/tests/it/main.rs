@@ -8,6 +8,7 @@ mod balancing;
 mod coalescing;
 mod contract;
 mod filters;
+mod idle_watchers;
 mod moto;
 mod namespaces;
 mod oidc;
