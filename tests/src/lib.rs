@@ -3,6 +3,7 @@
 
 pub mod plot;
 pub mod report;
+pub mod runs;
 pub mod tools;
 
 use std::{
