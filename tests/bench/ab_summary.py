@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Median over the rounds of tests/bench/ab.sh, before and after, as a Markdown table."""
+"""Median over the rounds of tests/bench/ab.sh, before and after, as a Markdown table.
+
+usage: ab_summary.py OUT_DIR [BEFORE_LABEL AFTER_LABEL]
+"""
 import json
 import pathlib
 import statistics
 import sys
 
 out = pathlib.Path(sys.argv[1])
+before_label, after_label = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else ("before", "after")
 rounds = sorted({int(p.stem.rsplit("-", 1)[1]) for p in out.glob("reg-before-*.json")})
 
 
@@ -21,12 +25,12 @@ def row(name, kind, path):
     try:
         b = statistics.median(at(d) for d in runs(kind, "before"))
         a = statistics.median(at(d) for d in runs(kind, "after"))
-    except (KeyError, IndexError):
+    except (KeyError, IndexError, FileNotFoundError):
         return
     print(f"| {name} | {b:,.1f} | {a:,.1f} | {a / b:.2f} |")
 
 
-print("| measurement (median of the rounds) | before | after | after ÷ before |")
+print(f"| measurement (median of the rounds) | {before_label} | {after_label} | {after_label} ÷ {before_label} |")
 print("|---|---:|---:|---:|")
 for be in ("sqlite", "postgres"):
     for op, label in [("get_alias_c1", "GetAlias 1 concurrent"), ("get_alias_c64", "GetAlias 64 concurrent"),

@@ -85,7 +85,7 @@ impl CommonArgs {
             && self.jwt_secret_file.is_none()
             && self.oidc.issuers.is_empty()
         {
-            bail!("--auth jwt needs --jwt-secret-file (CAPSTAN_JWT_SECRET_FILE) or --oidc-issuer (CAPSTAN_OIDC_ISSUERS); pass --auth disabled (CAPSTAN_AUTH=disabled) to run without authentication");
+            bail!(crate::auth::NO_KEY_SOURCE);
         }
         if let Some(url) = &self.database_url {
             if !(url.starts_with("sqlite:")

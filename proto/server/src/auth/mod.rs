@@ -200,6 +200,9 @@ impl Principal {
     }
 }
 
+/// Why `--auth jwt` cannot start: it has nothing to verify tokens with.
+pub(crate) const NO_KEY_SOURCE: &str = "--auth jwt needs --jwt-secret-file (CAPSTAN_JWT_SECRET_FILE) or --oidc-issuer (CAPSTAN_OIDC_ISSUERS); pass --auth disabled (CAPSTAN_AUTH=disabled) to run without authentication";
+
 /// Verifies tokens; `None` inside means auth is disabled.
 #[derive(Clone)]
 pub struct Verifier(Option<Arc<Sources>>);
@@ -222,7 +225,7 @@ impl Verifier {
         let key_file = key_file.map(KeyFile::read).transpose()?;
         let oidc = Oidc::from_args(oidc)?;
         if key_file.is_none() && oidc.is_none() {
-            anyhow::bail!("--auth jwt needs --jwt-secret-file (CAPSTAN_JWT_SECRET_FILE) or --oidc-issuer (CAPSTAN_OIDC_ISSUERS); pass --auth disabled (CAPSTAN_AUTH=disabled) to run without authentication");
+            anyhow::bail!(NO_KEY_SOURCE);
         }
         Ok(Self(Some(Arc::new(Sources { key_file, oidc }))))
     }
