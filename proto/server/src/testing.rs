@@ -112,6 +112,25 @@ impl TestDb {
         ended.get::<i64, _>(0) as u64
     }
 
+    /// Ends the sessions of this test's Postgres database that listen for notifications
+    /// (their last statement was a `LISTEN`), as a network cut or failover would; how many.
+    pub async fn terminate_listeners(&self) -> u64 {
+        let name = self
+            .pg_name
+            .as_deref()
+            .expect("terminate_listeners needs a Postgres test database");
+        let mut conn = admin_connection(&admin_url()).await;
+        let ended = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .expect("pg_terminate_backend on the test database's listeners");
+        ended.get::<i64, _>(0) as u64
+    }
+
     /// Transactions this test's own Postgres database ran during `window`, as its
     /// statistics count them (a count, not a time). The reads go through the admin
     /// database, so they do not count themselves. A backend reports its counts at most once
