@@ -57,21 +57,44 @@ async fn a_lost_listener_loses_no_event() {
         .start("alice", flow.request(5, None))
         .await
         .unwrap();
-    let mut client = operations_client(&b.url, &token("alice", Role::User)).await;
+    // A works at once, while B's listener is gone: the announcements reach nobody.
+    let cut = async {
+        eventually(Duration::from_secs(10), || async {
+            (db.terminate_listeners().await >= 2).then_some(())
+        })
+        .await
+    };
+    let (_, took) = follow_on(&a, &b.url, op.id, &gate, cut).await;
+    assert!(
+        took < Duration::from_secs(5),
+        "B followed only by its 10 s poll: {took:?}"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Watches `op` on replica `b_url` from the start; once the watch is live, runs
+/// `before_work`, then opens the gate for A's work and follows it to the end. Checks that
+/// B saw everything A recorded, in order (a step retried under load adds its own
+/// events); the sequences, and how long after the gate opened the stream ended.
+async fn follow_on(
+    a: &Server,
+    b_url: &str,
+    op: uuid::Uuid,
+    gate: &Semaphore,
+    before_work: impl std::future::Future<Output = ()>,
+) -> (Vec<i64>, Duration) {
+    let mut client = operations_client(b_url, &token("alice", Role::User)).await;
     let mut s = client
         .watch_operation(pb::WatchOperationRequest {
-            operation_id: op.id.to_string(),
+            operation_id: op.to_string(),
             after_sequence: 0,
         })
         .await
         .unwrap()
         .into_inner();
     let mut seen = vec![s.message().await.unwrap().unwrap().sequence];
-    eventually(Duration::from_secs(10), || async {
-        (db.terminate_listeners().await >= 2).then_some(())
-    })
-    .await;
-    // A works at once, while B's listener is gone: the announcements reach nobody.
+    before_work.await;
     let t = Instant::now();
     gate.add_permits(1);
     while let Some(e) = tokio::time::timeout(Duration::from_secs(30), s.message())
@@ -84,20 +107,9 @@ async fn a_lost_listener_loses_no_event() {
         }
     }
     let took = t.elapsed();
-    let recorded = a
-        .running
-        .engine
-        .get(op.id, None)
-        .await
-        .unwrap()
-        .last_sequence;
+    let recorded = a.running.engine.get(op, None).await.unwrap().last_sequence;
     assert_eq!(seen, (1..=recorded).collect::<Vec<_>>());
-    assert!(
-        took < Duration::from_secs(5),
-        "B followed only by its 10 s poll: {took:?}"
-    );
-    b.stop().await;
-    a.stop().await;
+    (seen, took)
 }
 
 /// A pipeline server on `db` that runs `flow`'s noop operations.
@@ -404,40 +416,8 @@ async fn watchers_on_another_replica_follow_live(db: TestDb) {
         .start("alice", flow.request(10, None))
         .await
         .unwrap();
-    let b_url = b.url.clone();
-    let mut client = operations_client(&b_url, &token("alice", Role::User)).await;
-    let mut s = client
-        .watch_operation(pb::WatchOperationRequest {
-            operation_id: op.id.to_string(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = vec![s.message().await.unwrap().unwrap().sequence];
-    // Work starts on A only now that B's watcher is live.
-    let t = Instant::now();
-    gate.add_permits(1);
-    while let Some(e) = tokio::time::timeout(Duration::from_secs(30), s.message())
-        .await
-        .expect("watch on B ends")
-        .unwrap()
-    {
-        if !is_heartbeat(&e) {
-            seen.push(e.sequence);
-        }
-    }
-    let took = t.elapsed();
+    let (seen, took) = follow_on(&a, &b.url, op.id, &gate, async {}).await;
     eprintln!("watch on the other replica followed the operation in {took:?}");
-    // Everything A recorded, in order; a step retried under load adds its own events.
-    let recorded = a
-        .running
-        .engine
-        .get(op.id, None)
-        .await
-        .unwrap()
-        .last_sequence;
-    assert_eq!(seen, (1..=recorded).collect::<Vec<_>>());
     let at_least = 2 + 10 * 3 + 1;
     assert!(seen.len() >= at_least, "{} events", seen.len());
     // B polls every 10 s on Postgres, so following within 5 s shows the notifications

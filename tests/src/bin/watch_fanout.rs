@@ -28,7 +28,7 @@ use capstan_server::{
     testing::{self, TestDb},
 };
 use capstan_tests::{
-    binary, path_str,
+    binary, path_str, pipeline_registry,
     plot::{Chart, Series},
     report,
     runs::servable_run,
@@ -136,19 +136,8 @@ impl Bench {
                 (server, None, runs)
             }
             Svc::Pipeline => {
-                let registry_db =
-                    format!("sqlite://{}?mode=rwc", dir.join("registry.db").display());
-                let registry = Service::start(
-                    &binary("registry-svc"),
-                    &server_flags(&dir.join("registry"), &registry_db, &secret_path)?,
-                    &env,
-                    dir.join("registry.log"),
-                )?;
-                let token_file = dir.join("registry.token");
-                std::fs::write(
-                    &token_file,
-                    issue_hs256(&secret, "pipeline-svc", Role::Service, 24 * 3600)?,
-                )?;
+                let (registry, token_file) =
+                    pipeline_registry(&binary("registry-svc"), &dir, &secret, &secret_path, &env)?;
                 let registry_url = registry.url();
                 let data_dir = dir.join("pipeline");
                 let mut flags = server_flags(&data_dir, &db.url, &secret_path)?;
