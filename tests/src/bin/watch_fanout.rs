@@ -112,7 +112,8 @@ impl Bench {
         let db = TestDb::postgres().await;
         let dir = db.data_dir();
         let (secret_path, secret) = testing::jwt_secret(&dir);
-        let env = [("RUST_LOG", "warn")];
+        // The harness learns the address from the info-level "listening" line.
+        let env = [("RUST_LOG", "info")];
         let admin = issue_hs256(&secret, "bench", Role::Admin, 24 * 3600)?;
         let (server, registry, runs) = match svc {
             Svc::Registry => {
