@@ -108,6 +108,12 @@ pub struct PipelineArgs {
     #[arg(long, env = "CAPSTAN_STEP_TIMEOUT_SECONDS", default_value_t = 0)]
     pub step_timeout_seconds: u64,
 
+    /// How long an operation may take from its start (or retry) to its end when its
+    /// request sets no `timeout`; past it the operation fails and its compensations run.
+    /// 0: no limit.
+    #[arg(long, env = "CAPSTAN_OPERATION_TIMEOUT_SECONDS", default_value_t = 0)]
+    pub operation_timeout_seconds: u64,
+
     /// Operations of one owner running at once, across every replica (0: no limit); the
     /// owner's later ones wait PENDING until one ends.
     #[arg(long, env = "CAPSTAN_MAX_RUNNING_PER_OWNER", default_value_t = 0)]
@@ -259,6 +265,8 @@ impl PipelineArgs {
             max_running_per_owner: self.max_running_per_owner,
             step_timeout: (self.step_timeout_seconds > 0)
                 .then(|| Duration::from_secs(self.step_timeout_seconds)),
+            operation_timeout: (self.operation_timeout_seconds > 0)
+                .then(|| Duration::from_secs(self.operation_timeout_seconds)),
             faults: Faults {
                 fail_step: self.fail_step.clone(),
                 fail_step_times: self.fail_step_times,

@@ -150,7 +150,7 @@ impl Progress {
                 );
             }
             Ok(T::Compensation) => eprintln!("         ↺ {}", e.message),
-            Ok(T::CancelRequested) => eprintln!("{pct} {}", e.message),
+            Ok(T::CancelRequested) | Ok(T::Retried) => eprintln!("{pct} {}", e.message),
             Ok(T::Finished) => eprintln!("{pct} {}: {}", status_name(e.status), e.message),
             Ok(T::Heartbeat) | Ok(T::Unspecified) | Err(_) => {}
         }
@@ -204,13 +204,16 @@ fn summary(op: &pb::Operation) -> String {
     out
 }
 
+/// The run's artifact called `artifact` (empty: its model).
 async fn download(
     registry: &mut capstan_client::RegistryClient,
     run_id: &str,
+    artifact: &str,
 ) -> anyhow::Result<Vec<u8>> {
     let mut s = registry
         .download_artifact(rpb::DownloadArtifactRequest {
             run_id: run_id.into(),
+            artifact: artifact.into(),
             ..Default::default()
         })
         .await?
@@ -240,6 +243,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         reaper_interval_seconds: 5,
         alias_reads: registry_svc::app::AliasReads::Fresh,
         database_wait_seconds: 5,
+        // The demo deletes nothing, so the grace period never comes into play.
+        deleted_run_grace_seconds: 7 * 24 * 3600,
     };
     let registry = registry_svc::app::start(
         &registry_args,
@@ -267,6 +272,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         max_attempts: 5,
         max_running_per_owner: 0,
         step_timeout_seconds: 0,
+        operation_timeout_seconds: 0,
         replica_id: Some("demo".into()),
         knowledge_provider: KnowledgeProvider::Local,
         knowledge_url: None,
@@ -323,6 +329,7 @@ async fn drive(
             horizon: args.horizon,
             execution_mode: pb::ExecutionMode::Unspecified as i32,
             alias: String::new(),
+            timeout: None,
         }),
     };
     let started = Instant::now();
@@ -382,7 +389,7 @@ async fn drive(
         let admin = issue_hs256(secret.as_bytes(), "demo-cli", Role::Admin, 600)?;
         if !d.chart_run_id.is_empty() {
             let mut registry = client::registry_client(registry_url, Some(&admin), 8 << 20).await?;
-            let svg = download(&mut registry, &d.chart_run_id).await?;
+            let svg = download(&mut registry, &d.chart_run_id, "chart").await?;
             let path = args.data_dir.join("showcase-chart.svg");
             std::fs::write(&path, svg)
                 .with_context(|| format!("cannot write {}", path.display()))?;

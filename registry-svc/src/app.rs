@@ -39,6 +39,11 @@ pub struct RegistryArgs {
     #[arg(long, env = "CAPSTAN_REAPER_INTERVAL_SECONDS", default_value_t = 5)]
     pub reaper_interval_seconds: u64,
 
+    /// How long a deleted run's rows are kept before they are purged (its blobs follow
+    /// once no run refers to them).
+    #[arg(long, env = "CAPSTAN_DELETED_RUN_GRACE_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub deleted_run_grace_seconds: u64,
+
     /// How GetAlias reads on Postgres: `fresh` asks the database every time, so a read on
     /// any replica sees every write acknowledged before it; `cached` serves from memory,
     /// cleared by the database's change notifications, so another replica's change may
@@ -108,6 +113,11 @@ pub async fn start(args: &RegistryArgs, mut options: ServeOptions) -> anyhow::Re
     let registry = Registry::new(store, blob_store, args.alias_reads);
     registry.spawn_reaper(
         Duration::from_secs(args.reaper_interval_seconds.max(1)),
+        shutdown.clone(),
+    );
+    registry.spawn_purger(
+        Duration::from_secs(args.reaper_interval_seconds.max(1)),
+        Duration::from_secs(args.deleted_run_grace_seconds),
         shutdown.clone(),
     );
     registry.spawn_change_listener(shutdown.clone());

@@ -24,6 +24,10 @@ pub enum Error {
     /// expected etag, or another writer's transaction got there first. Read and retry.
     #[error("{0}")]
     Conflict(String),
+    /// What the request would create exists already (a run's artifact of that name, with
+    /// other content).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The request is valid, but not in the state it meets (a terminal run, an alias
     /// pointed at a run without an artifact, a refused promotion).
     #[error("{0}")]
@@ -66,8 +70,8 @@ pub enum Missing {
         alias: String,
         revision: i64,
     },
-    /// The run exists but has no artifact.
-    Artifact(Uuid),
+    /// The run exists but has no artifact of this name.
+    Artifact(Uuid, String),
     /// No blob of this SHA-256 is stored.
     Blob(String),
 }
@@ -81,7 +85,7 @@ impl fmt::Display for Missing {
             Self::AliasRevision { alias, revision } => {
                 write!(f, "alias {alias:?} has no revision {revision}")
             }
-            Self::Artifact(run) => write!(f, "run {run} has no artifact"),
+            Self::Artifact(run, name) => write!(f, "run {run} has no artifact {name:?}"),
             Self::Blob(sha256) => write!(f, "blob {sha256} is not stored"),
         }
     }
@@ -142,6 +146,7 @@ impl ServiceError for Error {
             Self::Invalid(_) => ErrorKind::Invalid,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Conflict(_) => ErrorKind::Aborted,
+            Self::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Self::DataLoss(_) => ErrorKind::DataLoss,
             Self::ResourceExhausted(_) => ErrorKind::ResourceExhausted,

@@ -3,6 +3,7 @@
 //! workspace's dependencies are linked once for all of it.
 
 mod bench_report;
+mod chaos;
 mod client_example;
 mod layers;
 mod manifest_env;

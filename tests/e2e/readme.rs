@@ -85,6 +85,7 @@ fn readme_grpcurl_examples_work_when_pasted() {
             "Aborted",
             "NotFound",
             "InvalidArgument",
+            "FailedPrecondition",
             "InvalidArgument"
         ],
         "only the documented errors:\n{text}"

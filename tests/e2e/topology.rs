@@ -325,6 +325,7 @@ fn demo(scenario: &str, seed: u64, mode: pb::ExecutionMode) -> pb::StartDemoRequ
         horizon: if small { 7 } else { 0 },
         execution_mode: mode as i32,
         alias: String::new(),
+        timeout: None,
     }
 }
 

@@ -166,6 +166,7 @@ async fn a_demo_is_one_trace_across_pipeline_and_registry() {
         horizon: 7,
         execution_mode: pb::ExecutionMode::Direct as i32,
         alias: String::new(),
+        timeout: None,
     });
     start
         .metadata_mut()

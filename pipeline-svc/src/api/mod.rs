@@ -22,7 +22,10 @@ use tonic::{Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    domain::{engine::operation::ExecutionMode, Micros},
+    domain::{
+        engine::{operation::ExecutionMode, RunOptions},
+        Micros,
+    },
     error::{Error, Result},
 };
 
@@ -106,6 +109,32 @@ fn mode_from_pb(field: &str, value: i32) -> Result<Option<ExecutionMode>> {
             format!("{value} is not an ExecutionMode"),
         )),
     }
+}
+
+/// How long a new operation may take: unset is the server's default (the engine checks
+/// the range).
+fn timeout_from_pb(field: &str, d: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
+    let Some(d) = d else {
+        return Ok(None);
+    };
+    match Duration::try_from(*d) {
+        Ok(t) => Ok(Some(t)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!(
+                "must be a positive duration, got {}s {}ns",
+                d.seconds, d.nanos
+            ),
+        )),
+    }
+}
+
+/// Where a new operation runs and how long it may take, from its request's fields.
+fn run_options(mode: i32, timeout: Option<&prost_types::Duration>) -> Result<RunOptions> {
+    Ok(RunOptions {
+        mode: mode_from_pb("execution_mode", mode)?,
+        timeout: timeout_from_pb("timeout", timeout)?,
+    })
 }
 
 /// An optional request id: empty is none.

@@ -1,4 +1,4 @@
-//! `OperationsService`: get, list, watch and cancel operations of any kind; and the wire
+//! `OperationsService`: get, list, watch, cancel and retry operations of any kind; and the wire
 //! form of operations and events, which the other services' replies share.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tonic::{Request, Response};
 
 pub use capstan_proto::pipeline::v1::operations_service_server::OperationsServiceServer;
 
-use super::{operation_id, owner_filter, timestamp, ApiResult, BoxStream, Results};
+use super::{operation_id, owner_filter, request_id, timestamp, ApiResult, BoxStream, Results};
 use crate::{
     domain::engine::{
         operation::{
@@ -97,6 +97,20 @@ impl OperationsService for OperationsApi {
         let op = self.engine.cancel(id, owner_filter(&p), &r.reason).await?;
         Ok(Response::new(operation_to_pb(op, &self.results)?))
     }
+
+    async fn retry_operation(
+        &self,
+        req: Request<pb::RetryOperationRequest>,
+    ) -> ApiResult<pb::Operation> {
+        let p = Principal::of(&req)?;
+        let r = req.into_inner();
+        let id = operation_id(&r.operation_id)?;
+        let op = self
+            .engine
+            .retry(id, owner_filter(&p), request_id(r.request_id))
+            .await?;
+        Ok(Response::new(operation_to_pb(op, &self.results)?))
+    }
 }
 
 pub(super) fn event_stream(
@@ -161,6 +175,7 @@ fn event_type_to_pb(t: EventType) -> pb::OperationEventType {
         EventType::CancelRequested => pb::OperationEventType::CancelRequested,
         EventType::Finished => pb::OperationEventType::Finished,
         EventType::Heartbeat => pb::OperationEventType::Heartbeat,
+        EventType::Retried => pb::OperationEventType::Retried,
     }
 }
 
@@ -209,6 +224,7 @@ pub(super) fn operation_to_pb(op: Operation, results: &Results) -> Result<pb::Op
         end_time: op.end_time.and_then(timestamp),
         attempts: op.attempts as i32,
         cancel_requested: op.cancel_requested,
+        deadline: op.deadline.and_then(timestamp),
     })
 }
 

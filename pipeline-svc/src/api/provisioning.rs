@@ -10,7 +10,7 @@ use capstan_server::auth::{Principal, Role};
 use tonic::{Request, Response};
 
 use super::{
-    mode_from_pb, operations::operation_to_pb, owner_filter, request_id, stored_result, timestamp,
+    operations::operation_to_pb, owner_filter, request_id, run_options, stored_result, timestamp,
     ApiResult, Results,
 };
 use crate::{
@@ -266,7 +266,7 @@ impl ProvisioningRpc for ProvisioningApi {
             .into());
         }
         let r = req.into_inner();
-        let mode = mode_from_pb("execution_mode", r.execution_mode)?;
+        let run = run_options(r.execution_mode, r.timeout.as_ref())?;
         let op = self
             .service
             .complete_checkout(CheckoutRequest {
@@ -274,7 +274,7 @@ impl ProvisioningRpc for ProvisioningApi {
                 user_id: r.user_id,
                 plan: r.plan,
                 graph: graph_request(r.graph),
-                mode,
+                run,
             })
             .await?;
         Ok(Response::new(operation_to_pb(op, &self.results)?))
@@ -287,7 +287,7 @@ impl ProvisioningRpc for ProvisioningApi {
         let p = Principal::of(&req)?;
         let r = req.into_inner();
         user_plan(&p, &r.plan)?;
-        let mode = mode_from_pb("execution_mode", r.execution_mode)?;
+        let run = run_options(r.execution_mode, r.timeout.as_ref())?;
         let op = self
             .service
             .provision_graph(
@@ -295,7 +295,7 @@ impl ProvisioningRpc for ProvisioningApi {
                 request_id(r.request_id),
                 &r.plan,
                 graph_request(r.graph),
-                mode,
+                run,
             )
             .await?;
         Ok(Response::new(operation_to_pb(op, &self.results)?))
@@ -318,7 +318,7 @@ impl ProvisioningRpc for ProvisioningApi {
             Role::Admin | Role::Service => r.user_id,
         };
         user_plan(&p, &r.plan)?;
-        let mode = mode_from_pb("execution_mode", r.execution_mode)?;
+        let run = run_options(r.execution_mode, r.timeout.as_ref())?;
         let op = self
             .service
             .provision_repository_access(
@@ -326,7 +326,7 @@ impl ProvisioningRpc for ProvisioningApi {
                 request_id(r.request_id),
                 &r.repository,
                 &r.plan,
-                mode,
+                run,
             )
             .await?;
         Ok(Response::new(operation_to_pb(op, &self.results)?))
@@ -363,7 +363,7 @@ impl ProvisioningRpc for ProvisioningApi {
     ) -> ApiResult<pb::Operation> {
         let p = Principal::of(&req)?;
         let r = req.into_inner();
-        let mode = mode_from_pb("execution_mode", r.execution_mode)?;
+        let run = run_options(r.execution_mode, r.timeout.as_ref())?;
         let op = self
             .service
             .deprovision_graph(
@@ -372,7 +372,7 @@ impl ProvisioningRpc for ProvisioningApi {
                 &p.subject,
                 p.role != Role::User,
                 request_id(r.request_id),
-                mode,
+                run,
             )
             .await?;
         Ok(Response::new(operation_to_pb(op, &self.results)?))

@@ -12,7 +12,7 @@ pub use capstan_proto::pipeline::v1::pipeline_service_server::PipelineServiceSer
 use super::{
     mode_from_pb,
     operations::{event_stream, operation_to_pb},
-    request_id, stored_result, ApiResult, BoxStream, Results,
+    request_id, stored_result, timeout_from_pb, ApiResult, BoxStream, Results,
 };
 use crate::{
     domain::{
@@ -39,12 +39,14 @@ impl ShowcaseApi {
     }
 
     async fn start(&self, p: &Principal, r: pb::StartDemoRequest) -> Result<Operation> {
+        let timeout = timeout_from_pb("timeout", r.timeout.as_ref())?;
         let (params, request_id, mode) = demo_from_pb(r)?;
         let req = StartOperation {
             kind: params.scenario.kind(),
             params: workflow::encode(&params, "demo parameters"),
             request_id,
             mode,
+            timeout,
         };
         self.engine.start(&p.subject, req).await
     }
@@ -176,7 +178,7 @@ mod tests {
         ) {
             let r = pb::StartDemoRequest {
                 request_id: String::new(), scenario, seed, series_count: series, days, horizon,
-                execution_mode: mode, alias,
+                execution_mode: mode, alias, timeout: None,
             };
             match demo_from_pb(r) {
                 Ok((p, _, _)) => prop_assert!(p.validate().is_ok()),

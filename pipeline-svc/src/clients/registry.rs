@@ -24,7 +24,7 @@ use tracing::Instrument;
 use super::token_file::TokenFile;
 use crate::{
     domain::showcase::registry::{
-        AliasRef, ArtifactMeta, HistoryEntry, ModelRegistry, NewRun, RunRef,
+        AliasRef, ArtifactFile, ArtifactMeta, HistoryEntry, ModelRegistry, NewRun, RunRef,
     },
     error::{Error, Result},
 };
@@ -174,6 +174,7 @@ fn run_ref(run: pb::Run) -> RunRef {
         model_type: run.model_type,
         artifact_uri: run.artifact_uri,
         artifact_sha256: run.artifact_sha256,
+        artifacts: run.artifacts.into_iter().map(|a| (a.name, a.uri)).collect(),
         metrics: run.metrics.into_iter().collect(),
     }
 }
@@ -250,7 +251,7 @@ impl ModelRegistry for GrpcRegistry {
     async fn upload_artifact(
         &self,
         run_id: &str,
-        file_name: &str,
+        file: ArtifactFile<'_>,
         namespace: &str,
         content: Vec<u8>,
     ) -> Result<String> {
@@ -258,10 +259,12 @@ impl ModelRegistry for GrpcRegistry {
         let header = pb::UploadArtifactRequest {
             payload: Some(Payload::Header(pb::ArtifactHeader {
                 run_id: run_id.into(),
-                name: file_name.into(),
+                name: file.file_name.into(),
                 namespace: namespace.into(),
                 expected_sha256: hex::encode(Sha256::digest(&content)),
                 expected_size: Some(content.len() as i64),
+                artifact: file.artifact.into(),
+                media_type: file.media_type.into(),
             })),
         };
         let content = bytes::Bytes::from(content);

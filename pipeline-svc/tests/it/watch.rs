@@ -262,6 +262,7 @@ fn event_pb(e: &Event) -> pb::OperationEvent {
             EventType::CancelRequested => pb::OperationEventType::CancelRequested,
             EventType::Finished => pb::OperationEventType::Finished,
             EventType::Heartbeat => pb::OperationEventType::Heartbeat,
+            EventType::Retried => pb::OperationEventType::Retried,
         } as i32,
         message: e.message.clone(),
         ..Default::default()

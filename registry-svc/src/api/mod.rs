@@ -23,7 +23,7 @@ use crate::{
         aliases::{PromoteRun, SetAlias},
         artifacts::UploadHeader,
         registry::Registry,
-        runs::{ListRuns, NewRun, RunFilter},
+        runs::{ListRuns, NewRun, RunFilter, MODEL_ARTIFACT},
         validate,
     },
     error::{Error, Missing, Validator},
@@ -163,6 +163,15 @@ impl RegistryService for RegistryApi {
         Ok(Response::new(runs::run_to_pb(run)))
     }
 
+    async fn delete_run(&self, req: Request<pb::DeleteRunRequest>) -> ApiResult<()> {
+        let (p, ns) = writer(&req, "namespace", &req.get_ref().namespace)?;
+        let r = req.get_ref();
+        let id = run_id("run_id", &r.run_id)?;
+        let etag = (!r.etag.is_empty()).then_some(r.etag.as_str());
+        self.registry.delete_run(&ns, id, etag, &p.subject).await?;
+        Ok(Response::new(()))
+    }
+
     async fn upload_artifact(
         &self,
         req: Request<Streaming<pb::UploadArtifactRequest>>,
@@ -204,6 +213,8 @@ impl RegistryService for RegistryApi {
                     namespace,
                     expected_sha256: header.expected_sha256,
                     expected_size: header.expected_size,
+                    artifact: header.artifact,
+                    media_type: header.media_type,
                 },
                 Box::pin(chunks),
                 &caller.subject,
@@ -211,10 +222,11 @@ impl RegistryService for RegistryApi {
             .await?;
         Ok(Response::new(pb::UploadArtifactResponse {
             artifact_uri: up.artifact.uri.to_string(),
-            sha256: up.artifact.sha256,
+            sha256: up.artifact.sha256.clone(),
             size_bytes: up.artifact.size_bytes,
             deduplicated: up.deduplicated,
             run: Some(runs::run_to_pb(up.run)),
+            artifact: Some(runs::artifact_to_pb(up.name, up.artifact)),
         }))
     }
 
@@ -227,13 +239,24 @@ impl RegistryService for RegistryApi {
         use pb::download_artifact_response::Payload;
         let (_, ns) = reader(&req, "namespace", &req.get_ref().namespace)?;
         let id = run_id("run_id", &req.get_ref().run_id)?;
-        let (artifact, chunks) = self.registry.download_artifact(&ns, id).await?;
+        let name = match req.get_ref().artifact.as_str() {
+            "" => MODEL_ARTIFACT.to_string(),
+            named => {
+                let mut v = Validator::default();
+                validate::artifact_name(&mut v, "artifact", named);
+                v.finish().map_err(Error::from)?;
+                named.to_string()
+            }
+        };
+        let (artifact, chunks) = self.registry.download_artifact(&ns, id, &name).await?;
         let meta = pb::DownloadArtifactResponse {
             payload: Some(Payload::Metadata(pb::ArtifactMetadata {
                 run_id: id.to_string(),
                 artifact_uri: artifact.uri.to_string(),
                 sha256: artifact.sha256,
                 size_bytes: artifact.size_bytes,
+                artifact: name,
+                media_type: artifact.media_type,
             })),
         };
         let body = chunks.map(|c| match c {

@@ -8,7 +8,7 @@ use prost_types::{Duration, Timestamp};
 
 use crate::{
     domain::{
-        runs::{Artifact, ModelRun, NewRun, RunPatch, RunStatus},
+        runs::{Artifact, ModelRun, NewRun, RunPatch, RunStatus, MODEL_ARTIFACT},
         Micros,
     },
     error::{Error, Result},
@@ -51,11 +51,28 @@ pub fn status_from_pb(field: &str, value: i32) -> Result<Option<RunStatus>> {
     }
 }
 
+pub fn artifact_to_pb(name: String, a: Artifact) -> pb::RunArtifact {
+    pb::RunArtifact {
+        name,
+        uri: a.uri.to_string(),
+        sha256: a.sha256,
+        size_bytes: a.size_bytes,
+        media_type: a.media_type,
+    }
+}
+
 pub fn run_to_pb(r: ModelRun) -> pb::Run {
-    let (uri, sha, size) = match r.artifact {
-        Some(a) => (a.uri.to_string(), a.sha256, a.size_bytes),
+    let (uri, sha, size) = match &r.artifact {
+        Some(a) => (a.uri.to_string(), a.sha256.clone(), a.size_bytes),
         None => (String::new(), String::new(), 0),
     };
+    let artifacts = r
+        .artifact
+        .map(|a| (MODEL_ARTIFACT.to_string(), a))
+        .into_iter()
+        .chain(r.attachments)
+        .map(|(name, a)| artifact_to_pb(name, a))
+        .collect();
     pb::Run {
         run_id: r.id.to_string(),
         namespace: r.namespace,
@@ -71,6 +88,7 @@ pub fn run_to_pb(r: ModelRun) -> pb::Run {
         artifact_uri: uri,
         artifact_sha256: sha,
         artifact_size_bytes: size,
+        artifacts,
         create_time: timestamp(r.create_time),
         update_time: timestamp(r.update_time),
         heartbeat_timeout: (r.heartbeat_timeout_ms > 0).then(|| Duration {
@@ -127,6 +145,8 @@ fn artifact_from_pb(run: &pb::Run) -> Result<Artifact> {
             .map_err(|e| Error::invalid("run.artifact_uri", e.to_string()))?,
         sha256: run.artifact_sha256.clone(),
         size_bytes: run.artifact_size_bytes,
+        // What UpdateRun sets is a reference only: no media type comes with it.
+        media_type: String::new(),
     })
 }
 

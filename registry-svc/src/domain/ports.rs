@@ -47,6 +47,20 @@ pub trait RegistryStore: Send + Sync + 'static {
         after: Option<&RunCursor>,
         limit: usize,
     ) -> Result<Vec<ModelRun>>;
+    /// Marks the run deleted, unless an alias (of any namespace) points at it or it is not
+    /// at `expected_version` (when given); from then on no read returns it. Checked and
+    /// marked atomically: no alias write can point at the run meanwhile.
+    async fn delete_run(
+        &self,
+        namespace: &str,
+        id: Uuid,
+        expected_version: Option<i64>,
+        now: Micros,
+        actor: &str,
+    ) -> Result<RunDeletion>;
+    /// Removes up to `limit` runs deleted before `before`, with every row that refers to
+    /// them (tags, metrics, params, artifact references); returns how many.
+    async fn purge_deleted_runs(&self, before: Micros, limit: usize) -> Result<u64>;
     /// Marks FAILED every RUNNING run whose heartbeat is older than its timeout at `now`,
     /// bumping its version; returns how many.
     async fn fail_expired_runs(&self, now: Micros) -> Result<u64>;
@@ -99,6 +113,18 @@ pub trait RegistryStore: Send + Sync + 'static {
     /// polled (one source per replica, costing at most one round trip per interval while
     /// nothing changes); `None` where only this process writes.
     fn alias_change_hints(&self) -> Option<BoxStream<'static, ChangeHint>>;
+}
+
+/// What [`RegistryStore::delete_run`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunDeletion {
+    Deleted,
+    /// No such run in the namespace (or it is deleted already).
+    Missing,
+    /// These aliases (namespace, alias) point at it; nothing changed.
+    Aliased(Vec<(String, String)>),
+    /// The run is at another version; nothing changed.
+    Moved(i64),
 }
 
 /// What the store's announcements of alias changes say.

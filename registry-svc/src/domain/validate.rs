@@ -121,6 +121,35 @@ pub fn alias(v: &mut Validator, field: &str, value: &str) {
     });
 }
 
+/// A run's artifact names follow the alias rule too.
+pub fn artifact_name(v: &mut Validator, field: &str, value: &str) {
+    v.check(alias_ok(value), field, || {
+        format!(
+            "{value:.64?} must be 1-{MAX_ALIAS_CHARS} characters of [a-z0-9_.-] starting with a letter or digit"
+        )
+    });
+}
+
+pub const MAX_MEDIA_TYPE_CHARS: usize = 127;
+
+/// Media types (RFC 6838): `type/subtype`, each of restricted-name characters, no parameters.
+pub fn media_type(v: &mut Validator, field: &str, value: &str) {
+    let token = |s: &str| {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(c))
+    };
+    let ok = value.len() <= MAX_MEDIA_TYPE_CHARS
+        && value
+            .split_once('/')
+            .is_some_and(|(t, s)| token(t) && token(s));
+    v.check(ok, field, || {
+        format!("{value:.64?} must be a media type `type/subtype` of at most {MAX_MEDIA_TYPE_CHARS} characters")
+    });
+}
+
 pub fn uuid(v: &mut Validator, field: &str, value: &str) -> Option<uuid::Uuid> {
     match uuid::Uuid::parse_str(value) {
         Ok(id) => Some(id),

@@ -126,6 +126,7 @@ fn model_run(r: &pb::Run) -> ModelRun {
         status,
         status_message: String::new(),
         artifact: None,
+        attachments: Default::default(),
         create_time: ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1000,
         update_time: 0,
         heartbeat_time: 0,

@@ -7,6 +7,7 @@ mod bad_input;
 mod balancing;
 mod coalescing;
 mod contract;
+mod deletion;
 mod filters;
 mod idle_watchers;
 mod moto;

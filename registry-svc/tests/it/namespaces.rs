@@ -11,7 +11,7 @@ use capstan_server::{auth::Role, testing::TestDb};
 use futures::StreamExt;
 use tonic::Code;
 
-use crate::support::{alias_history_in, servable_run_in, start, upload_in};
+use crate::support::{alias_history_in, servable_run_in, start, upload_in, upload_named};
 
 capstan_server::test_on_both_backends!(
     isolation_matrix_every_rpc_every_token,
@@ -126,6 +126,19 @@ async fn fixture(admin: &mut RegistryClient, ns: &str) -> Fixture {
         .await
         .unwrap()
         .into_inner();
+    upload_named(
+        admin,
+        pb::ArtifactHeader {
+            namespace: ns.into(),
+            run_id: scratch.run_id.clone(),
+            name: "notes.txt".into(),
+            artifact: "notes".into(),
+            ..Default::default()
+        },
+        format!("notes of {ns}").into_bytes(),
+    )
+    .await
+    .unwrap();
     admin
         .set_alias(pb::SetAliasRequest {
             namespace: ns.into(),
@@ -155,13 +168,33 @@ async fn every_rpc(
     let own = format!("t-{who}");
     let n = || ns.to_string();
 
+    let create = |name: String| pb::CreateRunRequest {
+        namespace: n(),
+        name,
+        model_type: "seasonal_naive".into(),
+        ..Default::default()
+    };
+    cell!(out, "CreateRun", c.create_run(create(format!("by-{who}"))));
+    // What a writer deletes is a run of its own; others try the scratch run.
+    let doomed = c
+        .create_run(create(format!("doomed-{who}")))
+        .await
+        .map_or(f.scratch.run_id.clone(), |r| r.into_inner().run_id);
     cell!(
         out,
-        "CreateRun",
-        c.create_run(pb::CreateRunRequest {
+        "DeleteRun",
+        c.delete_run(pb::DeleteRunRequest {
             namespace: n(),
-            name: format!("by-{who}"),
-            model_type: "seasonal_naive".into(),
+            run_id: doomed,
+            ..Default::default()
+        })
+    );
+    cell!(
+        out,
+        "DeleteRun(aliased)",
+        c.delete_run(pb::DeleteRunRequest {
+            namespace: n(),
+            run_id: f.servable.run_id.clone(),
             ..Default::default()
         })
     );
@@ -198,27 +231,48 @@ async fn every_rpc(
         "UploadArtifact",
         code(&upload_in(c, ns, &f.scratch.run_id, format!("from {who}").into_bytes()).await),
     ));
-    let download = match c
-        .download_artifact(pb::DownloadArtifactRequest {
-            namespace: n(),
-            run_id: f.servable.run_id.clone(),
-        })
-        .await
-    {
-        Ok(r) => {
-            let mut s = r.into_inner();
-            let mut result = Ok(());
-            while let Some(m) = s.next().await {
-                if let Err(e) = m {
-                    result = Err(e);
-                    break;
-                }
+    out.push((
+        "UploadArtifact(named)",
+        code(
+            &upload_named(
+                c,
+                pb::ArtifactHeader {
+                    namespace: n(),
+                    run_id: f.scratch.run_id.clone(),
+                    name: "notes.txt".into(),
+                    artifact: format!("notes-{who}"),
+                    media_type: "text/plain".into(),
+                    ..Default::default()
+                },
+                format!("notes of {who}").into_bytes(),
+            )
+            .await,
+        ),
+    ));
+    cell!(
+        out,
+        "DownloadArtifact",
+        download(
+            c,
+            pb::DownloadArtifactRequest {
+                namespace: n(),
+                run_id: f.servable.run_id.clone(),
+                ..Default::default()
             }
-            result
-        }
-        Err(e) => Err(e),
-    };
-    out.push(("DownloadArtifact", code(&download)));
+        )
+    );
+    cell!(
+        out,
+        "DownloadArtifact(named)",
+        download(
+            c,
+            pb::DownloadArtifactRequest {
+                namespace: n(),
+                run_id: f.scratch.run_id.clone(),
+                artifact: "notes".into(),
+            }
+        )
+    );
     cell!(
         out,
         "SetAlias",
@@ -306,10 +360,23 @@ async fn every_rpc(
     out
 }
 
-const READS: [&str; 7] = [
+/// Reads the whole download: a failure may come after the metadata.
+async fn download(
+    c: &mut RegistryClient,
+    req: pb::DownloadArtifactRequest,
+) -> Result<(), tonic::Status> {
+    let mut s = c.download_artifact(req).await?.into_inner();
+    while let Some(m) = s.next().await {
+        m?;
+    }
+    Ok(())
+}
+
+const READS: [&str; 8] = [
     "GetRun",
     "ListRuns",
     "DownloadArtifact",
+    "DownloadArtifact(named)",
     "GetAlias",
     "ListAliases",
     "ListAliasHistory",
@@ -319,6 +386,8 @@ const READS: [&str; 7] = [
 fn expected(rpc: &str, access: Access) -> Code {
     let read = READS.contains(&rpc);
     match (read, access) {
+        // `prod` points at the run.
+        (false, Access::Write) if rpc == "DeleteRun(aliased)" => Code::FailedPrecondition,
         (true, Access::Read | Access::Write) | (false, Access::Write) => Code::Ok,
         (true, Access::None) => Code::NotFound,
         (false, _) => Code::PermissionDenied,
@@ -424,6 +493,7 @@ async fn isolation_matrix_every_rpc_every_token(db: TestDb) {
         .download_artifact(pb::DownloadArtifactRequest {
             namespace: A.into(),
             run_id: fb.servable.run_id.clone(),
+            ..Default::default()
         })
         .await;
     assert_eq!(

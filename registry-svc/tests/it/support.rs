@@ -181,16 +181,28 @@ pub async fn upload_in(
     run_id: &str,
     content: Vec<u8>,
 ) -> Result<pb::UploadArtifactResponse, tonic::Status> {
+    upload_named(
+        c,
+        pb::ArtifactHeader {
+            namespace: namespace.into(),
+            run_id: run_id.into(),
+            name: "model.json".into(),
+            ..Default::default()
+        },
+        content,
+    )
+    .await
+}
+
+/// Uploads `content` under `header` (which names the run, and the artifact if any).
+pub async fn upload_named(
+    c: &mut RegistryClient,
+    header: pb::ArtifactHeader,
+    content: Vec<u8>,
+) -> Result<pb::UploadArtifactResponse, tonic::Status> {
     let msgs = vec![
         pb::UploadArtifactRequest {
-            payload: Some(pb::upload_artifact_request::Payload::Header(
-                pb::ArtifactHeader {
-                    namespace: namespace.into(),
-                    run_id: run_id.into(),
-                    name: "model.json".into(),
-                    ..Default::default()
-                },
-            )),
+            payload: Some(pb::upload_artifact_request::Payload::Header(header)),
         },
         pb::UploadArtifactRequest {
             payload: Some(pb::upload_artifact_request::Payload::Chunk(content.into())),

@@ -537,6 +537,7 @@ async fn bench_noop(args: &Args, backend: &str) -> anyhow::Result<Value> {
                     params: NoopParams::steps(args.noop_steps).to_json(),
                     request_id: None,
                     mode: Some(ExecutionMode::Direct),
+                    timeout: None,
                 },
             )
             .await?;

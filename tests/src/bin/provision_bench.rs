@@ -172,6 +172,7 @@ async fn provision_once(
             graph: Some(graph()),
             plan: String::new(),
             execution_mode: mode as i32,
+            timeout: None,
         })
         .await?
         .into_inner();

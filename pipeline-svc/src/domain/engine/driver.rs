@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    operation::{EventType, OpStatus, Operation, OperationError, Step, StepStatus},
+    operation::{EventType, OpStatus, Operation, OperationError, Step, StepStatus, NOT_RUN},
     ports::{Admission, Change, Lease, StepChange, StepUpdate},
     retry::RetryPolicy,
     workflow::{Execution, StepCx, StepOutcome, StopReason},
@@ -45,6 +45,8 @@ pub(super) struct Driver<'a> {
     started: Instant,
     /// When the operation was created: its duration metric runs from there to its end.
     created: Micros,
+    /// The operation's deadline on this process's clock, and what it says once passed.
+    deadline: Option<(tokio::time::Instant, String)>,
 }
 
 /// Why the operation ends other than by succeeding.
@@ -62,6 +64,8 @@ enum Admitted {
     Yes,
     CancelRequested,
     Shutdown,
+    /// The operation's deadline passed while it waited.
+    Expired,
 }
 
 /// What happens after a step.
@@ -70,6 +74,20 @@ enum Next {
     Stop(Stop),
     /// Shutdown: the job goes back to the queue.
     Release,
+}
+
+/// `deadline` (unix microseconds) on this process's clock, with the failure message that
+/// names the timeout it came from.
+fn deadline_instant(deadline: Micros, timeout: Option<Micros>) -> (tokio::time::Instant, String) {
+    let left = Duration::from_micros(deadline.saturating_sub(now_micros()).max(0) as u64);
+    let message = match timeout {
+        Some(t) => format!(
+            "the operation's deadline passed: it did not end within its timeout of {} ms",
+            t / 1000
+        ),
+        None => "the operation's deadline passed".to_string(),
+    };
+    (tokio::time::Instant::now() + left, message)
 }
 
 fn lease_lost() -> Error {
@@ -95,6 +113,7 @@ impl<'a> Driver<'a> {
             deferred: Vec::new(),
             started: Instant::now(),
             created: 0,
+            deadline: None,
         }
     }
 
@@ -103,19 +122,23 @@ impl<'a> Driver<'a> {
         permit: Option<OwnedSemaphorePermit>,
         admitted: bool,
     ) -> Result<()> {
+        let mut op = self.engine.get(self.lease.operation_id, None).await?;
+        self.deadline = op.deadline.map(|d| deadline_instant(d, op.timeout));
         if !admitted {
             match self.wait_for_admission().await? {
-                Admitted::Yes => {}
+                // An expired operation goes on: its first step boundary fails it.
+                Admitted::Yes | Admitted::Expired => {}
                 Admitted::CancelRequested => self.cancel_requested = true,
                 Admitted::Shutdown => return self.release().await,
             }
+            // It may have changed while it waited (a cancellation, its state).
+            op = self.engine.get(self.lease.operation_id, None).await?;
         }
         // DIRECT work takes its slot once admitted, so that queued work waits for it.
         let _permit = match permit {
             Some(p) => Some(p),
             None => self.engine.slots.clone().acquire_owned().await.ok(),
         };
-        let op = self.engine.get(self.lease.operation_id, None).await?;
         if op.status.is_terminal() {
             return Ok(());
         }
@@ -174,8 +197,26 @@ impl<'a> Driver<'a> {
                 _ = self.lost.cancelled() => return Err(lease_lost()),
                 _ = self.cancel.cancelled() => return Ok(Admitted::CancelRequested),
                 _ = shutdown.cancelled() => return Ok(Admitted::Shutdown),
+                _ = self.deadline_passes() => return Ok(Admitted::Expired),
             }
         }
+    }
+
+    /// Resolves when the operation's deadline passes; never without one.
+    async fn deadline_passes(&self) {
+        match &self.deadline {
+            Some((at, _)) => tokio::time::sleep_until(*at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The failure of an operation whose deadline passed (at or in step `step`), if it did.
+    fn expired(&self, step: Option<usize>) -> Option<Stop> {
+        let (at, message) = self.deadline.as_ref()?;
+        (tokio::time::Instant::now() >= *at).then(|| Stop::Failed {
+            step,
+            message: message.clone(),
+        })
     }
 
     fn restore(&self, op: &Operation) -> Result<Box<dyn Execution>> {
@@ -242,6 +283,9 @@ impl<'a> Driver<'a> {
             if self.engine.shutdown.is_cancelled() {
                 return Ok(Next::Release);
             }
+            if let Some(stop) = self.expired(None) {
+                return Ok(Next::Stop(stop));
+            }
             self.start_step(i).await?;
             // A cancellation seen while recording the start stops the step before it runs.
             if self.cancel_requested {
@@ -251,6 +295,10 @@ impl<'a> Driver<'a> {
             let Some(outcome) = self.run_step(i, exec).await? else {
                 return Ok(Next::Stop(Stop::Cancelled));
             };
+            // A step stopped by the deadline fails the operation whatever its policy says.
+            if let (Err(_), Some(stop)) = (&outcome, self.expired(Some(i))) {
+                return Ok(Next::Stop(stop));
+            }
             match outcome {
                 Ok(outcome) => {
                     self.defer_step_end(i, outcome, exec);
@@ -326,6 +374,7 @@ impl<'a> Driver<'a> {
             _ = self.lost.cancelled() => return Err(lease_lost()),
             _ = self.cancel.cancelled() => return Ok(Some(Next::Stop(Stop::Cancelled))),
             _ = shutdown.cancelled() => return Ok(Some(Next::Release)),
+            _ = self.deadline_passes() => return Ok(self.expired(Some(i)).map(Next::Stop)),
         }
         Ok(self.cancel_requested.then_some(Next::Stop(Stop::Cancelled)))
     }
@@ -400,6 +449,11 @@ impl<'a> Driver<'a> {
             _ = self.cancel.cancelled() => {
                 cancel.cancel();
                 return Ok(None);
+            }
+            // Past the operation's deadline the step is cancelled and the operation fails.
+            _ = self.deadline_passes() => {
+                cancel.cancel();
+                Err(Error::unavailable("the operation's deadline passed mid-step"))
             }
             // Past its limit the step is cancelled; its retry policy decides what next.
             _ = tokio::time::sleep(limit.unwrap_or_default()), if limit.is_some() => {
@@ -581,9 +635,9 @@ impl<'a> Driver<'a> {
     /// Records every step that did not finish SKIPPED, saying why.
     async fn skip_rest(&mut self, stop: &Stop, failed: Option<usize>) -> Result<()> {
         let why = match (stop, failed) {
-            (_, Some(i)) => format!("not run: {} failed", self.steps[i].name),
-            (Stop::Failed { message, .. }, None) => format!("not run: {message}"),
-            (Stop::Cancelled, None) => "not run: the operation was cancelled".to_string(),
+            (_, Some(i)) => format!("{NOT_RUN}{} failed", self.steps[i].name),
+            (Stop::Failed { message, .. }, None) => format!("{NOT_RUN}{message}"),
+            (Stop::Cancelled, None) => format!("{NOT_RUN}the operation was cancelled"),
         };
         for i in 0..self.steps.len() {
             if self.steps[i].status.is_terminal() {

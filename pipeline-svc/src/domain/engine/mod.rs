@@ -33,7 +33,7 @@ use self::{
     operation::{ExecutionMode, OpStatus, Operation, Step},
     ports::{
         Change, Created, JobQueue, JobStart, Lease, NewOperation, OpCursor, OpFilter,
-        OperationStore, Recorded,
+        OperationStore, Recorded, Retry,
     },
     retry::RetryPolicy,
     watch::Hub,
@@ -83,6 +83,10 @@ pub struct EngineConfig {
     /// How long one attempt of a step may run, unless its workflow says otherwise; past
     /// it the step is cancelled and its retry policy decides. `None`: no limit.
     pub step_timeout: Option<Duration>,
+    /// How long an operation may take from its creation (or its retry) to its end, unless
+    /// its request says otherwise; past it the operation fails and its compensations
+    /// run. `None`: no limit.
+    pub operation_timeout: Option<Duration>,
     /// Operations of one owner admitted to run at once, across every replica (0: no
     /// limit); later ones stay PENDING until one ends. Applies to operations created
     /// after it is set.
@@ -103,6 +107,7 @@ impl Default for EngineConfig {
             max_attempts: 5,
             step_retry: RetryPolicy::default(),
             step_timeout: None,
+            operation_timeout: None,
             max_running_per_owner: 0,
             faults: Faults::default(),
         }
@@ -117,6 +122,16 @@ pub struct StartOperation {
     pub request_id: Option<String>,
     /// `None`: the configured default.
     pub mode: Option<ExecutionMode>,
+    /// How long it may take from now to its end; `None`: the configured default.
+    pub timeout: Option<Duration>,
+}
+
+/// Where a new operation runs and how long it may take, as its request asked (`None`s:
+/// the configured defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    pub mode: Option<ExecutionMode>,
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -148,6 +163,24 @@ pub struct Engine {
 const MAX_REQUEST_ID_CHARS: usize = 128;
 const MAX_WATCHERS: usize = 10_000;
 const MAX_REASON_CHARS: usize = 1024;
+/// Longer timeouts are refused: a deadline a year out is a mistake, not a limit.
+const MAX_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn check_request_id_in(v: &mut Validator, request_id: Option<&str>) {
+    if let Some(r) = request_id {
+        v.check(
+            !r.is_empty() && r.chars().count() <= MAX_REQUEST_ID_CHARS,
+            "request_id",
+            || format!("must be 1-{MAX_REQUEST_ID_CHARS} characters"),
+        );
+    }
+}
+
+fn check_request_id(request_id: Option<&str>) -> Result<()> {
+    let mut v = Validator::default();
+    check_request_id_in(&mut v, request_id);
+    Ok(v.finish()?)
+}
 
 impl Engine {
     /// An engine on `store` (its operation store and job queue), running `workflows`.
@@ -195,12 +228,14 @@ impl Engine {
         v.check(workflow.is_some(), "kind", || {
             format!("unknown operation kind {:?}", req.kind)
         });
-        if let Some(r) = &req.request_id {
-            v.check(
-                !r.is_empty() && r.chars().count() <= MAX_REQUEST_ID_CHARS,
-                "request_id",
-                || format!("must be 1-{MAX_REQUEST_ID_CHARS} characters"),
-            );
+        check_request_id_in(&mut v, req.request_id.as_deref());
+        if let Some(t) = req.timeout {
+            v.check(!t.is_zero() && t <= MAX_TIMEOUT, "timeout", || {
+                format!(
+                    "must be positive and at most {} days",
+                    MAX_TIMEOUT.as_secs() / 86_400
+                )
+            });
         }
         v.finish()?;
         let workflow = workflow.ok_or_else(|| Error::invalid("kind", "unknown operation kind"))?;
@@ -208,6 +243,10 @@ impl Engine {
         let keys = workflow.concurrency_keys(owner, &req.params)?;
         let mode = req.mode.unwrap_or(self.cfg.default_mode);
         let now = now_micros();
+        let timeout = req
+            .timeout
+            .or(self.cfg.operation_timeout)
+            .map(|t| t.as_micros() as Micros);
         let op = Operation {
             id: Uuid::now_v7(),
             kind: req.kind.clone(),
@@ -228,19 +267,15 @@ impl Engine {
             update_time: now,
             start_time: None,
             end_time: None,
+            deadline: timeout.map(|t| now + t),
+            timeout,
             steps: plan
                 .iter()
                 .enumerate()
                 .map(|(i, s)| Step::pending(i, s.name, s.phase))
                 .collect(),
         };
-        let job = match mode {
-            ExecutionMode::Direct => JobStart::Leased {
-                owner: self.cfg.replica_id.clone(),
-                expires: now + self.lease_micros(),
-            },
-            ExecutionMode::Queued => JobStart::Queued,
-        };
+        let job = self.job_start(mode, now);
         Ok(NewOperation {
             op,
             job,
@@ -252,6 +287,70 @@ impl Engine {
     /// Runs (DIRECT) or announces (QUEUED) what a store created from
     /// [`Engine::prepare`]; an operation that existed already is returned as it is.
     pub fn launch(self: &Arc<Self>, created: Created) -> Operation {
+        self.run_created(created, "capstan_operations_started_total")
+    }
+
+    /// RetryOperation: runs a FAILED or CANCELLED operation again from the step its
+    /// workflow names (by default its first unfinished one), as a new attempt of the
+    /// same operation: the steps before it keep their outcome, the event log goes on.
+    /// Idempotent on `request_id`; another status is refused (`Precondition`).
+    pub async fn retry(
+        self: &Arc<Self>,
+        id: Uuid,
+        owner: Option<&str>,
+        request_id: Option<String>,
+    ) -> Result<Operation> {
+        check_request_id(request_id.as_deref())?;
+        let op = self.get(id, owner).await?;
+        let workflow = self
+            .workflows
+            .get(&op.kind)
+            .ok_or_else(|| Error::internal(format!("no workflow runs kind {:?}", op.kind)))?;
+        // A repeated request changes nothing, whatever the operation's status now.
+        let repeated = request_id.is_some();
+        let from_step = if op.status.is_terminal() && op.status != OpStatus::Succeeded {
+            workflow.retry_from(&op)?
+        } else if repeated {
+            0
+        } else {
+            return Err(ports::retry_refused(op.id, op.status));
+        };
+        let now = now_micros();
+        let message = match op.steps.get(from_step) {
+            Some(s) => format!(
+                "retried from step {} (after {})",
+                s.name,
+                op.status.as_str()
+            ),
+            None => format!("retried (after {})", op.status.as_str()),
+        };
+        let retry = Retry {
+            owner: owner.map(str::to_owned),
+            request_id,
+            expected_sequence: op.last_sequence,
+            from_step: from_step as i64,
+            job: self.job_start(op.execution_mode, now),
+            keys: workflow.concurrency_keys(&op.owner, &op.params)?,
+            deadline: op.timeout.map(|t| now + t),
+            message,
+            time: now,
+        };
+        let created = self.store.retry(id, &retry).await?;
+        Ok(self.run_created(created, "capstan_operations_retried_total"))
+    }
+
+    fn job_start(&self, mode: ExecutionMode, now: Micros) -> JobStart {
+        match mode {
+            ExecutionMode::Direct => JobStart::Leased {
+                owner: self.cfg.replica_id.clone(),
+                expires: now + self.lease_micros(),
+            },
+            ExecutionMode::Queued => JobStart::Queued,
+        }
+    }
+
+    /// Runs or announces a created (or retried) operation, counting it in `counter`.
+    fn run_created(self: &Arc<Self>, created: Created, counter: &'static str) -> Operation {
         match created {
             Created::Existing(op) => op,
             Created::New {
@@ -260,7 +359,7 @@ impl Engine {
                 lease,
                 waiting,
             } => {
-                metrics::counter!("capstan_operations_started_total", "kind" => op.kind.clone(), "mode" => op.execution_mode.as_str()).increment(1);
+                metrics::counter!(counter, "kind" => op.kind.clone(), "mode" => op.execution_mode.as_str()).increment(1);
                 self.hub.publish(event);
                 let admitted = waiting.is_none();
                 if let Some(w) = waiting {

@@ -46,6 +46,7 @@ string_enum!(
         CancelRequested = "CANCEL_REQUESTED",
         Finished = "FINISHED",
         Heartbeat = "HEARTBEAT",
+        Retried = "RETRIED",
     }
 );
 
@@ -108,7 +109,21 @@ pub struct Step {
     pub attempt: i64,
 }
 
+/// How the detail of a step the engine skipped (because the operation stopped before it
+/// could run or finish) begins; a step its workflow skipped says why in its own words.
+pub const NOT_RUN: &str = "not run: ";
+
 impl Step {
+    /// Whether a retry leaves the step alone: it passed, or its workflow skipped it after
+    /// starting it (not the engine because the operation stopped).
+    pub fn finished_for_good(&self) -> bool {
+        match self.status {
+            StepStatus::Passed => true,
+            StepStatus::Skipped => self.start_time.is_some() && !self.detail.starts_with(NOT_RUN),
+            _ => false,
+        }
+    }
+
     /// Step `index` of a new operation's plan: PENDING, never started.
     pub fn pending(index: usize, name: &str, phase: &str) -> Self {
         Self {
@@ -149,6 +164,10 @@ pub struct Operation {
     pub update_time: Micros,
     pub start_time: Option<Micros>,
     pub end_time: Option<Micros>,
+    /// When it must have ended, or it fails (its compensations run); `None`: never.
+    pub deadline: Option<Micros>,
+    /// The timeout (microseconds) the deadline was computed from; a retry restarts it.
+    pub timeout: Option<Micros>,
     pub steps: Vec<Step>,
 }
 
@@ -221,7 +240,7 @@ mod tests {
         }
 
         #[test]
-        fn names_round_trip(i in 0usize..9) {
+        fn names_round_trip(i in 0usize..10) {
             let t = EventType::ALL[i];
             prop_assert_eq!(EventType::parse(t.as_str()), Some(t));
         }

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::operation::{Event, EventType, OpStatus, Operation, OperationError, StepStatus};
-use crate::{domain::Micros, error::Result};
+use crate::{
+    domain::Micros,
+    error::{Error, Result},
+};
 
 /// How a new operation's job starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +58,34 @@ pub enum Created {
     },
     /// The owner used this request id before: the operation it created then.
     Existing(Operation),
+}
+
+/// A RetryOperation, as the engine planned it: the operation goes back to PENDING with a
+/// RETRIED event, its steps from `from_step` on back to PENDING (keeping their attempt
+/// counts), and its job and keys start again as a new operation's would.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// The operation's owner, when the caller may touch only its own.
+    pub owner: Option<String>,
+    pub request_id: Option<String>,
+    /// The sequence the engine planned from: a retry of an operation that changed since
+    /// is refused (`Conflict`).
+    pub expected_sequence: i64,
+    pub from_step: i64,
+    pub job: JobStart,
+    pub keys: Vec<String>,
+    /// The retry's own deadline, as far out as the first one was.
+    pub deadline: Option<Micros>,
+    pub message: String,
+    pub time: Micros,
+}
+
+/// Why operation `id`, `status` now, cannot be retried: it has not ended, or it succeeded.
+pub fn retry_refused(id: Uuid, status: OpStatus) -> Error {
+    Error::Precondition(format!(
+        "operation {id} is {}: only a FAILED or CANCELLED operation can be retried",
+        status.as_str()
+    ))
 }
 
 /// The step an event is about, and how it moves (if it does).
@@ -200,6 +231,13 @@ pub trait OperationStore: Send + Sync + 'static {
         reason: &str,
         time: Micros,
     ) -> Result<Option<Event>>;
+
+    /// Starts a FAILED or CANCELLED operation again (see [`Retry`]), atomically, and
+    /// returns it like [`OperationStore::create`]: `Created::New` with its RETRIED event
+    /// (and its lease when leased, and why it waits when it must), or `Created::Existing`
+    /// when the operation was retried with this request id before (nothing changes).
+    /// Any other status is refused (`Precondition`).
+    async fn retry(&self, id: Uuid, retry: &Retry) -> Result<Created>;
 
     /// Other replicas' wake-ups from the replica's one change source, which costs at most
     /// one round trip per `every` while nothing changes; `None` where only this process

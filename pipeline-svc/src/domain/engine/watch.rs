@@ -220,7 +220,7 @@ impl Watcher {
                 msg = sub.recv() => match msg {
                     Ok(HubMsg::Event(e)) if e.sequence <= self.last => true,
                     Ok(HubMsg::Event(e)) if e.sequence == self.last + 1 => {
-                        self.send(Event::clone(&e)).await
+                        self.send(Event::clone(&e), false).await
                     }
                     // A gap, a lag, a hint from elsewhere: the store has it all.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
@@ -235,7 +235,9 @@ impl Watcher {
         }
     }
 
-    /// Sends what the store holds after `last`; `false` when the stream is over.
+    /// Sends what the store holds after `last`; `false` when the stream is over. A
+    /// FINISHED event that a RETRIED one follows did not end the operation, so the stream
+    /// goes on past it: a full batch's last event waits for the next batch to tell.
     async fn catch_up(&mut self) -> bool {
         loop {
             let hub = &self.engine.hub;
@@ -251,23 +253,28 @@ impl Watcher {
                 }
             };
             self.retry = None;
-            let n = events.len();
-            for e in events.iter() {
-                if !self.send(e.clone()).await {
+            let full = events.len() == READ_BATCH;
+            let mut events = events.iter().peekable();
+            while let Some(e) = events.next() {
+                let followed = events.peek().is_some();
+                if full && !followed {
+                    break;
+                }
+                if !self.send(e.clone(), followed).await {
                     return false;
                 }
             }
-            if n < READ_BATCH {
+            if !full {
                 return true;
             }
         }
     }
 
     /// `false` when the stream is over: the client left, the server is stopping, or this
-    /// was the terminal event.
-    async fn send(&mut self, event: Event) -> bool {
+    /// was the terminal event (and no later event `followed` it).
+    async fn send(&mut self, event: Event, followed: bool) -> bool {
         let sequence = event.sequence;
-        let terminal = event.is_terminal();
+        let terminal = event.is_terminal() && !followed;
         let (status, percent) = (event.status, event.percent);
         let sent = tokio::select! {
             r = self.tx.send(event) => r.is_ok(),
@@ -295,7 +302,7 @@ impl Watcher {
             percent: self.percent,
             message: String::new(),
         };
-        self.send(beat).await
+        self.send(beat, false).await
     }
 }
 

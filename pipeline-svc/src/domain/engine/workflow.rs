@@ -83,6 +83,20 @@ pub trait Workflow: Send + Sync + 'static {
         None
     }
 
+    /// The step a RetryOperation of `op` (FAILED or CANCELLED, its compensations done)
+    /// runs again from; it and every step after it run, the ones before do not. By
+    /// default the first step not finished for good: right for a workflow whose
+    /// compensations leave what passed steps made usable for the steps after them (or
+    /// whose later steps restore it). One whose compensations undo passed steps' work
+    /// returns an earlier step, or refuses (`Precondition`, saying why).
+    fn retry_from(&self, op: &Operation) -> Result<usize> {
+        Ok(op
+            .steps
+            .iter()
+            .position(|s| !s.finished_for_good())
+            .unwrap_or(op.steps.len()))
+    }
+
     /// An execution of `op`, restored from its parameters and the state that its finished
     /// steps saved.
     fn resume(&self, op: &Operation) -> Result<Box<dyn Execution>>;

@@ -23,10 +23,7 @@ use super::{
 };
 use crate::{
     domain::{
-        engine::{
-            operation::{ExecutionMode, Operation},
-            Engine, StartOperation,
-        },
+        engine::{operation::Operation, Engine, RunOptions, StartOperation},
         paging,
     },
     error::{Error, FieldViolation, Result, Validator},
@@ -55,7 +52,7 @@ pub struct CheckoutRequest {
     pub user_id: String,
     pub plan: String,
     pub graph: GraphRequest,
-    pub mode: Option<ExecutionMode>,
+    pub run: RunOptions,
 }
 
 pub struct ProvisioningService {
@@ -153,7 +150,7 @@ impl ProvisioningService {
         kind: &str,
         params: ProvisionParams,
         request_id: Option<String>,
-        mode: Option<ExecutionMode>,
+        run: RunOptions,
         checkout: Option<NewCheckout>,
     ) -> Result<Operation> {
         let subscription = NewSubscription {
@@ -172,7 +169,8 @@ impl ProvisioningService {
                 params: serde_json::to_value(&params)
                     .map_err(|e| Error::internal(format!("cannot encode the parameters: {e}")))?,
                 request_id,
-                mode,
+                mode: run.mode,
+                timeout: run.timeout,
             },
         )?;
         new.op.result = Some(initial);
@@ -226,7 +224,7 @@ impl ProvisioningService {
             PROVISION_KIND,
             params,
             None,
-            req.mode,
+            req.run,
             Some(checkout),
         )
         .await
@@ -239,7 +237,7 @@ impl ProvisioningService {
         request_id: Option<String>,
         plan_name: &str,
         graph: GraphRequest,
-        mode: Option<ExecutionMode>,
+        run: RunOptions,
     ) -> Result<Operation> {
         let mut v = Validator::default();
         let plan = plan(&mut v, "plan", plan_name);
@@ -254,7 +252,7 @@ impl ProvisioningService {
             spec,
             repository: None,
         };
-        self.start(owner, PROVISION_KIND, params, request_id, mode, None)
+        self.start(owner, PROVISION_KIND, params, request_id, run, None)
             .await
     }
 
@@ -265,7 +263,7 @@ impl ProvisioningService {
         request_id: Option<String>,
         repository: &str,
         plan_name: &str,
-        mode: Option<ExecutionMode>,
+        run: RunOptions,
     ) -> Result<Operation> {
         let mut v = Validator::default();
         check_text(&mut v, "user_id", user_id, MAX_ID_CHARS);
@@ -287,7 +285,7 @@ impl ProvisioningService {
             REPOSITORY_ACCESS_KIND,
             params,
             request_id,
-            mode,
+            run,
             None,
         )
         .await
@@ -336,7 +334,7 @@ impl ProvisioningService {
         caller: &str,
         may_remove_repositories: bool,
         request_id: Option<String>,
-        mode: Option<ExecutionMode>,
+        run: RunOptions,
     ) -> Result<Operation> {
         let graph = self.get_graph(graph_id, scope).await?;
         if graph.kind == GraphKind::Repository && !may_remove_repositories {
@@ -366,7 +364,8 @@ impl ProvisioningService {
                 params: serde_json::to_value(DeprovisionParams { graph_id: graph.id })
                     .map_err(|e| Error::internal(format!("cannot encode the parameters: {e}")))?,
                 request_id,
-                mode,
+                mode: run.mode,
+                timeout: run.timeout,
             },
         )?;
         new.op.result = Some(workflow::result(ProvisioningResult {

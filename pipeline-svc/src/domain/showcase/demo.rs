@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::{
     embedder::Embedder,
     params::DemoParams,
-    registry::{AliasRef, ModelRegistry, NewRun, RunRef},
+    registry::{AliasRef, ArtifactFile, ModelRegistry, NewRun, RunRef},
     science::{
         data::{self, Panel, PanelSpec},
         models::{FittedModel, ModelKind},
@@ -165,23 +165,32 @@ impl Demo {
         ])
     }
 
-    /// Creates (or, on a resume, finds) a run, attaches its artifact and marks it
-    /// SUCCEEDED with `metrics`.
+    /// Creates (or, on a resume, finds) a run, attaches its model and the `others`
+    /// (what a resumed step attached already is not sent again) and marks it SUCCEEDED
+    /// with `metrics`.
     pub(super) async fn publish_run(
         &self,
         new: NewRun,
         file_name: &str,
         content: Vec<u8>,
         metrics: BTreeMap<String, f64>,
+        others: Vec<(ArtifactFile<'_>, Vec<u8>)>,
     ) -> Result<RunRef> {
         let run = self.registry.create_run(new).await?;
         if run.succeeded && !run.artifact_uri.is_empty() {
             return Ok(run);
         }
-        if run.artifact_uri.is_empty() {
-            self.registry
-                .upload_artifact(&run.run_id, file_name, NAMESPACE, content)
-                .await?;
+        let model = (ArtifactFile::model(file_name), content);
+        for (file, content) in std::iter::once(model).chain(others) {
+            let name = match file.artifact {
+                "" => "model",
+                named => named,
+            };
+            if !run.artifacts.contains_key(name) {
+                self.registry
+                    .upload_artifact(&run.run_id, file, NAMESPACE, content)
+                    .await?;
+            }
         }
         self.registry.finish_run(&run.run_id, metrics).await
     }
@@ -350,7 +359,13 @@ mod tests {
         async fn get_run(&self, _: &str) -> Result<RunRef> {
             Err(Error::unavailable("registry down"))
         }
-        async fn upload_artifact(&self, _: &str, _: &str, _: &str, _: Vec<u8>) -> Result<String> {
+        async fn upload_artifact(
+            &self,
+            _: &str,
+            _: ArtifactFile<'_>,
+            _: &str,
+            _: Vec<u8>,
+        ) -> Result<String> {
             Err(Error::unavailable("registry down"))
         }
         async fn finish_run(&self, _: &str, _: BTreeMap<String, f64>) -> Result<RunRef> {

@@ -25,10 +25,32 @@ pub struct RunRef {
     pub run_id: String,
     pub model_type: String,
     pub succeeded: bool,
-    /// Empty when no artifact is attached.
+    /// The model's; empty when none is attached.
     pub artifact_uri: String,
     pub artifact_sha256: String,
+    /// Every attached artifact's URI by name (the model is `model`).
+    pub artifacts: BTreeMap<String, String>,
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// What an upload is called: its file name (whose extension the URI keeps), and its
+/// artifact name in the run (empty: the model) with a media type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArtifactFile<'a> {
+    pub file_name: &'a str,
+    pub artifact: &'a str,
+    pub media_type: &'a str,
+}
+
+impl<'a> ArtifactFile<'a> {
+    /// The run's model.
+    pub fn model(file_name: &'a str) -> Self {
+        Self {
+            file_name,
+            artifact: "",
+            media_type: "",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +85,7 @@ pub trait ModelRegistry: Send + Sync + 'static {
     async fn upload_artifact(
         &self,
         run_id: &str,
-        file_name: &str,
+        file: ArtifactFile<'_>,
         namespace: &str,
         content: Vec<u8>,
     ) -> Result<String>;

@@ -20,8 +20,8 @@ use crate::{
         engine::{
             operation::{Event, EventType, OpStatus, Operation, OperationError},
             ports::{
-                Change, Created, Hint, JobStart, Lease, NewOperation, OpCursor, OpFilter,
-                OperationStore, Recorded,
+                retry_refused, Change, Created, Hint, JobStart, Lease, NewOperation, OpCursor,
+                OpFilter, OperationStore, Recorded, Retry,
             },
         },
         Micros,
@@ -42,7 +42,8 @@ impl SqlStore {
         let inserted = sqlx::query(
             "INSERT INTO operations (operation_id, kind, status, progress_percent, message, owner, \
              execution_mode, request_id, params, state, result, cancel_requested, last_sequence, \
-             create_time, update_time) VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9, $10, 0, 1, $11, $11) \
+             create_time, update_time, deadline, timeout_micros) \
+             VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9, $10, 0, 1, $11, $11, $12, $13) \
              ON CONFLICT (owner, request_id) DO NOTHING",
         )
         .bind(&sid)
@@ -56,6 +57,8 @@ impl SqlStore {
         .bind(to_json(&op.state))
         .bind(op.result.as_ref().map(to_json))
         .bind(op.create_time)
+        .bind(op.deadline)
+        .bind(op.timeout)
         .execute(&mut *conn)
         .await
         .map_err(db_error)?
@@ -360,6 +363,149 @@ impl OperationStore for SqlStore {
         let recorded = self.record_in(&mut tx, id, None, &change).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(Some(recorded.event))
+    }
+
+    async fn retry(&self, id: Uuid, retry: &Retry) -> Result<Created> {
+        let sid = id.to_string();
+        let mut tx = self.write.begin().await.map_err(db_error)?;
+        let row = sqlx::query(&format!(
+            "SELECT status, last_sequence, progress_percent FROM operations WHERE operation_id = $1 \
+             AND ($2 = '' OR owner = $2){}",
+            self.for_update()
+        ))
+        .bind(&sid)
+        .bind(retry.owner.as_deref().unwrap_or(""))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| Error::not_found("operation", id))?;
+        if let Some(request_id) = &retry.request_id {
+            let seen: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM operation_retries WHERE operation_id = $1 AND request_id = $2",
+            )
+            .bind(&sid)
+            .bind(request_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if seen > 0 {
+                tx.rollback().await.map_err(db_error)?;
+                let op = self.get(id, None).await?;
+                return op
+                    .map(Created::Existing)
+                    .ok_or_else(|| Error::not_found("operation", id));
+            }
+        }
+        let status = status_col(&row)?;
+        if !matches!(status, OpStatus::Failed | OpStatus::Cancelled) {
+            return Err(retry_refused(id, status));
+        }
+        let sequence: i64 = row.try_get("last_sequence").map_err(db_error)?;
+        let percent: i64 = row.try_get("progress_percent").map_err(db_error)?;
+        if sequence != retry.expected_sequence {
+            return Err(Error::Conflict(format!(
+                "operation {id} changed while its retry was planned; retry again"
+            )));
+        }
+        if let Some(request_id) = &retry.request_id {
+            sqlx::query(
+                "INSERT INTO operation_retries (operation_id, request_id, retry_time) VALUES ($1, $2, $3)",
+            )
+            .bind(&sid)
+            .bind(request_id)
+            .bind(retry.time)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        // Out of the terminal status the state machine never leaves: only a retry does.
+        sqlx::query(
+            "UPDATE operations SET status = 'PENDING', message = $2, error = NULL, \
+               cancel_requested = 0, end_time = NULL, deadline = $3, update_time = $4, \
+               last_sequence = last_sequence + 1 WHERE operation_id = $1",
+        )
+        .bind(&sid)
+        .bind(&retry.message)
+        .bind(retry.deadline)
+        .bind(retry.time)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query(
+            "UPDATE operation_steps SET status = 'PENDING', detail = '', end_time = NULL \
+             WHERE operation_id = $1 AND step_index >= $2",
+        )
+        .bind(&sid)
+        .bind(retry.from_step)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let (state, owner, expires, attempts) = match &retry.job {
+            JobStart::Queued => ("queued", "", 0, 0),
+            JobStart::Leased { owner, expires } => ("leased", owner.as_str(), *expires, 1),
+        };
+        let leased = matches!(retry.job, JobStart::Leased { .. });
+        let job = sqlx::query(
+            "UPDATE jobs SET state = $2, lease_owner = $3, \
+               lease_token = lease_token + CASE WHEN $4 = 1 THEN 1 ELSE 0 END, \
+               lease_expires = $5, attempts = $6, available_time = $7, update_time = $7, \
+               admitted = CASE WHEN $4 = 1 AND owner_limit = 0 AND $8 = 0 THEN 1 ELSE 0 END \
+             WHERE operation_id = $1 RETURNING lease_token, owner_limit",
+        )
+        .bind(&sid)
+        .bind(state)
+        .bind(owner)
+        .bind(i64::from(leased))
+        .bind(expires)
+        .bind(attempts)
+        .bind(retry.time)
+        .bind(retry.keys.len() as i64)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let token: i64 = job.try_get("lease_token").map_err(db_error)?;
+        let owner_limit: i64 = job.try_get("owner_limit").map_err(db_error)?;
+        let event = Event {
+            operation_id: id,
+            sequence: sequence + 1,
+            time: retry.time,
+            kind: EventType::Retried,
+            step: String::new(),
+            phase: String::new(),
+            status: OpStatus::Pending,
+            step_status: None,
+            percent,
+            message: retry.message.clone(),
+        };
+        insert_event(&mut tx, &event).await?;
+        self.notify(&mut tx, OPS_CHANNEL, &sid).await?;
+        // The retry queues behind the key's current holders and waiters: it arrives now.
+        let mut waiting = None;
+        if !retry.keys.is_empty() || owner_limit > 0 {
+            self.insert_keys(&mut tx, id, &retry.keys, retry.time)
+                .await?;
+            waiting = self.admit_new(&mut tx, id, leased, retry.time).await?;
+        }
+        if !leased {
+            self.notify(&mut tx, JOBS_CHANNEL, &sid).await?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        let op = self
+            .get(id, None)
+            .await?
+            .ok_or_else(|| Error::internal("retried operation vanished"))?;
+        let lease = leased.then(|| Lease {
+            operation_id: id,
+            token,
+            owner: owner.to_string(),
+            attempts,
+        });
+        Ok(Created::New {
+            op,
+            event,
+            lease,
+            waiting: waiting.map(Box::new),
+        })
     }
 
     async fn hints(&self, every: Duration) -> Option<BoxStream<'static, Hint>> {

@@ -17,7 +17,7 @@ use crate::{
 pub(super) const OP_COLS: &str =
     "o.operation_id, o.kind, o.status, o.progress_percent, o.message, o.owner, \
      o.execution_mode, o.request_id, o.params, o.state, o.result, o.error, o.cancel_requested, \
-     o.last_sequence, o.create_time, o.update_time, o.start_time, o.end_time, \
+     o.last_sequence, o.create_time, o.update_time, o.start_time, o.end_time, o.deadline, o.timeout_micros, \
      COALESCE(j.attempts, 0) AS attempts";
 pub(super) const OP_FROM: &str = "operations o LEFT JOIN jobs j ON j.operation_id = o.operation_id";
 pub(super) const EVENT_COLS: &str =
@@ -66,6 +66,8 @@ pub(super) fn op_from_row(row: &AnyRow) -> Result<Operation> {
         update_time: row.try_get("update_time").map_err(db_error)?,
         start_time: row.try_get("start_time").map_err(db_error)?,
         end_time: row.try_get("end_time").map_err(db_error)?,
+        deadline: row.try_get("deadline").map_err(db_error)?,
+        timeout: row.try_get("timeout_micros").map_err(db_error)?,
         steps: Vec::new(),
     })
 }

@@ -43,6 +43,7 @@ pub fn engine_config(replica: &str) -> EngineConfig {
             ..RetryPolicy::default()
         },
         step_timeout: None,
+        operation_timeout: None,
         max_running_per_owner: 0,
         faults: Default::default(),
     }
@@ -108,6 +109,7 @@ impl TestFlow {
             .to_json(),
             request_id: None,
             mode,
+            timeout: None,
         }
     }
 

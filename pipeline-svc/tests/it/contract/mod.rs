@@ -89,6 +89,8 @@ pub fn new_operation(owner: &str, steps: usize, job: JobStart) -> NewOperation {
             update_time: now,
             start_time: None,
             end_time: None,
+            deadline: None,
+            timeout: None,
             steps: (0..steps)
                 .map(|i| Step::pending(i, &format!("s{i}"), "test"))
                 .collect(),

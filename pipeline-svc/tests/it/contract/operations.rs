@@ -7,7 +7,9 @@ use pipeline_svc::{
     domain::{
         engine::{
             operation::{EventType, OpStatus, OperationError, StepStatus},
-            ports::{Change, Created, Hint, JobStart, OpCursor, OpFilter, StepChange, StepUpdate},
+            ports::{
+                Change, Created, Hint, JobStart, OpCursor, OpFilter, Retry, StepChange, StepUpdate,
+            },
         },
         now_micros,
     },
@@ -28,6 +30,7 @@ capstan_server::test_on_both_backends!(
     checkpoint_saves_state_without_an_event,
     cancel_queued_running_and_finished,
     hints_come_from_other_replicas_only,
+    retry_restarts_failed_operations_once_per_request_id,
 );
 
 fn progress(message: &str) -> Change {
@@ -604,4 +607,118 @@ async fn hints_come_from_other_replicas_only(db: TestDb) {
         !seen.contains(&Hint::Operation(mine.id)),
         "A heard its own write: {seen:?}"
     );
+}
+
+fn retry_of(expected_sequence: i64, request_id: Option<&str>) -> Retry {
+    Retry {
+        owner: None,
+        request_id: request_id.map(str::to_owned),
+        expected_sequence,
+        from_step: 1,
+        job: JobStart::Queued,
+        keys: vec!["k".into()],
+        deadline: None,
+        message: "retried from step s1".into(),
+        time: now_micros(),
+    }
+}
+
+/// A FAILED operation goes back to PENDING with a RETRIED event right after its last
+/// one; the steps from the retried one on are PENDING again (attempts kept), the earlier
+/// ones untouched; the job is claimable again. The same request id again changes nothing,
+/// a stale plan is refused, and so is any status but FAILED or CANCELLED.
+async fn retry_restarts_failed_operations_once_per_request_id(db: TestDb) {
+    let s = Stores::open(&db, "r1").await;
+    let (op, lease) = claimed(&s, "w1", 2).await;
+    let pending = s.ops.retry(op.id, &retry_of(1, None)).await.unwrap_err();
+    assert!(matches!(pending, Error::Precondition(_)), "{pending}");
+    assert!(
+        pending.to_string().contains("FAILED or CANCELLED"),
+        "{pending}"
+    );
+    let changes = [
+        Change {
+            status: Some(OpStatus::Running),
+            step: Some(step(0, StepStatus::Running, true, false)),
+            ..progress("s0 started")
+        },
+        Change {
+            step: Some(step(0, StepStatus::Passed, false, true)),
+            ..progress("s0 passed")
+        },
+        Change {
+            step: Some(step(1, StepStatus::Running, true, false)),
+            ..progress("s1 started")
+        },
+        Change {
+            status: Some(OpStatus::Failed),
+            step: Some(step(1, StepStatus::Failed, false, true)),
+            error: Some(OperationError {
+                step: Some("s1".into()),
+                message: "boom".into(),
+                compensation_errors: Vec::new(),
+            }),
+            ..Change::new(EventType::Finished, "failed", now_micros())
+        },
+    ];
+    s.ops
+        .record_all(op.id, Some(&lease), &changes)
+        .await
+        .unwrap();
+    let failed = s.ops.get(op.id, None).await.unwrap().unwrap();
+    let stale = s
+        .ops
+        .retry(op.id, &retry_of(2, Some("a")))
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, Error::Conflict(_)), "{stale}");
+    let Created::New {
+        op: retried,
+        event,
+        lease: none,
+        ..
+    } = s
+        .ops
+        .retry(op.id, &retry_of(failed.last_sequence, Some("a")))
+        .await
+        .unwrap()
+    else {
+        panic!("a retry");
+    };
+    assert!(none.is_none(), "queued: no lease");
+    assert_eq!(
+        (event.sequence, event.kind, event.status),
+        (
+            failed.last_sequence + 1,
+            EventType::Retried,
+            OpStatus::Pending
+        )
+    );
+    assert_eq!(retried.status, OpStatus::Pending);
+    assert_eq!(retried.error, None);
+    assert_eq!(retried.last_sequence, event.sequence);
+    let steps: Vec<_> = retried
+        .steps
+        .iter()
+        .map(|s| (s.status, s.attempt))
+        .collect();
+    assert_eq!(
+        steps,
+        [(StepStatus::Passed, 1), (StepStatus::Pending, 1)],
+        "the passed step stays, the failed one runs again"
+    );
+    let again = s.ops.retry(op.id, &retry_of(0, Some("a"))).await.unwrap();
+    assert!(
+        matches!(&again, Created::Existing(o) if o.last_sequence == retried.last_sequence),
+        "the same request id retries once: {again:?}"
+    );
+    let lease = s
+        .jobs
+        .claim("w2", now_micros(), 60_000)
+        .await
+        .unwrap()
+        .expect("the retried job is claimable");
+    assert_eq!((lease.operation_id, lease.attempts), (op.id, 1));
+    let events = s.ops.events(op.id, 0, 100).await.unwrap();
+    assert_gapless(&events, 1);
 }

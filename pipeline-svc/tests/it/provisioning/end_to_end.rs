@@ -133,6 +133,7 @@ async fn deprovision_and_check(env: &Env, server: &Server, user: &str, graph: &p
             graph_id: graph.graph_id.clone(),
             request_id: format!("remove-{}", graph.graph_id),
             execution_mode: 0,
+            timeout: None,
         })
         .await
         .expect("DeprovisionGraph")
@@ -177,6 +178,7 @@ async fn custom_and_extensions_graphs_provision_and_deprovision(db: TestDb) {
                 graph: Some(custom_graph("people")),
                 plan: String::new(),
                 execution_mode: mode as i32,
+                timeout: None,
             })
             .await
             .expect("ProvisionGraph")
@@ -188,6 +190,7 @@ async fn custom_and_extensions_graphs_provision_and_deprovision(db: TestDb) {
                 graph: Some(custom_graph("people")),
                 plan: String::new(),
                 execution_mode: mode as i32,
+                timeout: None,
             })
             .await
             .expect("ProvisionGraph again")
@@ -206,6 +209,7 @@ async fn custom_and_extensions_graphs_provision_and_deprovision(db: TestDb) {
                 plan: "pro".into(),
                 graph: Some(extensions_graph("shop", &extensions)),
                 execution_mode: mode as i32,
+                timeout: None,
             })
             .await
             .expect("CompleteCheckout")
@@ -267,6 +271,7 @@ async fn repository_access_shares_one_graph(db: TestDb) {
                     repository: "sec".into(),
                     plan: String::new(),
                     execution_mode: 0,
+                    timeout: None,
                 })
                 .await
                 .expect("ProvisionRepositoryAccess")

@@ -67,6 +67,7 @@ async fn every_step_failure_leaves_nothing(db: TestDb) {
                 plan: "enterprise".into(),
                 graph: Some(extensions_graph("doomed shop", &["knowledge", "commerce"])),
                 execution_mode: pb::ExecutionMode::Queued as i32,
+                timeout: None,
             })
             .await
             .expect("CompleteCheckout")
@@ -350,6 +351,7 @@ async fn concurrent_checkouts_provision_once(db: TestDb) {
         plan: "pro".into(),
         graph: Some(custom_graph("once")),
         execution_mode: 0,
+        timeout: None,
     };
     let calls: Vec<_> = (0..100)
         .map(|_| {

@@ -149,6 +149,7 @@ async fn another_user_reaches_nothing(db: TestDb) {
                     plan: "enterprise".into(),
                     graph: Some(custom_graph("free lunch")),
                     execution_mode: 0,
+                    timeout: None,
                 })
                 .await
             ),
@@ -309,6 +310,7 @@ async fn hostile_specs_are_refused_and_change_nothing(db: TestDb) {
                 plan: "pro".into(),
                 graph: Some(graph),
                 execution_mode: 0,
+                timeout: None,
             })
             .await;
         for outcome in [through_user, through_checkout] {
@@ -424,6 +426,7 @@ fn checkout(id: &str) -> pb::CompleteCheckoutRequest {
         plan: "pro".into(),
         graph: Some(extensions_graph("fine", &["social"])),
         execution_mode: 0,
+        timeout: None,
     }
 }
 

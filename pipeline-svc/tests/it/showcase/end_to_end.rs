@@ -20,11 +20,13 @@ fn step_statuses(op: &pb::Operation) -> Vec<(String, String, i32)> {
         .collect()
 }
 
-async fn download(registry_url: &str, run_id: &str) -> Vec<u8> {
+/// The run's artifact called `artifact` (empty: its model).
+async fn download(registry_url: &str, run_id: &str, artifact: &str) -> Vec<u8> {
     let mut r = registry_client(registry_url).await;
     let mut s = r
         .download_artifact(rpb::DownloadArtifactRequest {
             run_id: run_id.into(),
+            artifact: artifact.into(),
             ..Default::default()
         })
         .await
@@ -131,7 +133,8 @@ async fn showcase_rich_end_to_end(db: TestDb) {
     capstan_proto::artifact_uri::ArtifactUri::parse(&challenger.artifact_uri).unwrap();
     // Planning used the recorded champion, not the alias (which held the challenger).
     let report: serde_json::Value =
-        serde_json::from_slice(&download(&stack.registry_url, &d.scenario_run_id).await).unwrap();
+        serde_json::from_slice(&download(&stack.registry_url, &d.scenario_run_id, "").await)
+            .unwrap();
     assert_eq!(report["champion_run_id"], d.winning_run_id.as_str());
     assert!(!d.scenarios.is_empty());
     assert!(
@@ -139,7 +142,11 @@ async fn showcase_rich_end_to_end(db: TestDb) {
         "{}",
         d.chart_artifact_uri
     );
-    let svg = download(&stack.registry_url, &d.chart_run_id).await;
+    assert_eq!(
+        d.chart_run_id, d.scenario_run_id,
+        "the chart is on the scenario run"
+    );
+    let svg = download(&stack.registry_url, &d.chart_run_id, "chart").await;
     assert!(String::from_utf8_lossy(&svg).contains("<svg"));
     assert!(!d.briefing.is_empty());
 

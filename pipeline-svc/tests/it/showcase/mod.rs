@@ -2,6 +2,7 @@
 //! pipeline-svc processes).
 
 mod crash_phases;
+mod deadline_and_retry;
 mod demo_command;
 mod end_to_end;
 mod faults;

@@ -90,7 +90,8 @@ impl AliasCache {
 }
 
 /// Runs known to be SUCCEEDED with an artifact. Terminal runs never change status and
-/// their artifact is fixed, so membership never has to be revoked.
+/// their artifact is fixed, so membership is revoked only when a run is deleted (an alias
+/// write refused for a deleted run says so on every replica).
 #[derive(Default)]
 pub struct ServableRuns(RwLock<HashSet<(String, Uuid)>>);
 
@@ -101,6 +102,13 @@ impl ServableRuns {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&(namespace.to_string(), *id))
+    }
+
+    pub fn remove(&self, namespace: &str, id: &Uuid) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(namespace.to_string(), *id));
     }
 
     pub fn insert(&self, namespace: &str, id: Uuid) {

@@ -238,6 +238,10 @@ impl Registry {
         let written = self.store.write_alias(w).await;
         // Even a failed write may have committed (a lost reply), so always invalidate.
         self.alias_changed();
+        if let Err(Error::NotFound(Missing::Run(id))) = &written {
+            // Deleted since it was found servable.
+            self.servable.remove(&w.namespace, id);
+        }
         let entry = written?;
         metrics::counter!("capstan_alias_writes_total", "action" => w.action.as_str()).increment(1);
         Ok(entry)

@@ -11,7 +11,7 @@ use crate::{
     domain::{
         ports::StagedBlob,
         registry::Registry,
-        runs::{Artifact, ModelRun, RunPatch},
+        runs::{Artifact, ModelRun, RunPatch, MODEL_ARTIFACT},
         validate,
     },
     error::{Error, Missing, Result, Validator},
@@ -30,6 +30,10 @@ pub struct UploadHeader {
     pub namespace: String,
     pub expected_sha256: String,
     pub expected_size: Option<i64>,
+    /// The artifact's name in the run; empty is the model.
+    pub artifact: String,
+    /// Empty: none given.
+    pub media_type: String,
 }
 
 /// What an upload sent, staged and hashed.
@@ -42,6 +46,8 @@ struct Received {
 #[derive(Debug, Clone)]
 pub struct Uploaded {
     pub run: ModelRun,
+    /// Its name in the run, and what was attached.
+    pub name: String,
     pub artifact: Artifact,
     pub deduplicated: bool,
 }
@@ -63,6 +69,12 @@ impl UploadHeader {
             "header.expected_sha256",
             || "must be 64 lowercase hex characters".into(),
         );
+        if !self.artifact.is_empty() {
+            validate::artifact_name(&mut v, "header.artifact", &self.artifact);
+        }
+        if !self.media_type.is_empty() {
+            validate::media_type(&mut v, "header.media_type", &self.media_type);
+        }
         if let Some(size) = self.expected_size {
             v.check(
                 (0..=MAX_ARTIFACT_BYTES).contains(&size),
@@ -121,21 +133,28 @@ impl Registry {
             uri,
             sha256,
             size_bytes: size,
+            media_type: header.media_type,
         };
-        let run = self
-            .update_run(
-                namespace,
-                run_id,
-                &RunPatch {
-                    artifact: Some(artifact.clone()),
-                    ..Default::default()
-                },
-                actor,
-            )
-            .await?;
+        let name = match header.artifact.as_str() {
+            "" => MODEL_ARTIFACT.to_string(),
+            named => named.to_string(),
+        };
+        let patch = if name == MODEL_ARTIFACT {
+            RunPatch {
+                artifact: Some(artifact.clone()),
+                ..Default::default()
+            }
+        } else {
+            RunPatch {
+                attachment: Some((name.clone(), artifact.clone())),
+                ..Default::default()
+            }
+        };
+        let run = self.update_run(namespace, run_id, &patch, actor).await?;
         metrics::counter!("capstan_artifact_bytes_uploaded_total").increment(size as u64);
         Ok(Uploaded {
             run,
+            name,
             artifact,
             deduplicated,
         })
@@ -189,16 +208,19 @@ impl Registry {
         })
     }
 
-    /// The run's artifact reference and a stream of its content.
+    /// The run's artifact called `name` (`MODEL_ARTIFACT`: the model) and a stream of its
+    /// content.
     pub async fn download_artifact(
         &self,
         namespace: &str,
         run_id: Uuid,
+        name: &str,
     ) -> Result<(Artifact, BoxStream<'static, Result<Bytes>>)> {
         let run = self.get_run(namespace, run_id).await?;
         let artifact = run
-            .artifact
-            .ok_or(Error::NotFound(Missing::Artifact(run_id)))?;
+            .artifact_named(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(Missing::Artifact(run_id, name.to_string())))?;
         let stream = match self.blobs.read(&artifact.sha256, CHUNK_BYTES).await {
             Ok(s) => s,
             Err(Error::NotFound(Missing::Blob(_))) => {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use capstan_proto::artifact_uri;
 use uuid::Uuid;
 
-use super::{Artifact, ModelRun, RunStatus};
+use super::{Artifact, ModelRun, RunStatus, MAX_ATTACHMENTS, MODEL_ARTIFACT};
 use crate::{
     domain::{validate, Micros},
     error::{Error, Result, Validator},
@@ -80,6 +80,7 @@ impl NewRun {
             status: self.status.unwrap_or(RunStatus::Pending),
             status_message: String::new(),
             artifact: None,
+            attachments: BTreeMap::new(),
             create_time: now,
             update_time: now,
             heartbeat_time: now,
@@ -100,7 +101,10 @@ pub struct RunPatch {
     pub status: Option<RunStatus>,
     pub status_message: Option<String>,
     pub heartbeat_timeout_ms: Option<i64>,
+    /// The model.
     pub artifact: Option<Artifact>,
+    /// Another artifact, by name (not `MODEL_ARTIFACT`).
+    pub attachment: Option<(String, Artifact)>,
 }
 
 impl RunPatch {
@@ -151,6 +155,7 @@ impl RunPatch {
             && self.status_message.is_none()
             && self.heartbeat_timeout_ms.is_none()
             && self.artifact.is_none()
+            && self.attachment.is_none()
     }
 
     /// Applies the patch to `run` (read in the same transaction) or says why not.
@@ -169,6 +174,7 @@ impl RunPatch {
             let touches_outcome = self.params.is_some()
                 || self.metrics.is_some()
                 || self.artifact.is_some()
+                || self.attachment.is_some()
                 || self.heartbeat_timeout_ms.is_some()
                 || self.status_message.is_some()
                 || self.status.is_some_and(|s| s != run.status);
@@ -210,32 +216,65 @@ impl RunPatch {
             run.heartbeat_timeout_ms = h;
         }
         if let Some(a) = &self.artifact {
-            if a.uri.namespace() != run.namespace {
-                return Err(Error::invalid(
-                    "run.artifact_uri",
-                    format!(
-                        "namespace {:?} in the URI differs from the run's {:?}",
-                        a.uri.namespace(),
-                        run.namespace
-                    ),
-                ));
-            }
-            if a.uri.model_type() != run.model_type {
-                return Err(Error::invalid(
-                    "run.artifact_uri",
-                    format!(
-                        "model type {:?} in the URI differs from the run's {:?}",
-                        a.uri.model_type(),
-                        run.model_type
-                    ),
-                ));
-            }
+            belongs_to(a, run)?;
             run.artifact = Some(a.clone());
+        }
+        if let Some((name, a)) = &self.attachment {
+            belongs_to(a, run)?;
+            attach(run, name, a)?;
         }
         run.update_time = now;
         run.heartbeat_time = now;
         run.version += 1;
         Ok(())
+    }
+}
+
+/// An artifact's URI names the run's namespace and model type.
+fn belongs_to(a: &Artifact, run: &ModelRun) -> Result<()> {
+    if a.uri.namespace() != run.namespace {
+        return Err(Error::invalid(
+            "run.artifact_uri",
+            format!(
+                "namespace {:?} in the URI differs from the run's {:?}",
+                a.uri.namespace(),
+                run.namespace
+            ),
+        ));
+    }
+    if a.uri.model_type() != run.model_type {
+        return Err(Error::invalid(
+            "run.artifact_uri",
+            format!(
+                "model type {:?} in the URI differs from the run's {:?}",
+                a.uri.model_type(),
+                run.model_type
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Adds a named artifact. Its content is final: the same content again changes nothing
+/// (a retried upload), other content is refused.
+fn attach(run: &mut ModelRun, name: &str, a: &Artifact) -> Result<()> {
+    debug_assert_ne!(name, MODEL_ARTIFACT);
+    match run.attachments.get(name) {
+        Some(old) if old.sha256 == a.sha256 => Ok(()),
+        Some(old) => Err(Error::AlreadyExists(format!(
+            "run {} already has an artifact {name:?} (SHA-256 {}); an attached artifact keeps its content",
+            run.id, old.sha256
+        ))),
+        None if run.attachments.len() >= MAX_ATTACHMENTS => Err(Error::FailedPrecondition(
+            format!(
+                "run {} has {MAX_ATTACHMENTS} artifacts besides its model, the most it may hold",
+                run.id
+            ),
+        )),
+        None => {
+            run.attachments.insert(name.to_string(), a.clone());
+            Ok(())
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Model runs: one training or evaluation of a model, with its parameters, metrics,
 //! outcome and artifact.
 
+mod deletion;
 pub mod filter;
 mod lifecycle;
 mod listing;
@@ -66,13 +67,20 @@ impl RunStatus {
     }
 }
 
-/// A stored artifact reference: the canonical URI and the content's hash and size.
+/// A stored artifact reference: the canonical URI, the content's hash and size, and the
+/// media type the upload gave (may be empty).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Artifact {
     pub uri: ArtifactUri,
     pub sha256: String,
     pub size_bytes: i64,
+    pub media_type: String,
 }
+
+/// The name of a run's model among its artifacts: uploads that name no artifact attach it.
+pub const MODEL_ARTIFACT: &str = "model";
+/// Artifacts a run may hold besides its model.
+pub const MAX_ATTACHMENTS: usize = 64;
 
 /// A model run as the registry keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +99,11 @@ pub struct ModelRun {
     pub metrics: BTreeMap<String, f64>,
     pub status: RunStatus,
     pub status_message: String,
+    /// The model: what aliases serve (`MODEL_ARTIFACT` among the run's artifacts).
     pub artifact: Option<Artifact>,
+    /// The run's other artifacts by name (charts, reports); once attached, they keep
+    /// their content.
+    pub attachments: BTreeMap<String, Artifact>,
     pub create_time: Micros,
     pub update_time: Micros,
     pub heartbeat_time: Micros,
@@ -104,5 +116,14 @@ pub struct ModelRun {
 impl ModelRun {
     pub fn etag(&self) -> String {
         self.version.to_string()
+    }
+
+    /// The artifact called `name` (`MODEL_ARTIFACT` is the model).
+    pub fn artifact_named(&self, name: &str) -> Option<&Artifact> {
+        if name == MODEL_ARTIFACT {
+            self.artifact.as_ref()
+        } else {
+            self.attachments.get(name)
+        }
     }
 }

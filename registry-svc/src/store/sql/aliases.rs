@@ -1,6 +1,7 @@
 //! Aliases in SQL: the current value of each alias, and its history appended by a
 //! trigger in the same statement as every change.
 
+use capstan_server::db::Backend;
 use sqlx::Row;
 
 use super::{
@@ -52,14 +53,24 @@ pub(super) async fn write(store: &SqlStore, w: &AliasWrite) -> Result<AliasHisto
         return delete(store, w).await;
     };
     // One statement: the history entry is appended by a trigger in the same statement,
-    // so a write holds the (SQLite: single) write connection for one round trip.
+    // so a write holds the (SQLite: single) write connection for one round trip. It
+    // writes only while the run is not deleted; on Postgres the run's share lock orders it
+    // against a DeleteRun (see `runs::delete`).
+    let live_run = format!(
+        "EXISTS (SELECT 1 FROM runs WHERE run_id = $RUN AND delete_time IS NULL{})",
+        match store.backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        }
+    );
     let write = match w.expected_revision {
-        Some(expected) if expected > 0 => Stmt::returning(
+        Some(expected) if expected > 0 => Stmt::returning(format!(
             "UPDATE aliases SET previous_run_id = run_id, run_id = $1, description = $2, \
              revision = revision + 1, update_time = $3, updated_by = $4, last_action = $5, \
-             last_reason = $6 WHERE alias = $7 AND revision = $8 AND namespace = $9 \
+             last_reason = $6 WHERE alias = $7 AND revision = $8 AND namespace = $9 AND {} \
              RETURNING revision, previous_run_id",
-        )
+            live_run.replace("$RUN", "$1")
+        ))
         .bind(run_id.to_string())
         .bind(&w.description)
         .bind(w.time)
@@ -71,18 +82,19 @@ pub(super) async fn write(store: &SqlStore, w: &AliasWrite) -> Result<AliasHisto
         .bind(&w.namespace),
         // No expectation: create or replace. Expected 0: create only (a conflict
         // updates nothing). A re-created alias continues the numbering of its history.
-        _ => Stmt::returning(
+        _ => Stmt::returning(format!(
             "INSERT INTO aliases (alias, run_id, description, revision, update_time, updated_by, \
              last_action, last_reason, previous_run_id, namespace) \
-             VALUES ($1, $2, $3, (SELECT COALESCE(MAX(revision), 0) + 1 FROM alias_history \
-             WHERE namespace = $9 AND alias = $1), $4, $5, $6, $7, '', $9) \
+             SELECT $1, $2, $3, (SELECT COALESCE(MAX(revision), 0) + 1 FROM alias_history \
+             WHERE namespace = $9 AND alias = $1), $4, $5, $6, $7, '', $9 WHERE {} \
              ON CONFLICT (namespace, alias) DO UPDATE SET previous_run_id = aliases.run_id, \
              run_id = excluded.run_id, description = excluded.description, \
              revision = aliases.revision + 1, update_time = excluded.update_time, \
              updated_by = excluded.updated_by, last_action = excluded.last_action, \
              last_reason = excluded.last_reason WHERE $8 = 1 \
              RETURNING revision, previous_run_id",
-        )
+            live_run.replace("$RUN", "$2")
+        ))
         .bind(&w.alias)
         .bind(run_id.to_string())
         .bind(&w.description)
@@ -177,6 +189,13 @@ fn concurrent(w: &AliasWrite, e: Error) -> Error {
 
 /// Why a conditional alias write changed nothing, from the alias as it is now.
 async fn refused(store: &SqlStore, w: &AliasWrite) -> Error {
+    if let Some(run_id) = w.run_id {
+        match super::runs::get(store, &w.namespace, run_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Error::NotFound(Missing::Run(run_id)),
+            Err(e) => return e,
+        }
+    }
     let current = match get(store, &w.namespace, &w.alias).await {
         Ok(current) => current,
         Err(e) => return e,

@@ -29,7 +29,7 @@ use crate::{
     domain::{
         aliases::{Alias, AliasHistoryEntry, AliasWrite},
         namespaces::Namespace,
-        ports::{ChangeHint, RegistryStore},
+        ports::{ChangeHint, RegistryStore, RunDeletion},
         runs::{filter::Filter, ModelRun, RunCursor, RunOrder},
         Micros,
     },
@@ -193,6 +193,25 @@ impl RegistryStore for SqlStore {
     ) -> Result<Vec<ModelRun>> {
         runs::list(self, namespace, filter, order, after, limit)
             .instrument(self.span("list_runs"))
+            .await
+    }
+
+    async fn delete_run(
+        &self,
+        namespace: &str,
+        id: Uuid,
+        expected_version: Option<i64>,
+        now: Micros,
+        actor: &str,
+    ) -> Result<RunDeletion> {
+        runs::delete(self, namespace, id, expected_version, now, actor)
+            .instrument(self.span("delete_run"))
+            .await
+    }
+
+    async fn purge_deleted_runs(&self, before: Micros, limit: usize) -> Result<u64> {
+        runs::purge_deleted(self, before, limit)
+            .instrument(self.span("purge_deleted_runs"))
             .await
     }
 

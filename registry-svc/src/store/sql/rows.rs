@@ -1,5 +1,7 @@
 //! Stored rows read back as domain values, and the columns they are read from.
 
+use std::collections::BTreeMap;
+
 use capstan_proto::artifact_uri::ArtifactUri;
 use sqlx::{any::AnyRow, Row};
 use uuid::Uuid;
@@ -24,8 +26,8 @@ pub const NAMESPACE_COLS: &str = "name, creator, create_time";
 
 pub const RUN_COLS: &str =
     "r.run_id, r.namespace, r.created_by, r.updated_by, r.request_id, r.name, r.model_type, r.params, r.tags, r.metrics, r.status, \
-     r.status_message, r.artifact_uri, r.artifact_sha256, r.artifact_size_bytes, r.create_time, \
-     r.update_time, r.heartbeat_time, r.heartbeat_timeout_ms, r.version";
+     r.status_message, r.artifact_uri, r.artifact_sha256, r.artifact_size_bytes, \
+     r.artifact_media_type, r.artifacts, r.create_time, r.update_time, r.heartbeat_time, r.heartbeat_timeout_ms, r.version";
 
 /// A stored value that does not read back: corrupt data or a schema out of step.
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
@@ -54,6 +56,49 @@ fn json_col<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T
     serde_json::from_str(&s).map_err(|e| corrupt(col, e))
 }
 
+/// A run's artifact besides its model, as its `artifacts` JSON object holds it by name.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct StoredArtifact {
+    pub uri: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+    #[serde(default)]
+    pub media_type: String,
+}
+
+/// The `artifacts` column of a run.
+pub fn attachments_json(attachments: &BTreeMap<String, Artifact>) -> String {
+    let stored: BTreeMap<&str, StoredArtifact> = attachments
+        .iter()
+        .map(|(name, a)| {
+            let s = StoredArtifact {
+                uri: a.uri.to_string(),
+                sha256: a.sha256.clone(),
+                size_bytes: a.size_bytes,
+                media_type: a.media_type.clone(),
+            };
+            (name.as_str(), s)
+        })
+        .collect();
+    to_json(&stored)
+}
+
+fn attachments_col(row: &AnyRow) -> Result<BTreeMap<String, Artifact>> {
+    let stored: BTreeMap<String, StoredArtifact> = json_col(row, "artifacts")?;
+    stored
+        .into_iter()
+        .map(|(name, s)| {
+            let a = Artifact {
+                uri: ArtifactUri::parse(&s.uri).map_err(|e| corrupt("artifacts", e))?,
+                sha256: s.sha256,
+                size_bytes: s.size_bytes,
+                media_type: s.media_type,
+            };
+            Ok((name, a))
+        })
+        .collect()
+}
+
 pub fn run_from_row(row: &AnyRow) -> Result<ModelRun> {
     let status: String = row.try_get("status").map_err(db_error)?;
     let uri: Option<String> = row.try_get("artifact_uri").map_err(db_error)?;
@@ -68,6 +113,7 @@ pub fn run_from_row(row: &AnyRow) -> Result<ModelRun> {
                 .try_get::<Option<i64>, _>("artifact_size_bytes")
                 .map_err(db_error)?
                 .unwrap_or(0),
+            media_type: row.try_get("artifact_media_type").map_err(db_error)?,
         }),
         None => None,
     };
@@ -85,6 +131,7 @@ pub fn run_from_row(row: &AnyRow) -> Result<ModelRun> {
         status: RunStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
         status_message: row.try_get("status_message").map_err(db_error)?,
         artifact,
+        attachments: attachments_col(row)?,
         create_time: row.try_get("create_time").map_err(db_error)?,
         update_time: row.try_get("update_time").map_err(db_error)?,
         heartbeat_time: row.try_get("heartbeat_time").map_err(db_error)?,

@@ -1,17 +1,19 @@
 //! Runs in SQL: one table, with tag and metric index tables kept by triggers.
 
 use capstan_server::db::Backend;
+use sqlx::Row;
 use uuid::Uuid;
 
 use super::{
     db_error,
-    rows::{run_from_row, to_json, RUN_COLS},
+    rows::{attachments_json, run_from_row, to_json, RUN_COLS},
     run_filter,
     stmt::Stmt,
     SqlStore,
 };
 use crate::{
     domain::{
+        ports::RunDeletion,
         runs::{filter::Filter, ModelRun, RunCursor, RunOrder},
         Micros,
     },
@@ -70,7 +72,8 @@ pub(super) async fn insert(store: &SqlStore, run: &ModelRun) -> Result<(ModelRun
 
 pub(super) async fn get(store: &SqlStore, namespace: &str, id: Uuid) -> Result<Option<ModelRun>> {
     let row = sqlx::query(&format!(
-        "SELECT {RUN_COLS} FROM runs r WHERE r.run_id = $1 AND r.namespace = $2"
+        "SELECT {RUN_COLS} FROM runs r WHERE r.run_id = $1 AND r.namespace = $2 \
+         AND r.delete_time IS NULL"
     ))
     .bind(id.to_string())
     .bind(namespace)
@@ -86,13 +89,14 @@ pub(super) async fn update(
     expected_version: i64,
 ) -> Result<bool> {
     // One statement: triggers rewrite the index rows when tags or metrics changed.
-    let (uri, sha, size) = match &run.artifact {
+    let (uri, sha, size, media_type) = match &run.artifact {
         Some(a) => (
             Some(a.uri.to_string()),
             Some(a.sha256.clone()),
             Some(a.size_bytes),
+            a.media_type.clone(),
         ),
-        None => (None, None, None),
+        None => (None, None, None, String::new()),
     };
     let updated = store
         .write
@@ -101,8 +105,9 @@ pub(super) async fn update(
                 "UPDATE runs SET name = $1, params = $2, tags = $3, metrics = $4, status = $5, \
                  status_message = $6, artifact_uri = $7, artifact_sha256 = $8, \
                  artifact_size_bytes = $9, update_time = $10, heartbeat_time = $11, \
-                 heartbeat_timeout_ms = $12, version = $13, updated_by = $14 \
-                 WHERE run_id = $15 AND version = $16",
+                 heartbeat_timeout_ms = $12, version = $13, updated_by = $14, \
+                 artifact_media_type = $15, artifacts = $16 \
+                 WHERE run_id = $17 AND version = $18 AND delete_time IS NULL",
             )
             .bind_run_contents(run)
             .bind(uri)
@@ -113,6 +118,8 @@ pub(super) async fn update(
             .bind(run.heartbeat_timeout_ms)
             .bind(run.version)
             .bind(&run.updated_by)
+            .bind(media_type)
+            .bind(attachments_json(&run.attachments))
             .bind(run.id.to_string())
             .bind(expected_version),
         )
@@ -165,7 +172,9 @@ pub(super) async fn list(
         }
     }
     let np = sql.arg(namespace);
-    sql.push(&format!(" AND r.namespace = {np}"));
+    sql.push(&format!(
+        " AND r.namespace = {np} AND r.delete_time IS NULL"
+    ));
     if let RunOrder::Metric { name, .. } = order {
         let p = sql.arg(name.as_str());
         sql.push(&format!(" AND m.run_id = r.run_id AND m.key = {p}"));
@@ -203,7 +212,7 @@ pub(super) async fn fail_expired(store: &SqlStore, now: Micros) -> Result<u64> {
                 "UPDATE runs SET status = 'FAILED', \
                  status_message = 'heartbeat timeout: no UpdateRun within heartbeat_timeout', \
                  update_time = $1, version = version + 1 \
-                 WHERE status = 'RUNNING' AND heartbeat_timeout_ms > 0 \
+                 WHERE status = 'RUNNING' AND heartbeat_timeout_ms > 0 AND delete_time IS NULL \
                  AND heartbeat_time + heartbeat_timeout_ms * 1000 < $1",
             )
             .bind(now),
@@ -211,6 +220,116 @@ pub(super) async fn fail_expired(store: &SqlStore, now: Micros) -> Result<u64> {
         .await?
         .affected;
     Ok(n)
+}
+
+pub(super) async fn delete(
+    store: &SqlStore,
+    namespace: &str,
+    id: Uuid,
+    expected_version: Option<i64>,
+    now: Micros,
+    actor: &str,
+) -> Result<RunDeletion> {
+    let run_id = id.to_string();
+    // Postgres: the run's row lock orders this against alias writes, which share-lock the
+    // run they point at; the check below then sees every alias committed before. (SQLite
+    // has one writer.) The request id is freed for a new run.
+    let mut stmts = Vec::new();
+    if store.backend == Backend::Postgres {
+        stmts.push(
+            Stmt::new("SELECT run_id FROM runs WHERE run_id = $1 FOR UPDATE").bind(run_id.as_str()),
+        );
+    }
+    let mark = Stmt::new(
+        "UPDATE runs SET delete_time = $1, update_time = $1, updated_by = $2, \
+         request_id = NULL, version = version + 1 \
+         WHERE run_id = $3 AND namespace = $4 AND delete_time IS NULL \
+         AND ($5 < 0 OR version = $5) \
+         AND NOT EXISTS (SELECT 1 FROM aliases a WHERE a.run_id = $3)",
+    )
+    .bind(now)
+    .bind(actor)
+    .bind(run_id.as_str())
+    .bind(namespace)
+    .bind(expected_version.unwrap_or(-1));
+    stmts.push(mark);
+    let done = store.write.run(stmts).await?;
+    if done.last().is_some_and(|o| o.affected == 1) {
+        return Ok(RunDeletion::Deleted);
+    }
+    // Why not, as things are now.
+    let Some(run) = get(store, namespace, id).await? else {
+        return Ok(RunDeletion::Missing);
+    };
+    let rows = sqlx::query(
+        "SELECT namespace, alias FROM aliases WHERE run_id = $1 ORDER BY namespace, alias",
+    )
+    .bind(run_id.as_str())
+    .fetch_all(&store.read)
+    .await
+    .map_err(db_error)?;
+    let aliases = rows
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("namespace").map_err(db_error)?,
+                r.try_get("alias").map_err(db_error)?,
+            ))
+        })
+        .collect::<Result<Vec<(String, String)>>>()?;
+    if !aliases.is_empty() {
+        return Ok(RunDeletion::Aliased(aliases));
+    }
+    Ok(RunDeletion::Moved(run.version))
+}
+
+pub(super) async fn purge_deleted(store: &SqlStore, before: Micros, limit: usize) -> Result<u64> {
+    let rows = sqlx::query(
+        "SELECT run_id FROM runs WHERE delete_time IS NOT NULL AND delete_time < $1 \
+         ORDER BY delete_time LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit as i64)
+    .fetch_all(&store.read)
+    .await
+    .map_err(db_error)?;
+    let ids = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>("run_id").map_err(db_error))
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    // A fixed list of ids, so that every statement removes the same runs' rows; the
+    // runs go last, after what refers to them.
+    let marks = (1..=ids.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let stmts = [
+        "run_tags",
+        "run_metrics",
+        "run_params",
+        "run_artifacts",
+        "runs",
+    ]
+    .into_iter()
+    .map(|table| {
+        let extra = if table == "runs" {
+            " AND delete_time IS NOT NULL"
+        } else {
+            ""
+        };
+        ids.iter().fold(
+            Stmt::new(format!(
+                "DELETE FROM {table} WHERE run_id IN ({marks}){extra}"
+            )),
+            |s, id| s.bind(id.as_str()),
+        )
+    })
+    .collect();
+    let done = store.write.run(stmts).await?;
+    Ok(done.last().map_or(0, |o| o.affected))
 }
 
 impl Stmt {

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use registry_svc::{
     domain::{
         aliases::{AliasAction, AliasWrite},
-        ports::{ChangeHint, RegistryStore},
+        ports::{ChangeHint, RegistryStore, RunDeletion},
         runs::{Artifact, ModelRun, NewRun, RunCursor, RunFilter, RunOrder, RunStatus},
     },
     error::{Error, Missing},
@@ -34,6 +34,7 @@ capstan_server::test_on_both_backends!(
     list_aliases_pages_by_name,
     alias_change_hints_follow_the_backend,
     namespaces_keep_runs_aliases_and_request_ids_apart,
+    deleted_runs_leave_reads_at_once_and_purge_takes_their_rows,
 );
 
 async fn open(db: &TestDb) -> Arc<dyn RegistryStore> {
@@ -184,7 +185,18 @@ async fn update_run_applies_only_at_the_expected_version(db: TestDb) {
         .unwrap(),
         sha256: "a".repeat(64),
         size_bytes: 123,
+        media_type: "application/json".into(),
     });
+    next.attachments.insert(
+        "chart".into(),
+        Artifact {
+            uri: ArtifactUri::parse(&format!("runs/seasonal_naive-model_{}.svg", "b".repeat(64)))
+                .unwrap(),
+            sha256: "b".repeat(64),
+            size_bytes: 45,
+            media_type: "image/svg+xml".into(),
+        },
+    );
     next.update_time = 2_000;
     next.heartbeat_time = 2_000;
     assert!(store.update_run(&next, run.version).await.unwrap());
@@ -908,4 +920,157 @@ async fn namespaces_keep_runs_aliases_and_request_ids_apart(db: TestDb) {
         1
     );
     assert!(store.list_aliases(NS, None, 10).await.unwrap().is_empty());
+}
+
+/// Rows of `table` that refer to `run`, read straight from the database.
+async fn rows_of(db: &TestDb, table: &str, run: Uuid) -> i64 {
+    let pool = capstan_server::db::pool(&db.url, db.backend(), 1, None)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE run_id = $1"))
+        .bind(run.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+const RUN_TABLES: [&str; 5] = [
+    "runs",
+    "run_tags",
+    "run_metrics",
+    "run_params",
+    "run_artifacts",
+];
+
+async fn deleted_runs_leave_reads_at_once_and_purge_takes_their_rows(db: TestDb) {
+    let store = open(&db).await;
+    let full = |name: &str| {
+        let mut r = new_run(name);
+        r.tags = [("team".to_string(), "a".to_string())].into();
+        r.params = [("p".to_string(), "1".to_string())].into();
+        r.metrics = [("wape".to_string(), 0.5)].into();
+        r
+    };
+    let kept = full("kept");
+    let mut gone = full("gone");
+    gone.request_id = Some("once".into());
+    store.insert_run(&kept).await.unwrap();
+    store.insert_run(&gone).await.unwrap();
+    let mut next = gone.clone();
+    next.version = 2;
+    next.artifact = Some(Artifact {
+        uri: ArtifactUri::parse(&format!("{NS}/seasonal_naive-model_{}.bin", "c".repeat(64)))
+            .unwrap(),
+        sha256: "c".repeat(64),
+        size_bytes: 3,
+        media_type: String::new(),
+    });
+    assert!(store.update_run(&next, 1).await.unwrap());
+    for table in RUN_TABLES {
+        assert!(
+            rows_of(&db, table, gone.id).await > 0,
+            "{table} holds the run"
+        );
+    }
+
+    store
+        .write_alias(&alias_write("prod", Some(gone.id), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_run(NS, gone.id, None, 5_000, "tester")
+            .await
+            .unwrap(),
+        RunDeletion::Aliased(vec![(NS.to_string(), "prod".to_string())])
+    );
+    store
+        .write_alias(&alias_write("prod", None, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_run(NS, gone.id, Some(1), 5_000, "tester")
+            .await
+            .unwrap(),
+        RunDeletion::Moved(2)
+    );
+    assert_eq!(
+        store
+            .delete_run("elsewhere", gone.id, None, 5_000, "tester")
+            .await
+            .unwrap(),
+        RunDeletion::Missing
+    );
+    assert_eq!(
+        store.get_run(NS, gone.id).await.unwrap(),
+        Some(next.clone()),
+        "refusals change nothing"
+    );
+    assert_eq!(
+        store
+            .delete_run(NS, gone.id, Some(2), 5_000, "tester")
+            .await
+            .unwrap(),
+        RunDeletion::Deleted
+    );
+    assert_eq!(
+        store
+            .delete_run(NS, gone.id, None, 5_000, "tester")
+            .await
+            .unwrap(),
+        RunDeletion::Missing,
+        "deleted once"
+    );
+
+    // Gone from every read at once.
+    assert_eq!(store.get_run(NS, gone.id).await.unwrap(), None);
+    let listed: Vec<Uuid> = store
+        .list_runs(NS, None, &RunOrder::CreateTime { desc: true }, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, vec![kept.id]);
+    let mut stale = next.clone();
+    stale.version = 4;
+    assert!(
+        !store.update_run(&stale, 3).await.unwrap(),
+        "a deleted run takes no update"
+    );
+    let aimed = store
+        .write_alias(&alias_write("prod", Some(gone.id), None))
+        .await;
+    assert!(
+        matches!(aimed, Err(Error::NotFound(Missing::Run(id))) if id == gone.id),
+        "{aimed:?}"
+    );
+    // Its request id is free again.
+    let mut again = new_run("again");
+    again.request_id = Some("once".into());
+    assert!(store.insert_run(&again).await.unwrap().1);
+
+    // Purged only past the grace period's cutoff, with every row that refers to it.
+    assert_eq!(store.purge_deleted_runs(5_000, 10).await.unwrap(), 0);
+    assert_eq!(
+        rows_of(&db, "runs", gone.id).await,
+        1,
+        "kept until the cutoff passes"
+    );
+    assert_eq!(store.purge_deleted_runs(5_001, 10).await.unwrap(), 1);
+    assert_eq!(store.purge_deleted_runs(5_001, 10).await.unwrap(), 0);
+    for table in RUN_TABLES {
+        assert_eq!(
+            rows_of(&db, table, gone.id).await,
+            0,
+            "{table} after the purge"
+        );
+        assert!(
+            rows_of(&db, table, kept.id).await > 0 || table == "run_artifacts",
+            "{table} keeps other runs"
+        );
+    }
 }

@@ -62,6 +62,10 @@ impl Workflow for DeprovisionWorkflow {
         Ok(DEPROVISION_STEPS.to_vec())
     }
 
+    fn retry_from(&self, op: &Operation) -> Result<usize> {
+        Err(super::not_retried(op))
+    }
+
     fn resume(&self, op: &Operation) -> Result<Box<dyn Execution>> {
         Ok(Box::new(Deprovision {
             store: self.store.clone(),

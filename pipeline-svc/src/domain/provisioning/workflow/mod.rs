@@ -30,6 +30,17 @@ use crate::{
 };
 
 /// `CompleteCheckout` and `ProvisionGraph`.
+/// RetryOperation on a provisioning or deprovisioning: refused, because their
+/// compensations removed what the passed steps built (the database, the subscription's
+/// progress), so no step could go on from there; a new request starts afresh.
+fn not_retried(op: &crate::domain::engine::operation::Operation) -> crate::error::Error {
+    Error::Precondition(format!(
+        "operation {} ({}) is not retried: its compensations undid what its steps built; \
+         start a new one",
+        op.id, op.kind
+    ))
+}
+
 pub const PROVISION_KIND: &str = "provisioning.graph";
 /// `ProvisionRepositoryAccess`.
 pub const REPOSITORY_ACCESS_KIND: &str = "provisioning.repository_access";

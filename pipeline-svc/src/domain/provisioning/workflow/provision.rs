@@ -89,6 +89,10 @@ impl Workflow for ProvisionWorkflow {
         Ok(vec![format!("graph:{owner}/{}", p.graph_name)])
     }
 
+    fn retry_from(&self, op: &Operation) -> Result<usize> {
+        Err(super::not_retried(op))
+    }
+
     fn resume(&self, op: &Operation) -> Result<Box<dyn Execution>> {
         Ok(Box::new(Provision {
             store: self.store.clone(),

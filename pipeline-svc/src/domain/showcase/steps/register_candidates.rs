@@ -47,7 +47,7 @@ impl Demo {
                 ("bias".to_string(), c.bias),
             ]);
             let run = self
-                .publish_run(new, "model.bin", model.to_bytes(), metrics)
+                .publish_run(new, "model.bin", model.to_bytes(), metrics, Vec::new())
                 .await?;
             let cand = &mut self.state.candidates[i];
             cand.run_id = run.run_id;

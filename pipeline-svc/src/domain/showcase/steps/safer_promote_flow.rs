@@ -53,7 +53,7 @@ impl Demo {
             ("bias".to_string(), worst.bias),
         ]);
         let challenger = self
-            .publish_run(new, "model.bin", model.to_bytes(), metrics)
+            .publish_run(new, "model.bin", model.to_bytes(), metrics, Vec::new())
             .await?;
         ArtifactUri::parse(&challenger.artifact_uri)
             .map_err(|e| Error::Corrupt(format!("challenger artifact URI does not parse: {e}")))?;

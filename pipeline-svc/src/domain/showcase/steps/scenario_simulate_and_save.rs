@@ -1,5 +1,6 @@
 //! `scenario_simulate_and_save`: what-if planning from the recorded champion: its artifact is downloaded and verified,
-//! the scenarios simulated, and the results and chart saved as registry runs.
+//! the scenarios simulated, and the results saved as a registry run with the chart attached
+//! to it (artifact `chart`).
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,7 @@ use capstan_proto::artifact_uri::ArtifactUri;
 
 use super::super::{
     demo::{compute, metric_key, sha256_hex, short, Demo},
-    registry::NewRun,
+    registry::{ArtifactFile, NewRun},
     science::{chart, models::FittedModel, scenario},
     state::DemoScenarioOutcome,
     MAX_MODEL_BYTES,
@@ -15,6 +16,13 @@ use super::super::{
 use crate::{
     domain::engine::workflow::{StepCx, StepOutcome},
     error::{Error, Result},
+};
+
+/// The scenario chart, attached to the scenario run beside its results.
+const CHART: ArtifactFile<'static> = ArtifactFile {
+    file_name: "chart.svg",
+    artifact: "chart",
+    media_type: "image/svg+xml",
 };
 
 impl Demo {
@@ -129,22 +137,19 @@ impl Demo {
                 "scenarios.json",
                 report,
                 metrics,
+                vec![(CHART, svg.into_bytes())],
             )
             .await?;
-        let chart_run = self
-            .publish_run(
-                NewRun {
-                    request_id: self.request_id("chart"),
-                    name: "showcase scenario chart".into(),
-                    model_type: "scenario_chart".into(),
-                    params: self.run_params(),
-                    tags: self.tags("chart"),
-                },
-                "chart.svg",
-                svg.into_bytes(),
-                BTreeMap::new(),
-            )
-            .await?;
+        let chart_uri = scenario_run
+            .artifacts
+            .get(CHART.artifact)
+            .cloned()
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "scenario run {} lists no {:?} artifact after its upload",
+                    scenario_run.run_id, CHART.artifact
+                ))
+            })?;
         let summary = outcomes
             .iter()
             .map(|o| format!("{} {:+.1}%", o.name, o.delta_pct))
@@ -152,13 +157,12 @@ impl Demo {
             .join(", ");
         self.state.scenarios = outcomes;
         self.state.scenario_run_id = Some(scenario_run.run_id.clone());
-        self.state.chart_run_id = Some(chart_run.run_id.clone());
-        self.state.chart_artifact_uri = Some(chart_run.artifact_uri.clone());
+        self.state.chart_run_id = Some(scenario_run.run_id.clone());
+        self.state.chart_artifact_uri = Some(chart_uri.clone());
         Ok(StepOutcome::Passed(format!(
-            "champion {} loaded by {source} and verified; {summary}; results in run {}, chart {}",
+            "champion {} loaded by {source} and verified; {summary}; results in run {}, chart {chart_uri}",
             run.model_type,
             short(&scenario_run.run_id),
-            chart_run.artifact_uri
         )))
     }
 }
