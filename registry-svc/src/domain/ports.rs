@@ -137,7 +137,8 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn alias_revisions(&self, namespace: &str) -> Result<Vec<(String, i64)>>;
 
     /// Announcements of alias changes made by any process, for as long as the stream is
-    /// polled; `None` where only this process writes.
+    /// polled (one source per replica, costing at most one round trip per interval while
+    /// nothing changes); `None` where only this process writes.
     fn alias_change_hints(&self) -> Option<BoxStream<'static, ChangeHint>>;
 }
 

@@ -10,6 +10,7 @@ mod collector;
 mod contract;
 mod deletion;
 mod filters;
+mod idle_watchers;
 mod moto;
 mod namespaces;
 mod oidc;
