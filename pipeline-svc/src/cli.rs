@@ -248,8 +248,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         blob_gc_grace_seconds: 24 * 3600,
         alias_reads: registry_svc::app::AliasReads::Fresh,
         database_wait_seconds: 5,
-        // The demo deletes nothing, so the grace period never comes into play.
-        deleted_run_grace_seconds: 7 * 24 * 3600,
     };
     let registry = registry_svc::app::start(
         &registry_args,
