@@ -93,7 +93,9 @@ pub struct PipelineArgs {
           value_parser = parse_bool, action = ArgAction::Set)]
     pub queue_workers: bool,
 
-    /// How often idle workers and watchers poll when no notification woke them.
+    /// How often idle workers poll when no notification woke them, and how often the
+    /// replica checks that its change listener (SQLite: the event log) is alive; watchers
+    /// never poll.
     #[arg(long, env = "CAPSTAN_POLL_INTERVAL_MILLIS", default_value_t = 1000)]
     pub poll_interval_millis: u64,
 

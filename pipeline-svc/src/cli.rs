@@ -241,10 +241,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<bool> {
         common: common(&dir, &secret_file),
         artifact_store: "fs".into(),
         reaper_interval_seconds: 5,
+        // The demo deletes nothing: no purge, retention or collection is due in its life.
+        deleted_run_grace_seconds: 7 * 24 * 3600,
+        run_retention_days: 0,
+        blob_gc_interval_seconds: 0,
+        blob_gc_grace_seconds: 24 * 3600,
         alias_reads: registry_svc::app::AliasReads::Fresh,
         database_wait_seconds: 5,
-        // The demo deletes nothing, so the grace period never comes into play.
-        deleted_run_grace_seconds: 7 * 24 * 3600,
     };
     let registry = registry_svc::app::start(
         &registry_args,

@@ -44,6 +44,20 @@ pub struct RegistryArgs {
     #[arg(long, env = "CAPSTAN_DELETED_RUN_GRACE_SECONDS", default_value_t = 7 * 24 * 3600)]
     pub deleted_run_grace_seconds: u64,
 
+    /// How often the blob collector looks for blobs no run refers to (one replica at a
+    /// time); 0 turns it off.
+    #[arg(long, env = "CAPSTAN_BLOB_GC_INTERVAL_SECONDS", default_value_t = 3600)]
+    pub blob_gc_interval_seconds: u64,
+
+    /// Blobs younger than this stay, referenced or not.
+    #[arg(long, env = "CAPSTAN_BLOB_GC_GRACE_SECONDS", default_value_t = 24 * 3600)]
+    pub blob_gc_grace_seconds: u64,
+
+    /// Deletes terminal runs not changed for this many days that no alias points at and no
+    /// alias history entry names (then purged as any deleted run); 0 keeps runs forever.
+    #[arg(long, env = "CAPSTAN_RUN_RETENTION_DAYS", default_value_t = 0)]
+    pub run_retention_days: u64,
+
     /// How GetAlias reads on Postgres: `fresh` asks the database every time, so a read on
     /// any replica sees every write acknowledged before it; `cached` serves from memory,
     /// cleared by the database's change notifications, so another replica's change may
@@ -118,8 +132,17 @@ pub async fn start(args: &RegistryArgs, mut options: ServeOptions) -> anyhow::Re
     registry.spawn_purger(
         Duration::from_secs(args.reaper_interval_seconds.max(1)),
         Duration::from_secs(args.deleted_run_grace_seconds),
+        (args.run_retention_days > 0)
+            .then(|| Duration::from_secs(args.run_retention_days.saturating_mul(24 * 3600))),
         shutdown.clone(),
     );
+    if args.blob_gc_interval_seconds > 0 {
+        registry.spawn_collector(
+            Duration::from_secs(args.blob_gc_interval_seconds),
+            Duration::from_secs(args.blob_gc_grace_seconds),
+            shutdown.clone(),
+        );
+    }
     registry.spawn_change_listener(shutdown.clone());
 
     let max = args.common.max_message_bytes;

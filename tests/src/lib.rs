@@ -3,6 +3,7 @@
 
 pub mod plot;
 pub mod report;
+pub mod runs;
 pub mod tools;
 
 use std::{
@@ -213,4 +214,29 @@ pub fn run_grpcurl(grpcurl: &Path, args: &[&str], stdin: Option<&str>) -> Output
             .expect("write grpcurl stdin");
     }
     child.wait_with_output().expect("grpcurl output")
+}
+
+/// The registry a benchmarked pipeline talks to: `registry_bin` on a SQLite file in
+/// `dir`, and the file holding the service token the pipeline calls it with.
+pub fn pipeline_registry(
+    registry_bin: &Path,
+    dir: &Path,
+    secret: &[u8],
+    secret_path: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Service, PathBuf)> {
+    use capstan_server::auth::{issue_hs256, Role};
+    let registry_db = format!("sqlite://{}?mode=rwc", dir.join("registry.db").display());
+    let registry = Service::start(
+        registry_bin,
+        &server_flags(&dir.join("registry"), &registry_db, secret_path)?,
+        env,
+        dir.join("registry.log"),
+    )?;
+    let token_file = dir.join("registry.token");
+    std::fs::write(
+        &token_file,
+        issue_hs256(secret, "pipeline-svc", Role::Service, 24 * 3600)?,
+    )?;
+    Ok((registry, token_file))
 }

@@ -203,7 +203,7 @@ async fn crash_resumes_from_last_finished_step(db: TestDb) {
             .unwrap();
         let id = rt.block_on(async {
             let flow = TestFlow {
-                log: log_a,
+                log: log_a.clone(),
                 gate: Some((2, Arc::new(Semaphore::new(0)))),
                 ..Default::default()
             };
@@ -212,9 +212,13 @@ async fn crash_resumes_from_last_finished_step(db: TestDb) {
                 .start("alice", start_request(5, Some(ExecutionMode::Queued)))
                 .await
                 .unwrap();
+            // The store marks s2 running just before its body runs: wait for the body too,
+            // so that the crash is inside the step on a loaded machine as well.
+            let entered = log_a.clone();
             eventually(Duration::from_secs(10), || async {
                 let op = engine.get(op.id, None).await.unwrap();
-                (op.steps[2].status == StepStatus::Running).then_some(())
+                let in_s2 = entered.lock().unwrap().len() == 3;
+                (op.steps[2].status == StepStatus::Running && in_s2).then_some(())
             })
             .await;
             op.id

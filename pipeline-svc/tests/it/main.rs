@@ -12,6 +12,7 @@ mod common;
 mod contract;
 mod db_loss;
 mod engine;
+mod idle_watchers;
 mod keys;
 mod migrations;
 mod provisioning;

@@ -36,6 +36,82 @@ capstan_server::test_on_both_backends!(
     watchers_on_another_replica_follow_live,
 );
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_listener_loses_no_event() {
+    let db = TestDb::postgres().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let flow = TestFlow {
+        progress_per_step: 1,
+        gate: Some((0, gate.clone())),
+        ..Default::default()
+    };
+    let a = server(&db, &flow).await;
+    // B's poll is slow on purpose: only its listener, or its resync after the listener is
+    // back, can make it follow A's work promptly.
+    let mut b_args = a.args.clone();
+    b_args.poll_interval_millis = 10_000;
+    let b = Server::start_with(b_args, vec![flow.workflow()]).await;
+    let op = a
+        .running
+        .engine
+        .start("alice", flow.request(5, None))
+        .await
+        .unwrap();
+    // A works at once, while B's listener is gone: the announcements reach nobody.
+    let cut = async {
+        eventually(Duration::from_secs(10), || async {
+            (db.terminate_listeners().await >= 2).then_some(())
+        })
+        .await
+    };
+    let (_, took) = follow_on(&a, &b.url, op.id, &gate, cut).await;
+    assert!(
+        took < Duration::from_secs(5),
+        "B followed only by its 10 s poll: {took:?}"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Watches `op` on replica `b_url` from the start; once the watch is live, runs
+/// `before_work`, then opens the gate for A's work and follows it to the end. Checks that
+/// B saw everything A recorded, in order (a step retried under load adds its own
+/// events); the sequences, and how long after the gate opened the stream ended.
+async fn follow_on(
+    a: &Server,
+    b_url: &str,
+    op: uuid::Uuid,
+    gate: &Semaphore,
+    before_work: impl std::future::Future<Output = ()>,
+) -> (Vec<i64>, Duration) {
+    let mut client = operations_client(b_url, &token("alice", Role::User)).await;
+    let mut s = client
+        .watch_operation(pb::WatchOperationRequest {
+            operation_id: op.to_string(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = vec![s.message().await.unwrap().unwrap().sequence];
+    before_work.await;
+    let t = Instant::now();
+    gate.add_permits(1);
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(30), s.message())
+        .await
+        .expect("watch on B ends")
+        .unwrap()
+    {
+        if !is_heartbeat(&e) {
+            seen.push(e.sequence);
+        }
+    }
+    let took = t.elapsed();
+    let recorded = a.running.engine.get(op, None).await.unwrap().last_sequence;
+    assert_eq!(seen, (1..=recorded).collect::<Vec<_>>());
+    (seen, took)
+}
+
 /// A pipeline server on `db` that runs `flow`'s noop operations.
 async fn server(db: &TestDb, flow: &TestFlow) -> Server {
     let args = pipeline_args(&db.url, &db.dir.path().join("pipeline"), &[]);
@@ -341,40 +417,8 @@ async fn watchers_on_another_replica_follow_live(db: TestDb) {
         .start("alice", flow.request(10, None))
         .await
         .unwrap();
-    let b_url = b.url.clone();
-    let mut client = operations_client(&b_url, &token("alice", Role::User)).await;
-    let mut s = client
-        .watch_operation(pb::WatchOperationRequest {
-            operation_id: op.id.to_string(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = vec![s.message().await.unwrap().unwrap().sequence];
-    // Work starts on A only now that B's watcher is live.
-    let t = Instant::now();
-    gate.add_permits(1);
-    while let Some(e) = tokio::time::timeout(Duration::from_secs(30), s.message())
-        .await
-        .expect("watch on B ends")
-        .unwrap()
-    {
-        if !is_heartbeat(&e) {
-            seen.push(e.sequence);
-        }
-    }
-    let took = t.elapsed();
+    let (seen, took) = follow_on(&a, &b.url, op.id, &gate, async {}).await;
     eprintln!("watch on the other replica followed the operation in {took:?}");
-    // Everything A recorded, in order; a step retried under load adds its own events.
-    let recorded = a
-        .running
-        .engine
-        .get(op.id, None)
-        .await
-        .unwrap()
-        .last_sequence;
-    assert_eq!(seen, (1..=recorded).collect::<Vec<_>>());
     let at_least = 2 + 10 * 3 + 1;
     assert!(seen.len() >= at_least, "{} events", seen.len());
     // B polls every 10 s on Postgres, so following within 5 s shows the notifications

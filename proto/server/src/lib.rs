@@ -4,6 +4,8 @@
 //!   and [`error::to_status`] turns it into a `tonic::Status` the same way everywhere.
 //! - [`db`]: SQLite/Postgres pools set up alike on every connection, connection reuse,
 //!   migrations, and the classification of database failures.
+//! - [`fanout`]: one change listener per replica fanned out to its watchers, and reads
+//!   shared by the watchers one change wakes.
 //! - [`paging`]: page sizes and page tokens bound to their query.
 //! - [`time`]: the one stored time unit.
 //! - [`config`]: the common flags, each with its environment twin; URL redaction for logs.
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fanout;
 pub mod paging;
 pub mod serve;
 pub mod telemetry;

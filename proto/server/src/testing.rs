@@ -111,6 +111,51 @@ impl TestDb {
         .expect("pg_terminate_backend on the test database");
         ended.get::<i64, _>(0) as u64
     }
+
+    /// Ends the sessions of this test's Postgres database that listen for notifications
+    /// (their last statement was a `LISTEN`), as a network cut or failover would; how many.
+    pub async fn terminate_listeners(&self) -> u64 {
+        let name = self
+            .pg_name
+            .as_deref()
+            .expect("terminate_listeners needs a Postgres test database");
+        let mut conn = admin_connection(&admin_url()).await;
+        let ended = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .expect("pg_terminate_backend on the test database's listeners");
+        ended.get::<i64, _>(0) as u64
+    }
+
+    /// Transactions this test's own Postgres database ran during `window`, as its
+    /// statistics count them (a count, not a time). The reads go through the admin
+    /// database, so they do not count themselves. A backend reports its counts at most once
+    /// a second and, idle, up to 10 s late: let 10 s pass after a burst before a window.
+    pub async fn transactions_during(&self, window: Duration) -> i64 {
+        let name = self
+            .pg_name
+            .as_deref()
+            .expect("transactions_during needs a Postgres test database");
+        let mut conn = admin_connection(&admin_url()).await;
+        async fn count(conn: &mut PgConnection, name: &str) -> i64 {
+            sqlx::query(
+                "SELECT (xact_commit + xact_rollback)::BIGINT FROM pg_stat_database \
+                 WHERE datname = $1",
+            )
+            .bind(name)
+            .fetch_one(conn)
+            .await
+            .expect("pg_stat_database of the test database")
+            .get::<i64, _>(0)
+        }
+        let before = count(&mut conn, name).await;
+        tokio::time::sleep(window).await;
+        count(&mut conn, name).await - before
+    }
 }
 
 async fn admin_connection(admin: &str) -> PgConnection {

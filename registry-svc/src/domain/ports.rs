@@ -58,9 +58,36 @@ pub trait RegistryStore: Send + Sync + 'static {
         now: Micros,
         actor: &str,
     ) -> Result<RunDeletion>;
+    /// Up to `limit` runs (namespace, id), oldest first, that retention may delete: not
+    /// deleted, terminal, last changed before `before`, and named by no alias and by no
+    /// alias history entry (as its run or previous run; a rollback may need them).
+    async fn retention_candidates(
+        &self,
+        before: Micros,
+        limit: usize,
+    ) -> Result<Vec<(String, Uuid)>>;
     /// Removes up to `limit` runs deleted before `before`, with every row that refers to
     /// them (tags, metrics, params, artifact references); returns how many.
     async fn purge_deleted_runs(&self, before: Micros, limit: usize) -> Result<u64>;
+    /// Leases the blob `sha256` for an upload or a reference being written, until
+    /// `expire`; `false` (nothing leased) while the collector is removing that blob.
+    async fn lease_blob(
+        &self,
+        lease: Uuid,
+        sha256: &str,
+        now: Micros,
+        expire: Micros,
+    ) -> Result<bool>;
+    async fn release_blob_lease(&self, lease: Uuid) -> Result<()>;
+    /// Marks the blob as being removed (until `expire`) when no run, deleted or not, refers
+    /// to it and no lease unexpired at `now` holds it; `true` when marked. Ordered against
+    /// [`RegistryStore::lease_blob`] of the same blob: one of the two wins.
+    async fn begin_blob_removal(&self, sha256: &str, now: Micros, expire: Micros) -> Result<bool>;
+    /// The blob is gone (or stayed): leases of it may be taken again.
+    async fn end_blob_removal(&self, sha256: &str) -> Result<()>;
+    /// Takes or renews the collector's lease for `holder` until `expire`; `false` while
+    /// another holder's lease is unexpired at `now`. One replica collects at a time.
+    async fn claim_collector(&self, holder: &str, now: Micros, expire: Micros) -> Result<bool>;
     /// Marks FAILED every RUNNING run whose heartbeat is older than its timeout at `now`,
     /// bumping its version; returns how many.
     async fn fail_expired_runs(&self, now: Micros) -> Result<u64>;
@@ -110,7 +137,8 @@ pub trait RegistryStore: Send + Sync + 'static {
     async fn alias_revisions(&self, namespace: &str) -> Result<Vec<(String, i64)>>;
 
     /// Announcements of alias changes made by any process, for as long as the stream is
-    /// polled; `None` where only this process writes.
+    /// polled (one source per replica, costing at most one round trip per interval while
+    /// nothing changes); `None` where only this process writes.
     fn alias_change_hints(&self) -> Option<BoxStream<'static, ChangeHint>>;
 }
 
@@ -146,8 +174,20 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Streams the blob with this SHA-256 in non-empty chunks of at most `chunk` bytes;
     /// `NotFound` when no such blob is stored.
     async fn read(&self, sha256: &str, chunk: usize) -> Result<BoxStream<'static, Result<Bytes>>>;
+    /// Up to `limit` stored blobs in SHA-256 order, after `after` (exclusive).
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>>;
+    /// Removes the blob; an absent one is no error.
+    async fn delete(&self, sha256: &str) -> Result<()>;
     /// Human-readable location, for logs.
     fn describe(&self) -> String;
+}
+
+/// A blob as [`BlobStore::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlob {
+    pub sha256: String,
+    /// When it was written.
+    pub written: Micros,
 }
 
 /// A blob being written. Dropped without [`StagedBlob::commit`] (the client went away, the

@@ -2,13 +2,16 @@
 //! and the in-memory helpers of the hot paths. The use cases themselves live with their
 //! feature (`runs`, `aliases`, `artifacts`).
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
 
 use super::{
     aliases::{AliasCache, AliasWatch, CoalescedAliasReads, ServableRuns},
     ports::{BlobStore, RegistryStore},
     runs::RecentRuns,
 };
+use crate::error::Result;
 
 /// How alias reads are served where several processes write (see
 /// [`AliasCache`](super::aliases::AliasCache)).
@@ -54,5 +57,34 @@ impl Registry {
             recent_runs: RecentRuns::default(),
             store,
         })
+    }
+}
+
+impl Registry {
+    /// Runs `pass` every `interval` until `shutdown` (the reaper, the purger, the
+    /// collector); a failed pass is logged as `what`, and the next one tries again.
+    pub(super) fn every<F, Fut>(
+        self: &Arc<Self>,
+        interval: Duration,
+        shutdown: CancellationToken,
+        what: &'static str,
+        mut pass: F,
+    ) where
+        F: FnMut(Arc<Self>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send,
+    {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                if let Err(e) = pass(this.clone()).await {
+                    tracing::error!(error = %capstan_server::error::Chain(&e), "{what} failed");
+                }
+            }
+        });
     }
 }

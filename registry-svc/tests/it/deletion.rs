@@ -129,3 +129,92 @@ async fn delete_run_is_refused_while_aliased_then_leaves_and_is_purged(db: TestD
     assert_eq!(rows_of(&server.db, "runs", &other.run_id).await, 1);
     server.stop().await;
 }
+
+capstan_server::test_on_both_backends!(retention_deletes_only_old_terminal_runs_nothing_needs,);
+
+/// Retention deletes terminal runs past it that no alias points at and no alias history
+/// entry names (then purged as any deleted run), and nothing else.
+async fn retention_deletes_only_old_terminal_runs_nothing_needs(db: TestDb) {
+    use std::sync::Arc;
+
+    use registry_svc::{
+        app::AliasReads,
+        domain::{
+            aliases::SetAlias,
+            registry::Registry,
+            runs::{RunPatch, RunStatus},
+        },
+        error::Error,
+        store::{blobs::FsBlobStore, sql::SqlStore},
+    };
+
+    let blobs = FsBlobStore::open(&db.data_dir().join("artifacts"))
+        .await
+        .unwrap();
+    let registry = Registry::new(
+        Arc::new(SqlStore::connect(&db.url).await.unwrap()),
+        Arc::new(blobs),
+        AliasReads::Fresh,
+    );
+    let run = |name: &'static str, end: Option<RunStatus>| {
+        let registry = registry.clone();
+        async move {
+            let id = crate::collector::run_with(&registry, name, name.as_bytes()).await;
+            if let Some(status) = end {
+                let patch = RunPatch {
+                    status: Some(status),
+                    ..Default::default()
+                };
+                registry
+                    .update_run("default", id, &patch, "tester")
+                    .await
+                    .unwrap();
+            }
+            id
+        }
+    };
+    let done = run("done", Some(RunStatus::Succeeded)).await;
+    let failed = run("failed", Some(RunStatus::Failed)).await;
+    let aliased = run("aliased", Some(RunStatus::Succeeded)).await;
+    let historic = run("historic", Some(RunStatus::Succeeded)).await;
+    let running = run("running", None).await;
+    for target in [historic, aliased] {
+        registry
+            .set_alias(
+                SetAlias {
+                    namespace: "default".into(),
+                    alias: "prod".into(),
+                    run_id: target,
+                    description: String::new(),
+                    expected_revision: None,
+                    reason: "retention test".into(),
+                },
+                "tester",
+            )
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(
+        registry
+            .expire_runs(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0,
+        "nothing is old enough"
+    );
+    assert_eq!(registry.expire_runs(Duration::ZERO).await.unwrap(), 2);
+    for id in [done, failed] {
+        let gone = registry.get_run("default", id).await;
+        assert!(matches!(gone, Err(Error::NotFound(_))), "{gone:?}");
+    }
+    for id in [aliased, historic, running] {
+        registry.get_run("default", id).await.unwrap();
+    }
+    assert_eq!(registry.expire_runs(Duration::ZERO).await.unwrap(), 0);
+    registry.purge_deleted_runs(Duration::ZERO).await.unwrap();
+    for id in [done, failed] {
+        assert_eq!(rows_of(&db, "runs", &id.to_string()).await, 0, "purged");
+    }
+    assert_eq!(rows_of(&db, "runs", &historic.to_string()).await, 1);
+}

@@ -32,7 +32,7 @@ use capstan_server::{
     testing::{self, TestDb},
 };
 use capstan_tests::{
-    binary, path_str,
+    binary, path_str, pipeline_registry,
     report::{splice, utc, write_results, PIPELINE_BEGIN as BEGIN, PIPELINE_END as END},
     server_flags, Service,
 };
@@ -261,21 +261,10 @@ impl Servers {
     ) -> anyhow::Result<Servers> {
         let dir = db.data_dir();
         let (secret_path, secret) = testing::jwt_secret(&dir);
-        let registry_db = format!("sqlite://{}?mode=rwc", dir.join("registry.db").display());
         // Pinned so that a RUST_LOG in the caller's environment cannot change the cost.
         let env = [("RUST_LOG", "info")];
-        let registry_dir = dir.join("registry");
-        let registry = Service::start(
-            registry_bin,
-            &server_flags(&registry_dir, &registry_db, &secret_path)?,
-            &env,
-            dir.join("registry.log"),
-        )?;
-        let token_file = dir.join("registry.token");
-        std::fs::write(
-            &token_file,
-            issue_hs256(&secret, "pipeline-svc", Role::Service, 24 * 3600)?,
-        )?;
+        let (registry, token_file) =
+            pipeline_registry(registry_bin, &dir, &secret, &secret_path, &env)?;
         let mut pipelines = Vec::new();
         for i in 0..replicas {
             let data_dir = dir.join(format!("pipeline-{i}"));

@@ -3,6 +3,8 @@
 //! exchange. `store::sql` implements both on SQLite and Postgres; the contract suites in
 //! `tests/it/contract` hold every implementation to the rules written here.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -167,6 +169,9 @@ pub struct OpCursor(pub Micros, pub Uuid);
 pub enum Hint {
     Operation(Uuid),
     Jobs,
+    /// Anything may have changed (the listener is back after a loss, or SQLite's cursor
+    /// moved): every watcher and waiter looks again.
+    Resync,
 }
 
 /// Operations, their steps and their event log.
@@ -234,8 +239,10 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Any other status is refused (`Precondition`).
     async fn retry(&self, id: Uuid, retry: &Retry) -> Result<Created>;
 
-    /// Other replicas' wake-ups; `None` where only this process writes.
-    async fn hints(&self) -> Option<BoxStream<'static, Hint>>;
+    /// Other replicas' wake-ups from the replica's one change source, which costs at most
+    /// one round trip per `every` while nothing changes; `None` where only this process
+    /// writes.
+    async fn hints(&self, every: Duration) -> Option<BoxStream<'static, Hint>>;
 }
 
 /// Whether a leased operation may run now.

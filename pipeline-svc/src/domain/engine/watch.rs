@@ -4,15 +4,24 @@
 //! The event log is the truth; notifications are only hints. A watcher subscribes to the
 //! in-process hub *before* reading the store, so an event written in between arrives
 //! through one or the other, and it forwards only the next sequence it expects: anything
-//! else (a gap, a lag, another replica's hint, the poll) sends it back to the store from
-//! its last sequence. So no event is lost or repeated, and since publishing never waits
-//! for a receiver, a slow watcher never slows the operation.
+//! else (a gap, a lag, another replica's hint, the replica's resync) sends it back to the
+//! store from its last sequence. So no event is lost or repeated, and since publishing
+//! never waits for a receiver, a slow watcher never slows the operation.
+//!
+//! A watcher never polls: the replica's one change source (see
+//! [`capstan_server::fanout`]) wakes it, so an idle watcher costs the database nothing,
+//! and the watchers one wake-up sends to the store at the same sequence share one read.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
+
+use capstan_server::fanout::Coalesce;
 
 use tokio::{
     sync::{broadcast, mpsc, OwnedSemaphorePermit},
@@ -36,6 +45,8 @@ const HUB_CAPACITY: usize = 256;
 const STREAM_BUFFER: usize = 64;
 /// Events read from the store at once.
 const READ_BATCH: usize = 500;
+/// How soon a watcher whose read failed tries again (only while reads fail).
+const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 enum HubMsg {
@@ -48,15 +59,34 @@ enum HubMsg {
 #[derive(Default)]
 pub struct Hub {
     channels: Arc<Mutex<HashMap<Uuid, broadcast::Sender<HubMsg>>>>,
+    /// Changes told so far: a read started after a watcher saw this count includes them.
+    changes: AtomicU64,
+    /// Reads of one operation's events after one sequence, shared by the watchers there.
+    reads: Coalesce<(Uuid, i64), Vec<Event>, Error>,
 }
 
 impl Hub {
     fn send(&self, id: Uuid, msg: HubMsg) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
         if let Ok(map) = self.channels.lock() {
             if let Some(tx) = map.get(&id) {
                 // An error only means that no watcher is listening right now.
                 let _ = tx.send(msg);
             }
+        }
+    }
+
+    /// Anything may have changed: every watcher of this replica reads the store once.
+    pub fn wake_all(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        match self.channels.lock() {
+            Ok(map) => {
+                for tx in map.values() {
+                    // An error only means that no watcher is listening right now.
+                    let _ = tx.send(HubMsg::Wake);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "event hub unavailable; watchers miss a resync"),
         }
     }
 
@@ -144,6 +174,7 @@ impl Engine {
             status: op.status,
             percent: op.progress_percent,
             last_sent: Instant::now(),
+            retry: None,
             _permit: permit,
         };
         if !finished {
@@ -166,6 +197,8 @@ struct Watcher {
     status: OpStatus,
     percent: i64,
     last_sent: Instant,
+    /// When to read again after a failed read.
+    retry: Option<Instant>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -174,7 +207,6 @@ impl Watcher {
         if !self.catch_up().await {
             return;
         }
-        let poll = self.engine.cfg.poll_interval;
         let beat = self
             .engine
             .cfg
@@ -194,7 +226,7 @@ impl Watcher {
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
                     Err(broadcast::error::RecvError::Closed) => self.catch_up().await,
                 },
-                _ = tokio::time::sleep(poll) => self.catch_up().await,
+                _ = until(self.retry) => self.catch_up().await,
                 _ = tokio::time::sleep_until(self.last_sent + beat) => self.heartbeat().await,
             };
             if !more {
@@ -208,26 +240,27 @@ impl Watcher {
     /// goes on past it: a full batch's last event waits for the next batch to tell.
     async fn catch_up(&mut self) -> bool {
         loop {
-            let events = match self
-                .engine
-                .store()
-                .events(self.id, self.last, READ_BATCH)
-                .await
-            {
+            let hub = &self.engine.hub;
+            let epoch = hub.changes.load(Ordering::SeqCst);
+            let (store, id, after) = (self.engine.store().clone(), self.id, self.last);
+            let read = async move { store.events(id, after, READ_BATCH).await };
+            let events = match hub.reads.read((id, after), epoch, read).await {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(operation = %self.id, error = %e, "watch cannot read events; retrying");
+                    self.retry = Some(Instant::now() + RETRY);
                     return true;
                 }
             };
+            self.retry = None;
             let full = events.len() == READ_BATCH;
-            let mut events = events.into_iter().peekable();
+            let mut events = events.iter().peekable();
             while let Some(e) = events.next() {
                 let followed = events.peek().is_some();
                 if full && !followed {
                     break;
                 }
-                if !self.send(e, followed).await {
+                if !self.send(e.clone(), followed).await {
                     return false;
                 }
             }
@@ -270,5 +303,13 @@ impl Watcher {
             message: String::new(),
         };
         self.send(beat, false).await
+    }
+}
+
+/// Never, or at `at`.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -58,7 +58,7 @@ impl Engine {
     }
 
     async fn follow_hints(self: Arc<Self>) {
-        let Some(mut hints) = self.store.hints().await else {
+        let Some(mut hints) = self.store.hints(self.cfg.poll_interval).await else {
             return;
         };
         loop {
@@ -72,8 +72,23 @@ impl Engine {
                         self.hub.wake(id);
                         self.cancel_if_requested(id).await;
                     }
+                    Some(Hint::Resync) => {
+                        self.jobs_wake.notify_one();
+                        self.admissions_wake.notify_waiters();
+                        self.hub.wake_all();
+                        let here: Vec<uuid::Uuid> = match self.local.lock() {
+                            Ok(m) => m.keys().copied().collect(),
+                            Err(e) => {
+                                tracing::error!(error = %e, "running operations unreadable; their cancellations wait for the next step");
+                                Vec::new()
+                            }
+                        };
+                        for id in here {
+                            self.cancel_if_requested(id).await;
+                        }
+                    }
                     None => {
-                        tracing::warn!("notification stream ended; workers and watchers fall back to polling");
+                        tracing::error!("notification stream ended; watchers see only this replica's events");
                         return;
                     }
                 },

@@ -1,7 +1,10 @@
 //! [`OperationStore`] on the SQL store: creating operations with their steps, first event
 //! and job; reading them; recording changes; cancelling; and the notification stream.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use capstan_server::fanout::{self, Notice};
 use futures::{stream::BoxStream, StreamExt};
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
@@ -505,46 +508,51 @@ impl OperationStore for SqlStore {
         })
     }
 
-    async fn hints(&self) -> Option<BoxStream<'static, Hint>> {
+    async fn hints(&self, every: Duration) -> Option<BoxStream<'static, Hint>> {
         if self.backend != Backend::Postgres {
-            return None;
-        }
-        let listener = async {
-            let mut l = sqlx::postgres::PgListener::connect(&self.url).await?;
-            l.listen_all([OPS_CHANNEL, JOBS_CHANNEL]).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        let me = self.replica.clone();
-        match listener.await {
-            Ok(l) => Some(
-                l.into_stream()
-                    .filter_map(move |n| {
-                        let hint = match n {
-                            Ok(n) => {
-                                let (from, what) =
-                                    n.payload().split_once(' ').unwrap_or(("", n.payload()));
-                                if from == me {
-                                    None
-                                } else if n.channel() == JOBS_CHANNEL {
-                                    Some(Hint::Jobs)
-                                } else {
-                                    Uuid::parse_str(what).ok().map(Hint::Operation)
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "operation notification listener error; polling covers it");
-                                None
-                            }
-                        };
-                        async move { hint }
-                    })
+            // SQLite cannot announce, but other processes may share the file: one read of
+            // the event log's newest row id per interval says whether anything moved.
+            let read = self.read.clone();
+            let polled = fanout::polled(every, move || {
+                let read = read.clone();
+                async move {
+                    sqlx::query("SELECT COALESCE(MAX(rowid), 0) AS n FROM operation_events")
+                        .fetch_one(&read)
+                        .await
+                        .and_then(|r| r.try_get::<i64, _>("n"))
+                        .map_err(db_error)
+                }
+            });
+            return Some(
+                polled
+                    .filter_map(|n| async move { (n == Notice::Moved).then_some(Hint::Resync) })
                     .boxed(),
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot LISTEN for operation changes; relying on polling");
-                None
-            }
+            );
         }
+        let me = self.replica.clone();
+        let listener = fanout::postgres(self.url.clone(), &[OPS_CHANNEL, JOBS_CHANNEL], every);
+        Some(
+            listener
+                .filter_map(move |n| {
+                    let hint = match n {
+                        Notice::Message { channel, payload } => {
+                            let (from, what) = payload.split_once(' ').unwrap_or(("", &payload));
+                            if from == me {
+                                None
+                            } else if channel == JOBS_CHANNEL {
+                                Some(Hint::Jobs)
+                            } else {
+                                Uuid::parse_str(what).ok().map(Hint::Operation)
+                            }
+                        }
+                        // Whatever was announced while nobody listened is read again.
+                        Notice::Listening | Notice::Moved => Some(Hint::Resync),
+                        Notice::Lost => None,
+                    };
+                    async move { hint }
+                })
+                .boxed(),
+        )
     }
 }
 

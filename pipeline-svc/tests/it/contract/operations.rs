@@ -533,13 +533,33 @@ async fn cancel_queued_running_and_finished(db: TestDb) {
 
 async fn hints_come_from_other_replicas_only(db: TestDb) {
     let a = Stores::open(&db, "A").await;
-    let Some(mut hints) = a.ops.hints().await else {
-        assert!(
-            !db.is_postgres(),
-            "Postgres stores share writes between replicas: they must send hints"
-        );
+    let mut hints = a
+        .ops
+        .hints(Duration::from_millis(20))
+        .await
+        .expect("stores shared between replicas send hints");
+    if !db.is_postgres() {
+        // SQLite cannot say what changed, only that its event log moved: everyone looks.
+        let b = Stores::open(&db, "B").await;
+        let next = hints.next();
+        tokio::pin!(next);
+        tokio::time::timeout(Duration::from_millis(200), &mut next)
+            .await
+            .expect_err("nothing moved yet");
+        queued(&b, "alice", 1).await;
+        let hint = tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("B's write reaches A as a hint")
+            .expect("the hint stream stays open");
+        assert_eq!(hint, Hint::Resync);
         return;
-    };
+    }
+    // The listener is up: from here on every change is announced.
+    let listening = tokio::time::timeout(Duration::from_secs(10), hints.next()).await;
+    assert_eq!(
+        listening.expect("a listener within 10 s"),
+        Some(Hint::Resync)
+    );
     // A's own writes do not wake A.
     let direct = new_operation(
         "alice",

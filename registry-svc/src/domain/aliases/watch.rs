@@ -4,13 +4,20 @@
 //!
 //! Per-alias revisions are gapless and serialized by compare-and-swap, so a watcher that
 //! remembers the last revision it sent and asks the store for later ones never misses or
-//! repeats a change. Wake-ups come from this process's writes, from the store's
-//! announcements of other replicas' changes, and from a poll as the fallback.
+//! repeats a change. Wake-ups come from this process's writes and from the replica's one
+//! source of announcements of other replicas' changes (see
+//! [`capstan_server::fanout`]): a watcher never polls, so an idle one costs the database
+//! nothing, and watchers woken by one change at the same position share one read.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use capstan_server::fanout::Coalesce;
+
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::{
+    sync::{mpsc, watch, Semaphore},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -22,13 +29,21 @@ use crate::{
     error::{Error, Result, Validator},
 };
 
-const POLL: Duration = Duration::from_secs(1);
+/// How soon a watcher whose read failed tries again (only while reads fail).
+const RETRY: Duration = Duration::from_secs(1);
 const MAX_WATCHERS: usize = 10_000;
 const MAX_WATCHED_ALIASES: usize = 100;
+/// History entries read at once.
+const READ_BATCH: usize = 1000;
 
 pub struct AliasWatch {
+    /// Wake-ups so far; a watcher re-reads when it moves.
     tick: watch::Sender<u64>,
     slots: Arc<Semaphore>,
+    /// The newest revision of each alias of a namespace, shared by the wake-up's watchers.
+    revisions: Coalesce<String, Vec<(String, i64)>, Error>,
+    /// An alias's history after a revision, shared likewise.
+    history: Coalesce<(String, String, i64), Vec<AliasHistoryEntry>, Error>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,11 +95,13 @@ impl AliasWatch {
         Self {
             tick: watch::channel(0).0,
             slots: Arc::new(Semaphore::new(MAX_WATCHERS)),
+            revisions: Coalesce::default(),
+            history: Coalesce::default(),
         }
     }
 
     pub fn notify(&self) {
-        self.tick.send_modify(|n| *n = n.wrapping_add(1));
+        self.tick.send_modify(|n| *n += 1);
     }
 }
 
@@ -120,7 +137,7 @@ impl Registry {
                             Some(hint) => this.change_hint(hint),
                             None => {
                                 this.change_hint(ChangeHint::Lost);
-                                tracing::warn!("alias notification stream ended; watchers fall back to polling");
+                                tracing::error!("alias notification stream ended; watchers see only this replica's writes");
                                 return;
                             }
                         },
@@ -170,21 +187,29 @@ impl Registry {
             if !ok {
                 return;
             }
+            let mut retry: Option<Instant> = None;
             loop {
                 tokio::select! {
+                    // The sender lives as long as the registry.
                     _ = tick.changed() => {}
-                    _ = tokio::time::sleep(POLL) => {}
+                    _ = until(retry) => {}
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
                 }
-                match this.changes(&namespace, all, &names, &mut seen).await {
+                let epoch = *tick.borrow_and_update();
+                match this
+                    .changes(&namespace, all, &names, &mut seen, epoch)
+                    .await
+                {
                     Ok(events) => {
+                        retry = None;
                         if !send_all(&tx, events).await {
                             return;
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %capstan_server::error::Chain(&e), "alias watch poll failed; retrying")
+                        retry = Some(Instant::now() + RETRY);
+                        tracing::warn!(error = %capstan_server::error::Chain(&*e), "alias watch read failed; retrying")
                     }
                 }
             }
@@ -241,34 +266,46 @@ impl Registry {
         Ok(events)
     }
 
+    /// What changed after `seen`, read once for all the watchers of wake-up `epoch` that
+    /// stand where this one does.
     async fn changes(
         &self,
         namespace: &str,
         all: bool,
         names: &[String],
         seen: &mut HashMap<String, i64>,
-    ) -> Result<Vec<AliasEvent>> {
+        epoch: u64,
+    ) -> std::result::Result<Vec<AliasEvent>, Arc<Error>> {
         let changed: Vec<String> = if all {
-            self.store
-                .alias_revisions(namespace)
+            let store = self.store.clone();
+            let ns = namespace.to_string();
+            let read = async move { store.alias_revisions(&ns).await };
+            self.watch
+                .revisions
+                .read(namespace.to_string(), epoch, read)
                 .await?
-                .into_iter()
+                .iter()
                 .filter(|(a, r)| seen.get(a).is_none_or(|s| r > s))
-                .map(|(a, _)| a)
+                .map(|(a, _)| a.clone())
                 .collect()
         } else {
             names.to_vec()
         };
         let mut events = Vec::new();
         for name in changed {
-            let after = seen.get(&name).copied().unwrap_or(0);
-            for entry in self
-                .store
-                .alias_changes(namespace, &name, after, 1000)
-                .await?
-            {
-                seen.insert(name.clone(), entry.revision);
-                events.push(AliasEvent::of(entry));
+            loop {
+                let after = seen.get(&name).copied().unwrap_or(0);
+                let (store, ns, n) = (self.store.clone(), namespace.to_string(), name.clone());
+                let read = async move { store.alias_changes(&ns, &n, after, READ_BATCH).await };
+                let key = (namespace.to_string(), name.clone(), after);
+                let page = self.watch.history.read(key, epoch, read).await?;
+                for entry in page.iter() {
+                    seen.insert(name.clone(), entry.revision);
+                    events.push(AliasEvent::of(entry.clone()));
+                }
+                if page.len() < READ_BATCH {
+                    break;
+                }
             }
         }
         Ok(events)
@@ -285,6 +322,14 @@ fn snapshot_event(a: Alias) -> AliasEvent {
         revision: a.revision,
         time: a.update_time,
         actor: a.updated_by,
+    }
+}
+
+/// Never, or at `at`.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

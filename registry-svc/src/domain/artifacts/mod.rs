@@ -1,6 +1,8 @@
 //! Artifact upload and download: hash while streaming, check what the client promised,
 //! store content-addressed, attach to the run. Memory stays bounded by a few chunks.
 
+mod collector;
+
 use bytes::Bytes;
 use capstan_proto::artifact_uri::{self, ArtifactUri};
 use futures::{stream::BoxStream, Stream, StreamExt};
@@ -105,13 +107,8 @@ impl Registry {
                 run.status.as_str()
             )));
         }
-        let ext = artifact_uri::extension_of(&header.name);
-
-        let Received {
-            staged,
-            sha256,
-            size,
-        } = self.receive(chunks, header.expected_size).await?;
+        let received = self.receive(chunks, header.expected_size).await?;
+        let (sha256, size) = (&received.sha256, received.size);
         if let Some(expected) = header.expected_size {
             if expected != size {
                 return Err(Error::invalid(
@@ -120,12 +117,35 @@ impl Registry {
                 ));
             }
         }
-        if !header.expected_sha256.is_empty() && header.expected_sha256 != sha256 {
+        if !header.expected_sha256.is_empty() && header.expected_sha256 != *sha256 {
             return Err(Error::DataLoss(format!(
                 "content SHA-256 is {sha256}, the header expected {}; nothing was stored",
                 header.expected_sha256
             )));
         }
+        // Held from before the content lands until the run refers to it: the collector
+        // cannot remove the blob in between.
+        let lease = self.lease_blob(sha256).await?;
+        let attached = self.attach(header, &run, received, actor).await;
+        self.release_blob(lease).await;
+        attached
+    }
+
+    /// Commits the received content and attaches it to the run.
+    async fn attach(
+        &self,
+        header: UploadHeader,
+        run: &ModelRun,
+        received: Received,
+        actor: &str,
+    ) -> Result<Uploaded> {
+        let Received {
+            staged,
+            sha256,
+            size,
+        } = received;
+        let (namespace, run_id) = (header.namespace.as_str(), run.id);
+        let ext = artifact_uri::extension_of(&header.name);
         let deduplicated = staged.commit(&sha256).await?;
         let uri = ArtifactUri::new(namespace, &run.model_type, &sha256, ext.as_deref())
             .map_err(|e| Error::invalid("header.namespace", e.to_string()))?;

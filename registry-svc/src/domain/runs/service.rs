@@ -59,6 +59,29 @@ impl Registry {
         actor: &str,
     ) -> Result<ModelRun> {
         patch.validate()?;
+        // A new reference holds its blob against the collector until it is written.
+        let referenced = patch
+            .artifact
+            .as_ref()
+            .or(patch.attachment.as_ref().map(|(_, a)| a));
+        let lease = match referenced {
+            Some(a) => Some(self.lease_blob(&a.sha256).await?),
+            None => None,
+        };
+        let updated = self.apply_update(namespace, id, patch, actor).await;
+        if let Some(lease) = lease {
+            self.release_blob(lease).await;
+        }
+        updated
+    }
+
+    async fn apply_update(
+        &self,
+        namespace: &str,
+        id: Uuid,
+        patch: &RunPatch,
+        actor: &str,
+    ) -> Result<ModelRun> {
         // A copy from another namespace is no guess at all: the run is not there.
         let mut guess = self
             .recent_runs
@@ -92,25 +115,13 @@ impl Registry {
 
     /// Runs the heartbeat reaper every `interval` until `shutdown`.
     pub fn spawn_reaper(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                match this.fail_expired_runs().await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::warn!(runs = n, "marked runs FAILED after heartbeat timeout");
-                        metrics::counter!("capstan_runs_reaped_total").increment(n);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %capstan_server::error::Chain(&e), "heartbeat reaper failed")
-                    }
-                }
+        self.every(interval, shutdown, "heartbeat reaper", |this| async move {
+            let n = this.fail_expired_runs().await?;
+            if n > 0 {
+                tracing::warn!(runs = n, "marked runs FAILED after heartbeat timeout");
+                metrics::counter!("capstan_runs_reaped_total").increment(n);
             }
+            Ok(())
         });
     }
 }

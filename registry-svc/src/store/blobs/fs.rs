@@ -14,7 +14,7 @@ use futures::{stream::BoxStream, StreamExt};
 
 use super::{io_error, key_path};
 use crate::{
-    domain::ports::{BlobStore, StagedBlob},
+    domain::ports::{BlobStore, StagedBlob, StoredBlob},
     error::{Error, Missing, Result},
 };
 
@@ -374,6 +374,51 @@ impl BlobStore for FsBlobStore {
             }
         });
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>> {
+        // The shard directories and their files, read whole and sorted: the collector asks
+        // rarely, and a directory read gives no order.
+        let dir = self.root.join("blobs/sha256");
+        let after = after.unwrap_or_default().to_string();
+        let listed = tokio::task::spawn_blocking(move || {
+            let mut blobs = Vec::new();
+            for shard in std::fs::read_dir(&dir)? {
+                for file in std::fs::read_dir(shard?.path())? {
+                    let file = file?;
+                    let name = file.file_name().to_string_lossy().into_owned();
+                    let Some(sha) = super::sha_of_key(&name) else {
+                        continue;
+                    };
+                    if *sha <= *after {
+                        continue;
+                    }
+                    let written = file
+                        .metadata()?
+                        .modified()?
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as i64);
+                    blobs.push(StoredBlob {
+                        sha256: sha.to_string(),
+                        written,
+                    });
+                }
+            }
+            blobs.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+            blobs.truncate(limit);
+            Ok::<_, std::io::Error>(blobs)
+        })
+        .await
+        .map_err(|e| Error::internal("the blob lister thread", e))?;
+        listed.map_err(|e| io_error("list", e))
+    }
+
+    async fn delete(&self, sha256: &str) -> Result<()> {
+        match tokio::fs::remove_file(self.root.join(key_path(sha256))).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("remove", e)),
+        }
     }
 
     fn describe(&self) -> String {

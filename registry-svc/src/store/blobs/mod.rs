@@ -25,6 +25,12 @@ fn key_path(sha256: &str) -> String {
     format!("blobs/sha256/{}/{sha256}", &sha256[..2])
 }
 
+/// The SHA-256 a blob's key names, if it is a blob's key.
+fn sha_of_key(key: &str) -> Option<&str> {
+    let name = key.rsplit('/').next()?;
+    crate::domain::validate::sha256_hex_ok(name).then_some(name)
+}
+
 /// Opens the blob store named by `--artifact-store`: `fs` (under `data_dir/artifacts`) or
 /// `s3://bucket[/prefix]`.
 pub async fn open(spec: &str, data_dir: &Path) -> Result<Arc<dyn BlobStore>> {

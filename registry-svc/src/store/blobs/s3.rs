@@ -10,7 +10,7 @@ use object_store::{aws::AmazonS3Builder, path::Path as ObjectPath, ObjectStore, 
 
 use super::{io_error, key_path};
 use crate::{
-    domain::ports::{BlobStore, StagedBlob},
+    domain::ports::{BlobStore, StagedBlob, StoredBlob},
     error::{Error, Missing, Result},
 };
 
@@ -156,6 +156,39 @@ impl BlobStore for ObjectBlobStore {
             got.into_stream().map_err(|e| io_error("read", e)).boxed(),
             chunk,
         ))
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>> {
+        // Keys sort as their hashes do: `blobs/sha256/{first two}/{sha256}`.
+        let prefix = self.path("blobs/sha256");
+        let listed = match after {
+            Some(sha) => self
+                .store
+                .list_with_offset(Some(&prefix), &self.path(&key_path(sha))),
+            None => self.store.list(Some(&prefix)),
+        };
+        let metas: Vec<object_store::ObjectMeta> = listed
+            .take(limit)
+            .try_collect()
+            .await
+            .map_err(|e| io_error("list", e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let sha = super::sha_of_key(m.location.as_ref())?.to_string();
+                Some(StoredBlob {
+                    sha256: sha,
+                    written: m.last_modified.timestamp_micros(),
+                })
+            })
+            .collect())
+    }
+
+    async fn delete(&self, sha256: &str) -> Result<()> {
+        match self.store.delete(&self.path(&key_path(sha256))).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(io_error("delete", e)),
+        }
     }
 
     fn describe(&self) -> String {

@@ -4,6 +4,7 @@
 //! differences (row locks, notifications) are switched on [`Backend`].
 
 mod aliases;
+mod blob_refs;
 mod namespaces;
 mod notify;
 mod rows;
@@ -209,9 +210,55 @@ impl RegistryStore for SqlStore {
             .await
     }
 
+    async fn retention_candidates(
+        &self,
+        before: Micros,
+        limit: usize,
+    ) -> Result<Vec<(String, Uuid)>> {
+        runs::retention_candidates(self, before, limit)
+            .instrument(self.span("retention_candidates"))
+            .await
+    }
+
     async fn purge_deleted_runs(&self, before: Micros, limit: usize) -> Result<u64> {
         runs::purge_deleted(self, before, limit)
             .instrument(self.span("purge_deleted_runs"))
+            .await
+    }
+
+    async fn lease_blob(
+        &self,
+        lease: Uuid,
+        sha256: &str,
+        now: Micros,
+        expire: Micros,
+    ) -> Result<bool> {
+        blob_refs::lease(self, lease, sha256, now, expire)
+            .instrument(self.span("lease_blob"))
+            .await
+    }
+
+    async fn release_blob_lease(&self, lease: Uuid) -> Result<()> {
+        blob_refs::release(self, lease)
+            .instrument(self.span("release_blob_lease"))
+            .await
+    }
+
+    async fn begin_blob_removal(&self, sha256: &str, now: Micros, expire: Micros) -> Result<bool> {
+        blob_refs::begin_removal(self, sha256, now, expire)
+            .instrument(self.span("begin_blob_removal"))
+            .await
+    }
+
+    async fn end_blob_removal(&self, sha256: &str) -> Result<()> {
+        blob_refs::end_removal(self, sha256)
+            .instrument(self.span("end_blob_removal"))
+            .await
+    }
+
+    async fn claim_collector(&self, holder: &str, now: Micros, expire: Micros) -> Result<bool> {
+        blob_refs::claim_collector(self, holder, now, expire)
+            .instrument(self.span("claim_collector"))
             .await
     }
 

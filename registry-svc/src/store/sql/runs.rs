@@ -283,6 +283,35 @@ pub(super) async fn delete(
     Ok(RunDeletion::Moved(run.version))
 }
 
+pub(super) async fn retention_candidates(
+    store: &SqlStore,
+    before: Micros,
+    limit: usize,
+) -> Result<Vec<(String, Uuid)>> {
+    let rows = sqlx::query(
+        "SELECT r.namespace, r.run_id FROM runs r WHERE r.delete_time IS NULL \
+         AND r.status IN ('SUCCEEDED', 'FAILED', 'CANCELLED') AND r.update_time < $1 \
+         AND NOT EXISTS (SELECT 1 FROM aliases a WHERE a.run_id = r.run_id) \
+         AND NOT EXISTS (SELECT 1 FROM alias_history h WHERE h.run_id = r.run_id) \
+         AND NOT EXISTS (SELECT 1 FROM alias_history h WHERE h.previous_run_id = r.run_id) \
+         ORDER BY r.update_time LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit as i64)
+    .fetch_all(&store.read)
+    .await
+    .map_err(db_error)?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("run_id").map_err(db_error)?;
+            Ok((
+                r.try_get("namespace").map_err(db_error)?,
+                super::rows::parse_uuid("run_id", &id)?,
+            ))
+        })
+        .collect()
+}
+
 pub(super) async fn purge_deleted(store: &SqlStore, before: Micros, limit: usize) -> Result<u64> {
     let rows = sqlx::query(
         "SELECT run_id FROM runs WHERE delete_time IS NOT NULL AND delete_time < $1 \

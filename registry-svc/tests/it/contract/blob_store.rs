@@ -37,6 +37,7 @@ blob_store_contract!(
     an_abandoned_upload_leaves_nothing,
     unknown_blobs_are_not_found,
     concurrent_uploads_of_one_content_keep_one_blob,
+    blobs_list_in_hash_order_by_page_and_delete,
 );
 
 /// A blob store under test, and a look at what it holds.
@@ -249,4 +250,56 @@ async fn concurrent_uploads_of_one_content_keep_one_blob(blobs: Blobs) {
         .expect("readable");
     drop(partial);
     assert!(read_all(&*blobs.store, &sha(&data), 1 << 20).await.concat() == *data);
+}
+
+async fn blobs_list_in_hash_order_by_page_and_delete(blobs: Blobs) {
+    let store = &*blobs.store;
+    assert!(store.list(None, 10).await.unwrap().is_empty());
+    let before = capstan_server::time::now_micros();
+    let mut shas: Vec<String> = Vec::new();
+    for seed in 0..5 {
+        let c = content(1000 + seed as usize, seed);
+        upload(store, &c).await;
+        shas.push(sha(&c));
+    }
+    shas.sort();
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list(after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        for b in &page {
+            // Clocks of a filesystem and of an S3 server round to the second.
+            assert!(
+                b.written >= before - 2_000_000,
+                "{b:?} written before the test"
+            );
+        }
+        listed.extend(page.iter().map(|b| b.sha256.clone()));
+        match page.last() {
+            Some(last) => after = Some(last.sha256.clone()),
+            None => break,
+        }
+    }
+    assert_eq!(listed, shas, "every blob once, in hash order");
+    store.delete(&shas[1]).await.unwrap();
+    store.delete(&shas[1]).await.unwrap();
+    let left: Vec<String> = store
+        .list(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.sha256)
+        .collect();
+    assert_eq!(
+        left,
+        [&shas[0], &shas[2], &shas[3], &shas[4]]
+            .map(|s| s.clone())
+            .to_vec()
+    );
+    let gone = store.read(&shas[1], 1024).await.err();
+    assert!(
+        matches!(gone, Some(Error::NotFound(Missing::Blob(_)))),
+        "{gone:?}"
+    );
 }

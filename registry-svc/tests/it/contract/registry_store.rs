@@ -35,6 +35,7 @@ capstan_server::test_on_both_backends!(
     alias_change_hints_follow_the_backend,
     namespaces_keep_runs_aliases_and_request_ids_apart,
     deleted_runs_leave_reads_at_once_and_purge_takes_their_rows,
+    blob_leases_and_removals_exclude_each_other,
 );
 
 async fn open(db: &TestDb) -> Arc<dyn RegistryStore> {
@@ -1073,4 +1074,61 @@ async fn deleted_runs_leave_reads_at_once_and_purge_takes_their_rows(db: TestDb)
             "{table} keeps other runs"
         );
     }
+}
+
+async fn blob_leases_and_removals_exclude_each_other(db: TestDb) {
+    let store = open(&db).await;
+    let (free, held, used) = ("1".repeat(64), "2".repeat(64), "3".repeat(64));
+    // A run refers to `used`.
+    let mut run = new_run("user");
+    store.insert_run(&run).await.unwrap();
+    run.version = 2;
+    run.artifact = Some(Artifact {
+        uri: ArtifactUri::parse(&format!("{NS}/seasonal_naive-model_{used}")).unwrap(),
+        sha256: used.clone(),
+        size_bytes: 1,
+        media_type: String::new(),
+    });
+    assert!(store.update_run(&run, 1).await.unwrap());
+    let lease = Uuid::new_v4();
+    assert!(store.lease_blob(lease, &held, 100, 200).await.unwrap());
+
+    assert!(
+        !store.begin_blob_removal(&used, 150, 400).await.unwrap(),
+        "referenced"
+    );
+    assert!(
+        !store.begin_blob_removal(&held, 150, 400).await.unwrap(),
+        "leased"
+    );
+    assert!(store.begin_blob_removal(&free, 150, 400).await.unwrap());
+    assert!(
+        !store
+            .lease_blob(Uuid::new_v4(), &free, 160, 500)
+            .await
+            .unwrap(),
+        "no lease while the blob is being removed"
+    );
+    store.end_blob_removal(&free).await.unwrap();
+    assert!(store
+        .lease_blob(Uuid::new_v4(), &free, 170, 500)
+        .await
+        .unwrap());
+    // A lease or a mark left by a crashed holder expires.
+    assert!(
+        store.begin_blob_removal(&held, 200, 400).await.unwrap(),
+        "expired at 200"
+    );
+    assert!(store
+        .lease_blob(Uuid::new_v4(), &held, 400, 900)
+        .await
+        .unwrap());
+    store.release_blob_lease(lease).await.unwrap();
+
+    // One collector at a time; the holder renews, another takes over once it expired.
+    assert!(store.claim_collector("a", 0, 100).await.unwrap());
+    assert!(!store.claim_collector("b", 50, 150).await.unwrap());
+    assert!(store.claim_collector("a", 60, 160).await.unwrap());
+    assert!(!store.claim_collector("b", 120, 220).await.unwrap());
+    assert!(store.claim_collector("b", 160, 260).await.unwrap());
 }
