@@ -21,9 +21,8 @@ const WINDOW: Duration = Duration::from_secs(8);
 /// A backend that reported less than a second ago holds its counts for up to 10 s
 /// (Postgres' PGSTAT_IDLE_INTERVAL): the set-up's reads are all counted after this.
 const SETTLE: Duration = Duration::from_secs(12);
-/// Transactions a second that idle watchers may add, whatever their number.
-// Half of one per watcher a second: per-watcher polling (one read each a second) fails it, and
-// counts Postgres reports late under a loaded suite do not.
+/// Transactions a second that idle watchers may add: half of one per watcher a second: per-watcher polling (one read each a second) fails it, and
+/// counts Postgres reports late under a loaded suite do not.
 const PER_SECOND: i64 = WATCHERS as i64 / 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
