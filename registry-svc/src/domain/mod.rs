@@ -18,7 +18,7 @@ pub mod registry;
 pub mod runs;
 pub mod validate;
 
-pub use capstan_server::time::{now_micros, Micros};
+pub use capstan_server::time::{micros_ago, now_micros, Micros};
 
 /// Retries of an optimistic write that lost a race before giving up with a conflict.
 const WRITE_RETRIES: usize = 16;

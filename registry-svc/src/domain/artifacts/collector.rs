@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    domain::{now_micros, registry::Registry, Micros},
+    domain::{micros_ago, now_micros, registry::Registry, Micros},
     error::{Error, Result},
 };
 
@@ -56,7 +56,7 @@ impl Registry {
     /// One pass of the collector as `holder`: removes every blob older than `grace` that
     /// nothing refers to or leases. `None` when another replica holds the collector's lease.
     pub async fn collect_blobs(&self, holder: &str, grace: Duration) -> Result<Option<u64>> {
-        let cutoff = now_micros() - i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = micros_ago(grace);
         let mut after: Option<String> = None;
         let mut removed = 0;
         loop {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    domain::{now_micros, ports::RunDeletion, registry::Registry},
+    domain::{micros_ago, now_micros, ports::RunDeletion, registry::Registry},
     error::{Error, Missing, Result},
 };
 
@@ -66,7 +66,7 @@ impl Registry {
     /// [`Registry::delete_run`], whose check is atomic: a run an alias took meanwhile stays
     /// (and its history entry then keeps it).
     pub async fn expire_runs(&self, retention: Duration) -> Result<u64> {
-        let before = now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        let before = micros_ago(retention);
         let mut total = 0;
         loop {
             let candidates = self.store.retention_candidates(before, PURGE_BATCH).await?;
@@ -89,7 +89,7 @@ impl Registry {
 
     /// Purges every run deleted more than `grace` ago; returns how many.
     pub async fn purge_deleted_runs(&self, grace: Duration) -> Result<u64> {
-        let before = now_micros() - i64::try_from(grace.as_micros()).unwrap_or(i64::MAX);
+        let before = micros_ago(grace);
         let mut total = 0;
         loop {
             let n = self.store.purge_deleted_runs(before, PURGE_BATCH).await?;
