@@ -11,7 +11,7 @@ use pipeline_svc::{
             operation::{EventType, ExecutionMode, OpStatus, StepStatus},
             ports::Change,
             retry::RetryPolicy,
-            StartOperation,
+            EngineConfig, StartOperation,
         },
         now_micros,
     },
@@ -372,6 +372,13 @@ async fn stalled_watcher_falls_back_to_the_store(db: TestDb) {
 
 async fn unavailable_steps_run_again(db: TestDb) {
     let url = db.url.clone();
+    // Three engines share the database one after the other, each with its own flow; none
+    // runs queue workers, so none takes over another's operation (each checks what its
+    // own flow did; takeovers have their own tests).
+    let engine_config = |replica: &str| EngineConfig {
+        queue_workers: false,
+        ..engine_config(replica)
+    };
     // Down for two runs, then back: the third attempt passes and the operation succeeds.
     let flow = TestFlow {
         unavailable: Some((2, 2)),
