@@ -4,6 +4,8 @@
 pub mod plot;
 pub mod report;
 pub mod runs;
+pub mod stack;
+pub mod stats;
 pub mod tools;
 
 use std::{
@@ -216,17 +218,22 @@ pub fn run_grpcurl(grpcurl: &Path, args: &[&str], stdin: Option<&str>) -> Output
     child.wait_with_output().expect("grpcurl output")
 }
 
-/// The registry a benchmarked pipeline talks to: `registry_bin` on a SQLite file in
-/// `dir`, and the file holding the service token the pipeline calls it with.
+/// The registry a benchmarked pipeline talks to: `registry_bin` on `database_url`, or on a
+/// SQLite file in `dir` without one, and the file holding the service token the pipeline
+/// calls it with.
 pub fn pipeline_registry(
     registry_bin: &Path,
     dir: &Path,
     secret: &[u8],
     secret_path: &Path,
     env: &[(&str, &str)],
+    database_url: Option<&str>,
 ) -> anyhow::Result<(Service, PathBuf)> {
     use capstan_server::auth::{issue_hs256, Role};
-    let registry_db = format!("sqlite://{}?mode=rwc", dir.join("registry.db").display());
+    let registry_db = match database_url {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite://{}?mode=rwc", dir.join("registry.db").display()),
+    };
     let registry = Service::start(
         registry_bin,
         &server_flags(&dir.join("registry"), &registry_db, secret_path)?,

@@ -22,19 +22,13 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context};
-use capstan_client::{connect, AuthedChannel};
-use capstan_proto::pipeline::v1::{
-    self as pb, operations_service_client::OperationsServiceClient,
-    pipeline_service_client::PipelineServiceClient,
-};
-use capstan_server::{
-    auth::{issue_hs256, Role},
-    testing::{self, TestDb},
-};
+use capstan_proto::pipeline::v1 as pb;
+use capstan_server::testing::TestDb;
 use capstan_tests::{
-    binary, path_str, pipeline_registry,
+    binary,
     report::{splice, utc, write_results, PIPELINE_BEGIN as BEGIN, PIPELINE_END as END},
-    server_flags, Service,
+    stack::PipelineStack,
+    stats::{load_average, ms, Samples},
 };
 use clap::{Parser, ValueEnum};
 use pipeline_svc::{
@@ -103,9 +97,6 @@ const NOOP_TARGET_MS: f64 = 25.0;
 const QUEUED_P50_TARGET_MS: f64 = 50.0;
 /// Bounds every wait for an operation.
 const OP_LIMIT: Duration = Duration::from_secs(120);
-
-type PipelineClient = PipelineServiceClient<AuthedChannel>;
-type OperationsClient = OperationsServiceClient<AuthedChannel>;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -186,120 +177,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-// ---- statistics ----------------------------------------------------------------------
-
-/// Milliseconds, sorted.
-struct Samples(Vec<f64>);
-
-impl Samples {
-    fn new(mut v: Vec<f64>) -> Self {
-        v.sort_by(f64::total_cmp);
-        Self(v)
-    }
-
-    /// Nearest rank.
-    fn pct(&self, p: f64) -> f64 {
-        if self.0.is_empty() {
-            return f64::NAN;
-        }
-        self.0[((self.0.len() - 1) as f64 * p).round() as usize]
-    }
-
-    fn to_json(&self) -> Value {
-        let mean = self.0.iter().sum::<f64>() / self.0.len().max(1) as f64;
-        json!({
-            "n": self.0.len(),
-            "min_ms": self.0.first(),
-            "p50_ms": self.pct(0.5),
-            "p99_ms": self.pct(0.99),
-            "max_ms": self.0.last(),
-            "mean_ms": mean,
-        })
-    }
-
-    fn line(&self, label: &str) {
-        eprintln!(
-            "{label:<44} p50 {:>9.2} ms  p99 {:>9.2} ms  min {:>9.2} ms  max {:>9.2} ms  (n={})",
-            self.pct(0.5),
-            self.pct(0.99),
-            self.0.first().copied().unwrap_or(f64::NAN),
-            self.0.last().copied().unwrap_or(f64::NAN),
-            self.0.len()
-        );
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 fn micros(t: Option<&prost_types::Timestamp>) -> anyhow::Result<i64> {
     let t = t.context("event without a time")?;
     Ok(t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-// ---- servers -------------------------------------------------------------------------
-
-struct Servers {
-    _registry: Service,
-    pipelines: Vec<Service>,
-    user: String,
-}
-
-impl Servers {
-    async fn start(
-        registry_bin: &Path,
-        pipeline_bin: &Path,
-        db: &TestDb,
-        replicas: usize,
-    ) -> anyhow::Result<Servers> {
-        let dir = db.data_dir();
-        let (secret_path, secret) = testing::jwt_secret(&dir);
-        // Pinned so that a RUST_LOG in the caller's environment cannot change the cost.
-        let env = [("RUST_LOG", "info")];
-        let (registry, token_file) =
-            pipeline_registry(registry_bin, &dir, &secret, &secret_path, &env)?;
-        let mut pipelines = Vec::new();
-        for i in 0..replicas {
-            let data_dir = dir.join(format!("pipeline-{i}"));
-            let replica = format!("bench-{i}");
-            let registry_url = registry.url();
-            let mut flags = server_flags(&data_dir, &db.url, &secret_path)?;
-            flags.extend([
-                "--registry-url",
-                &registry_url,
-                "--registry-token-file",
-                path_str(&token_file)?,
-                "--replica-id",
-                &replica,
-            ]);
-            pipelines.push(Service::start(
-                pipeline_bin,
-                &flags,
-                &env,
-                dir.join(format!("pipeline-{i}.log")),
-            )?);
-        }
-        Ok(Servers {
-            _registry: registry,
-            pipelines,
-            user: issue_hs256(&secret, "bench", Role::User, 24 * 3600)?,
-        })
-    }
-
-    async fn clients(&self) -> anyhow::Result<(PipelineClient, OperationsClient)> {
-        let channel = connect(&self.pipelines[0].url(), Some(&self.user)).await?;
-        Ok((
-            PipelineServiceClient::new(channel.clone()),
-            OperationsServiceClient::new(channel),
-        ))
-    }
 }
 
 fn small_demo(mode: pb::ExecutionMode) -> pb::StartDemoRequest {
@@ -364,8 +244,8 @@ async fn bench_backend(
     };
     // Two replicas on Postgres: queued jobs may be claimed by either process.
     let replicas = if backend == "postgres" { 2 } else { 1 };
-    let servers = Servers::start(registry_bin, pipeline_bin, &db, replicas).await?;
-    let (mut pipe, mut ops) = servers.clients().await?;
+    let servers = PipelineStack::start(registry_bin, pipeline_bin, &db, None, replicas).await?;
+    let (mut pipe, mut ops) = servers.clients(0).await?;
     let load_before = load_average();
     eprintln!("load average before: {load_before}");
 

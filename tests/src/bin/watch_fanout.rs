@@ -137,8 +137,14 @@ impl Bench {
                 (server, None, runs)
             }
             Svc::Pipeline => {
-                let (registry, token_file) =
-                    pipeline_registry(&binary("registry-svc"), &dir, &secret, &secret_path, &env)?;
+                let (registry, token_file) = pipeline_registry(
+                    &binary("registry-svc"),
+                    &dir,
+                    &secret,
+                    &secret_path,
+                    &env,
+                    None,
+                )?;
                 let registry_url = registry.url();
                 let data_dir = dir.join("pipeline");
                 let mut flags = server_flags(&data_dir, &db.url, &secret_path)?;

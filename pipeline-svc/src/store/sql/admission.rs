@@ -5,9 +5,10 @@
 //! (and its owner, under a limit) on Postgres, then re-checks and marks it admitted: two
 //! replicas admitting operations of one key serialize there, so the check cannot race.
 //! SQLite's single writer serializes them anyway. A unique index keeps one holder per key
-//! whatever happens. Waiting costs nothing: nothing polls a waiter; the end of the
-//! operation ahead frees its keys, tells each waiter behind it who is ahead now (an
-//! event), and wakes the workers.
+//! whatever happens. Waiting costs nothing: nothing polls a waiter, and a claim does not
+//! look at a queued job marked `blocked` (behind a key); the end of the operation ahead
+//! frees its keys, tells each waiter behind it who is ahead now (an event), unblocks the
+//! ones nothing holds back any more, and wakes the workers.
 
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
@@ -48,6 +49,18 @@ fn running_of_owner(owner: &str, except: &str, now: &str) -> String {
          WHERE ro.owner = {owner} AND r.admitted = 1 AND r.state = 'leased' \
            AND r.lease_expires >= {now} AND r.operation_id <> {except}"
     )
+}
+
+/// Marks operation `id`'s queued job as waiting behind a key (or no longer), the claim's
+/// hint; a leased job is left alone (its holder waits for admission itself).
+async fn set_blocked(conn: &mut AnyConnection, id: Uuid, blocked: bool) -> Result<()> {
+    sqlx::query("UPDATE jobs SET blocked = $2 WHERE operation_id = $1 AND state = 'queued'")
+        .bind(id.to_string())
+        .bind(i64::from(blocked))
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
 }
 
 fn waiting_for_key(key: &str, other: Uuid, held: bool) -> String {
@@ -109,17 +122,7 @@ impl SqlStore {
         if admitted != 0 {
             return Ok(Admission::Admitted);
         }
-        let keys: Vec<String> =
-            sqlx::query("SELECT concurrency_key FROM operation_keys WHERE operation_id = $1")
-                .bind(&sid)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db_error)?
-                .iter()
-                .map(|r| r.try_get("concurrency_key"))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_error)?;
-        let mut locks: Vec<String> = keys.iter().map(|k| format!("key:{k}")).collect();
+        let mut locks = self.key_locks(conn, id).await?;
         if limit > 0 {
             locks.push(format!("owner:{owner}"));
         }
@@ -154,6 +157,22 @@ impl SqlStore {
             .await
             .map_err(db_error)?;
         Ok(Admission::Admitted)
+    }
+
+    /// The advisory lock names of operation `id`'s keys.
+    async fn key_locks(&self, conn: &mut AnyConnection, id: Uuid) -> Result<Vec<String>> {
+        sqlx::query("SELECT concurrency_key FROM operation_keys WHERE operation_id = $1")
+            .bind(id.to_string())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| {
+                r.try_get::<String, _>("concurrency_key")
+                    .map(|k| format!("key:{k}"))
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(db_error)
     }
 
     /// Why operation `id` waits for a key (naming the operation ahead), if it does.
@@ -212,7 +231,13 @@ impl SqlStore {
                 Admission::Admitted | Admission::CancelRequested => None,
             }
         } else {
-            self.key_blocker(conn, id).await?
+            // Under the keys' locks, so that the end of the operation ahead either comes
+            // before this check or sees this waiter and unblocks it (`release_keys`).
+            let locks = self.key_locks(conn, id).await?;
+            self.lock_names(conn, locks).await?;
+            let why = self.key_blocker(conn, id).await?;
+            set_blocked(conn, id, why.is_some()).await?;
+            why
         };
         let Some(why) = why else {
             return Ok(None);
@@ -251,17 +276,25 @@ impl SqlStore {
              AND concurrency_key IN ({list}) ORDER BY operation_id"
         );
         let mut q = sqlx::query(&sql);
+        let mut locks = Vec::with_capacity(freed.len());
         for r in &freed {
             let key: String = r.try_get("concurrency_key").map_err(db_error)?;
-            q = q.bind(key);
+            q = q.bind(key.clone());
+            locks.push(format!("key:{key}"));
         }
+        // Waiters created before this point are seen below; later ones see the keys freed.
+        self.lock_names(conn, locks).await?;
         let waiting = q.fetch_all(&mut *conn).await.map_err(db_error)?;
         let mut events = Vec::new();
         for row in &waiting {
             let w = uuid_col(row, "operation_id")?;
-            let why = self.key_blocker(conn, w).await?.unwrap_or_else(|| {
-                format!("operation {id} ended; its concurrency keys are free for this one")
-            });
+            let why = match self.key_blocker(conn, w).await? {
+                Some(why) => why,
+                None => {
+                    set_blocked(conn, w, false).await?;
+                    format!("operation {id} ended; its concurrency keys are free for this one")
+                }
+            };
             let change = Change::new(EventType::Progress, why, time);
             events.push(self.append(conn, w, &change).await?.0);
         }

@@ -1,7 +1,8 @@
 //! [`JobQueue`] on the SQL store: claims take the oldest claimable job (on Postgres with
 //! `SKIP LOCKED`, so concurrent claimers never wait on each other or take the same job),
 //! and every claim raises the lease token that fences the previous holder's writes. A
-//! claim takes only a job that may be admitted (`admission`).
+//! claim takes only a job that may be admitted (`admission`); jobs known to wait behind a
+//! concurrency key are not even looked at (`blocked`, kept by `admission`).
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -27,7 +28,7 @@ impl JobQueue for SqlStore {
                admitted = CASE WHEN owner_limit = 0 AND NOT EXISTS (SELECT 1 FROM operation_keys k \
                  WHERE k.operation_id = jobs.operation_id) THEN 1 ELSE admitted END \
              WHERE job_id = (SELECT j.job_id FROM jobs j JOIN operations o ON o.operation_id = j.operation_id \
-               WHERE ((j.state = 'queued' AND j.available_time <= $3) OR (j.state = 'leased' AND j.lease_expires < $3)) \
+               WHERE ((j.state = 'queued' AND j.blocked = 0 AND j.available_time <= $3) OR (j.state = 'leased' AND j.lease_expires < $3)) \
                  AND {} \
                ORDER BY j.available_time LIMIT 1{}) \
              RETURNING operation_id, lease_token, attempts, admitted",

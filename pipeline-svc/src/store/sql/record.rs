@@ -214,7 +214,7 @@ pub(super) async fn insert_event(conn: &mut AnyConnection, e: &Event) -> Result<
 /// against its owner's limit.
 async fn finish_job(conn: &mut AnyConnection, id: Uuid, time: Micros) -> Result<()> {
     sqlx::query(
-        "UPDATE jobs SET state = 'done', admitted = 0, update_time = $2 WHERE operation_id = $1",
+        "UPDATE jobs SET state = 'done', admitted = 0, blocked = 0, update_time = $2 WHERE operation_id = $1",
     )
     .bind(id.to_string())
     .bind(time)
