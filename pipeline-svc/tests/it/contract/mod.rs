@@ -11,13 +11,16 @@
 //!   holder, crashed holders first, waiters told who is ahead, the per-owner limit);
 //! - `provisioning`: [`ProvisioningStore`] (state machines, tenancy scope, idempotency on
 //!   the checkout id, atomic moves);
-//! - `graphs`: [`GraphDatabases`] (idempotent creation, transactional DDL, audit).
+//! - `graphs`: [`GraphDatabases`] (idempotent creation, transactional DDL, audit);
+//! - `retention`: [`RetentionStore`] (what a purge removes and never touches, batches,
+//!   tombstones, concurrent purges and retries, the purger's lease).
 
 mod admission;
 mod graphs;
 mod jobs;
 mod operations;
 mod provisioning;
+mod retention;
 
 use std::sync::Arc;
 
@@ -25,7 +28,9 @@ use pipeline_svc::{
     domain::{
         engine::{
             operation::{ExecutionMode, OpStatus, Operation, Step},
-            ports::{Created, JobQueue, JobStart, Lease, NewOperation, OperationStore},
+            ports::{
+                Created, JobQueue, JobStart, Lease, NewOperation, OperationStore, RetentionStore,
+            },
         },
         now_micros,
         provisioning::ports::{GraphDatabases, ProvisioningStore},
@@ -40,6 +45,7 @@ use crate::common::TestDb;
 pub struct Stores {
     pub ops: Arc<dyn OperationStore>,
     pub jobs: Arc<dyn JobQueue>,
+    pub retention: Arc<dyn RetentionStore>,
     pub records: Arc<dyn ProvisioningStore>,
     pub graphs: Arc<dyn GraphDatabases>,
 }
@@ -56,6 +62,7 @@ impl Stores {
             graphs: Arc::new(store.graph_databases(&db.dir.path().join("pipeline"))),
             ops: store.clone(),
             jobs: store.clone(),
+            retention: store.clone(),
             records: store,
         }
     }
