@@ -25,14 +25,13 @@ use crate::{
 
 const PURGER_LEASE: &str = "operation_purger";
 
-/// The tables that hold rows of an operation, children of `operations`, with the field
-/// of [`PurgedRows`] each counts in.
-const CHILDREN: &[(&str, fn(&mut PurgedRows) -> &mut u64)] = &[
-    ("operation_events", |r| &mut r.events),
-    ("operation_steps", |r| &mut r.steps),
-    ("jobs", |r| &mut r.jobs),
-    ("operation_keys", |r| &mut r.keys_and_retries),
-    ("operation_retries", |r| &mut r.keys_and_retries),
+/// The tables that hold rows of an operation, children of `operations`: purged first.
+const CHILDREN: [&str; 5] = [
+    "operation_events",
+    "operation_steps",
+    "jobs",
+    "operation_keys",
+    "operation_retries",
 ];
 
 /// Operation `o` may be purged: `$1` is the cutoff. Terminal and ended before it, its job
@@ -110,9 +109,8 @@ impl SqlStore {
         .iter()
         .map(|r| r.try_get("operation_id").map_err(db_error))
         .collect::<Result<_>>()?;
-        let mut rows = PurgedRows::default();
         if ids.is_empty() {
-            return Ok(rows);
+            return Ok(PurgedRows::default());
         }
         // Every write names the batch and repeats the condition on the operation row.
         let still = |first: usize| {
@@ -134,16 +132,23 @@ impl SqlStore {
             &ids,
         )
         .await?;
-        for (table, count) in CHILDREN {
+        let mut children = [0; CHILDREN.len()];
+        for (n, table) in children.iter_mut().zip(CHILDREN) {
             let sql = format!("DELETE FROM {table} WHERE operation_id IN ({})", still(2));
-            *count(&mut rows) += run(conn, &sql, batch.ended_before, &[], &ids).await?;
+            *n = run(conn, &sql, batch.ended_before, &[], &ids).await?;
         }
+        let [events, steps, jobs, keys, retries] = children;
         let sql = format!(
             "DELETE FROM operations WHERE operation_id IN ({})",
             still(2)
         );
-        rows.operations = run(conn, &sql, batch.ended_before, &[], &ids).await?;
-        Ok(rows)
+        Ok(PurgedRows {
+            operations: run(conn, &sql, batch.ended_before, &[], &ids).await?,
+            events,
+            steps,
+            jobs,
+            keys_and_retries: keys + retries,
+        })
     }
 }
 
