@@ -27,9 +27,10 @@ use std::sync::Arc;
 use pipeline_svc::{
     domain::{
         engine::{
-            operation::{ExecutionMode, OpStatus, Operation, Step},
+            operation::{ExecutionMode, OpStatus, Operation, Step, StepStatus},
             ports::{
                 Created, JobQueue, JobStart, Lease, NewOperation, OperationStore, RetentionStore,
+                StepChange, StepUpdate,
             },
         },
         now_micros,
@@ -137,4 +138,19 @@ pub async fn claimed(s: &Stores, worker: &str, steps: usize) -> (Operation, Leas
         .expect("the queued job is claimable");
     assert_eq!(lease.operation_id, op.id);
     (op, lease)
+}
+
+/// A change of step `index` (`s{index}`) to `status`, starting and/or ending it.
+pub fn step(index: i64, status: StepStatus, started: bool, ended: bool) -> StepChange {
+    StepChange {
+        index,
+        name: format!("s{index}"),
+        phase: "test".into(),
+        update: Some(StepUpdate {
+            status,
+            detail: Some(format!("{status:?}")),
+            started,
+            ended,
+        }),
+    }
 }

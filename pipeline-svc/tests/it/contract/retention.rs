@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use pipeline_svc::{
+    domain::provisioning::{model::Plan, ports::NewSubscription},
     domain::{
         engine::{
             operation::{EventType, OpStatus, Operation, OperationError, StepStatus},
-            ports::{Change, JobStart, PurgeBatch, PurgedRows, Retry, StepChange, StepUpdate},
+            ports::{Change, JobStart, PurgeBatch, PurgedRows, Retry},
         },
         now_micros, Micros,
     },
@@ -17,7 +18,7 @@ use pipeline_svc::{
 use sqlx::AnyPool;
 use uuid::Uuid;
 
-use super::{created, new_operation, Stores};
+use super::{created, new_operation, step, Stores};
 use crate::common::TestDb;
 
 capstan_server::test_on_both_backends!(
@@ -28,6 +29,7 @@ capstan_server::test_on_both_backends!(
     concurrent_purges_remove_each_operation_once,
     purges_in_batches_of_the_limit,
     one_holder_of_the_purger_lease,
+    keeps_operations_a_subscription_names,
 );
 
 const DAY: Micros = 24 * 3600 * 1_000_000;
@@ -44,20 +46,6 @@ async fn replica(db: &TestDb, name: &str) -> Replica {
         .await
         .expect("raw pool");
     Replica { s, raw }
-}
-
-fn step(index: i64, status: StepStatus, started: bool, ended: bool) -> StepChange {
-    StepChange {
-        index,
-        name: format!("s{index}"),
-        phase: "test".into(),
-        update: Some(StepUpdate {
-            status,
-            detail: None,
-            started,
-            ended,
-        }),
-    }
 }
 
 /// A DIRECT operation of `owner` with two steps that ran its first step and ended
@@ -106,6 +94,16 @@ async fn age(r: &Replica, id: Uuid, days: i64) {
         .execute(&r.raw)
         .await
         .expect("age");
+}
+
+/// Sets the state of operation `id`'s job behind the store's back.
+async fn set_job_state(r: &Replica, id: Uuid, state: &str) {
+    sqlx::query("UPDATE jobs SET state = $1 WHERE operation_id = $2")
+        .bind(state)
+        .bind(id.to_string())
+        .execute(&r.raw)
+        .await
+        .expect("job state");
 }
 
 /// Rows of operation `id` in every table that holds some, and its tombstones.
@@ -228,18 +226,10 @@ async fn never_touches_a_live_operation(db: TestDb) {
     .0;
     // Terminal by its row, yet its job is leased: somebody still works on it.
     let leased = ran(&r, "alice", OpStatus::Failed).await;
-    sqlx::query("UPDATE jobs SET state = 'leased' WHERE operation_id = $1")
-        .bind(leased.id.to_string())
-        .execute(&r.raw)
-        .await
-        .unwrap();
+    set_job_state(&r, leased.id, "leased").await;
     // Running by its row, though its job says done: the status alone must keep it.
     let running_done = ran(&r, "alice", OpStatus::Running).await;
-    sqlx::query("UPDATE jobs SET state = 'done' WHERE operation_id = $1")
-        .bind(running_done.id.to_string())
-        .execute(&r.raw)
-        .await
-        .unwrap();
+    set_job_state(&r, running_done.id, "done").await;
     let mut before = Vec::new();
     for op in [&running, &pending, &leased, &running_done] {
         age(&r, op.id, 3650).await;
@@ -423,4 +413,43 @@ async fn one_holder_of_the_purger_lease(db: TestDb) {
         .claim_purger("r1", now + 2 * ttl, now + 3 * ttl)
         .await
         .unwrap());
+}
+
+/// A provisioning operation that ended long ago stays while its subscription names it;
+/// a plain one beside it goes.
+async fn keeps_operations_a_subscription_names(db: TestDb) {
+    let r = replica(&db, "r1").await;
+    let new = new_operation("alice", 2, JobStart::Queued);
+    let sub = NewSubscription {
+        id: Uuid::now_v7(),
+        user_id: "alice".into(),
+        plan: Plan::Free,
+        graph_id: Uuid::now_v7(),
+        checkout_id: None,
+        repository: None,
+    };
+    r.s.records
+        .create_provisioning(&new, &sub, None)
+        .await
+        .unwrap();
+    r.s.ops
+        .cancel(new.op.id, None, "not needed", now_micros())
+        .await
+        .unwrap()
+        .expect("cancelled");
+    let plain = ran(&r, "alice", OpStatus::Cancelled).await;
+    age(&r, new.op.id, 400).await;
+    age(&r, plain.id, 400).await;
+    let before = rows_of(&r, new.op.id).await;
+    let purged = r.s.retention.purge_batch(&batch(100)).await.unwrap();
+    assert_eq!(purged.operations, 1);
+    assert_eq!(rows_of(&r, plain.id).await, [0, 0, 0, 0, 0, 1]);
+    assert_eq!(rows_of(&r, new.op.id).await, before);
+    let kept =
+        r.s.records
+            .subscription(sub.id, None)
+            .await
+            .unwrap()
+            .expect("kept");
+    assert_eq!(kept.operation_id, new.op.id);
 }
