@@ -278,10 +278,17 @@ async fn retry_racing_the_purge_keeps_or_purges_whole(db: TestDb) {
             time: now_micros(),
         };
         let purge = batch(10);
-        let (r, p) = tokio::join!(
+        let (retrying, purging) = (
             a.s.ops.retry(op.id, &retry),
-            b.s.retention.purge_batch(&purge)
+            b.s.retention.purge_batch(&purge),
         );
+        // Each goes first in turn (on SQLite the first to ask gets the one writer).
+        let (r, p) = if round % 2 == 0 {
+            tokio::join!(retrying, purging)
+        } else {
+            let (p, r) = tokio::join!(purging, retrying);
+            (r, p)
+        };
         let p = p.expect("the purge never fails on a race");
         let rows = rows_of(&a, op.id).await;
         match r {
