@@ -22,6 +22,7 @@ use crate::{
     domain::{
         engine::{
             operation::ExecutionMode,
+            retention::Retention,
             workflow::{Workflow, Workflows},
             Engine, EngineConfig, Faults,
         },
@@ -119,6 +120,23 @@ pub struct PipelineArgs {
     #[arg(long, env = "CAPSTAN_MAX_RUNNING_PER_OWNER", default_value_t = 0)]
     pub max_running_per_owner: u32,
 
+    /// Terminal operations (with their events, steps and jobs) are purged once they ended
+    /// this many days ago; a read of a purged one says so. 0: kept forever.
+    #[arg(long, env = "CAPSTAN_OPERATION_RETENTION_DAYS", default_value_t = 30)]
+    pub operation_retention_days: u32,
+
+    /// How often the retention purge runs (on one replica at a time).
+    #[arg(
+        long,
+        env = "CAPSTAN_OPERATION_PURGE_INTERVAL_SECONDS",
+        default_value_t = 3600
+    )]
+    pub operation_purge_interval_seconds: u64,
+
+    /// Operations the retention purge removes per transaction.
+    #[arg(long, env = "CAPSTAN_OPERATION_PURGE_BATCH", default_value_t = 500)]
+    pub operation_purge_batch: usize,
+
     /// Names this replica in leases (default: $HOSTNAME plus a random suffix).
     #[arg(long, env = "CAPSTAN_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -210,6 +228,16 @@ impl PipelineArgs {
             (
                 "--max-attempts (CAPSTAN_MAX_ATTEMPTS)",
                 self.max_attempts.max(0) as u64,
+                1,
+            ),
+            (
+                "--operation-purge-interval-seconds (CAPSTAN_OPERATION_PURGE_INTERVAL_SECONDS)",
+                self.operation_purge_interval_seconds,
+                1,
+            ),
+            (
+                "--operation-purge-batch (CAPSTAN_OPERATION_PURGE_BATCH)",
+                self.operation_purge_batch as u64,
                 1,
             ),
         ] {
@@ -397,6 +425,15 @@ pub async fn start_with(
     let records: Arc<dyn ProvisioningStore> = store.clone();
     let engine = Engine::new(store, cfg, workflows, shutdown.clone());
     engine.spawn_background();
+    if args.operation_retention_days > 0 {
+        engine.spawn_purger(
+            Retention {
+                days: args.operation_retention_days,
+                batch: args.operation_purge_batch,
+            },
+            Duration::from_secs(args.operation_purge_interval_seconds),
+        );
+    }
     let provisioning = Arc::new(ProvisioningService::new(engine.clone(), records));
 
     let max = args.common.max_message_bytes;

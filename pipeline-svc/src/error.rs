@@ -17,6 +17,10 @@ pub enum Error {
     /// `kind` names what was looked for (`operation`, `graph`…), `id` which one.
     #[error("{kind} {id} does not exist")]
     NotFound { kind: &'static str, id: String },
+    /// The operation existed, ended, and was purged once its retention ran out (its
+    /// tombstone says so); NOT_FOUND on the wire, like any other missing operation.
+    #[error("operation {id} was purged after the {retention_days}-day retention")]
+    Purged { id: String, retention_days: i64 },
     /// Another writer changed the thing between our read and our write (a lost
     /// compare-and-swap, a serialization failure); a retry from a fresh read may succeed.
     #[error("{0}")]
@@ -57,7 +61,7 @@ impl ServiceError for Error {
     fn kind(&self) -> ErrorKind {
         match self {
             Self::Invalid(_) => ErrorKind::Invalid,
-            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::NotFound { .. } | Self::Purged { .. } => ErrorKind::NotFound,
             Self::Conflict(_) | Self::LeaseLost(_) => ErrorKind::Aborted,
             Self::Precondition(_) => ErrorKind::FailedPrecondition,
             Self::PermissionDenied(_) => ErrorKind::PermissionDenied,

@@ -1,5 +1,5 @@
 //! The domain's storage ports on real databases: [`sql::SqlStore`] implements the
-//! operation store, the job queue and the provisioning store on SQLite or Postgres;
+//! operation store, the job queue, retention and the provisioning store on SQLite or Postgres;
 //! [`SqlGraphDatabases`] the graphs' own databases. Nothing here knows gRPC.
 
 mod graphs;

@@ -6,6 +6,7 @@
 //! - `db_loss`: every connection of the database killed under load;
 //! - `migrations`: start-up on a database an earlier release migrated;
 //! - `provisioning`: graph provisioning end to end, its failures, security and specs;
+//! - `retention`: purged operations over gRPC, and replicas purging at once;
 //! - `showcase` (feature `demo`): the demo with a real registry, its faults and drills.
 
 mod common;
@@ -16,6 +17,7 @@ mod idle_watchers;
 mod keys;
 mod migrations;
 mod provisioning;
+mod retention;
 #[cfg(feature = "demo")]
 mod showcase;
 mod watch;

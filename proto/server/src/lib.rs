@@ -10,6 +10,8 @@
 //! - [`time`]: the one stored time unit.
 //! - [`config`]: the common flags, each with its environment twin; URL redaction for logs.
 //! - [`auth`]: bearer-JWT verification as a tower layer, roles, token minting.
+//! - [`singleton`]: work one replica does at a time (its lease row) and the loop that
+//!   repeats it.
 //! - [`serve`]: server bootstrap — health, reflection v1 + v1alpha, request ids, tracing
 //!   and metrics, message limits, TLS, and graceful shutdown under a deadline.
 //! - [`telemetry`]: `tracing` subscriber and the Prometheus exporter.
@@ -23,6 +25,7 @@ pub mod error;
 pub mod fanout;
 pub mod paging;
 pub mod serve;
+pub mod singleton;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

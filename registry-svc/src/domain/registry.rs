@@ -74,17 +74,6 @@ impl Registry {
         Fut: Future<Output = Result<()>> + Send,
     {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                if let Err(e) = pass(this.clone()).await {
-                    tracing::error!(error = %capstan_server::error::Chain(&e), "{what} failed");
-                }
-            }
-        });
+        capstan_server::singleton::every(interval, shutdown, what, move || pass(this.clone()));
     }
 }

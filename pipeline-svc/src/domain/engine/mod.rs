@@ -6,6 +6,7 @@
 //! - [`operation`]: operations, steps, events and their state machines;
 //! - [`ports`]: the storage it needs (operation store, job queue);
 //! - [`retry`]: how failed steps run again;
+//! - [`retention`]: purging terminal operations past their retention;
 //! - this file: the facade the API and the workflows' services call;
 //! - `worker`: the job worker, lease heartbeats and the executions of this replica;
 //! - `driver`: one execution of one operation, step by step, and how it stops;
@@ -14,6 +15,7 @@
 mod driver;
 pub mod operation;
 pub mod ports;
+pub mod retention;
 pub mod retry;
 pub mod watch;
 mod worker;
@@ -33,7 +35,7 @@ use self::{
     operation::{ExecutionMode, OpStatus, Operation, Step},
     ports::{
         Change, Created, JobQueue, JobStart, Lease, NewOperation, OpCursor, OpFilter,
-        OperationStore, Recorded, Retry,
+        OperationStore, Recorded, RetentionStore, Retry,
     },
     retry::RetryPolicy,
     watch::Hub,
@@ -144,6 +146,7 @@ pub struct ListOperations {
 pub struct Engine {
     store: Arc<dyn OperationStore>,
     jobs: Arc<dyn JobQueue>,
+    retention: Arc<dyn RetentionStore>,
     workflows: Workflows,
     cfg: EngineConfig,
     hub: Hub,
@@ -183,8 +186,9 @@ fn check_request_id(request_id: Option<&str>) -> Result<()> {
 }
 
 impl Engine {
-    /// An engine on `store` (its operation store and job queue), running `workflows`.
-    pub fn new<S: OperationStore + JobQueue>(
+    /// An engine on `store` (its operation store, job queue and retention), running
+    /// `workflows`.
+    pub fn new<S: OperationStore + JobQueue + RetentionStore>(
         store: Arc<S>,
         cfg: EngineConfig,
         workflows: Workflows,
@@ -192,7 +196,8 @@ impl Engine {
     ) -> Arc<Self> {
         Arc::new(Self {
             store: store.clone(),
-            jobs: store,
+            jobs: store.clone(),
+            retention: store,
             workflows,
             slots: Arc::new(Semaphore::new(cfg.worker_concurrency.max(1))),
             cfg,
@@ -338,7 +343,9 @@ impl Engine {
             message,
             time: now,
         };
-        let created = self.store.retry(id, &retry).await?;
+        let created = self
+            .explained(self.store.retry(id, &retry).await, id, owner)
+            .await?;
         if let Created::New { op, .. } = &created {
             metrics::counter!("capstan_operations_retried_total", "kind" => op.kind.clone(), "mode" => op.execution_mode.as_str()).increment(1);
         }
@@ -380,10 +387,34 @@ impl Engine {
     }
 
     pub async fn get(&self, id: Uuid, owner: Option<&str>) -> Result<Operation> {
-        self.store
-            .get(id, owner)
-            .await?
-            .ok_or_else(|| Error::not_found("operation", id))
+        match self.store.get(id, owner).await? {
+            Some(op) => Ok(op),
+            None => Err(self.missing(id, owner).await),
+        }
+    }
+
+    /// Why operation `id` is not there for `owner`: purged by retention (its tombstone,
+    /// which only its owner sees), or it never was.
+    async fn missing(&self, id: Uuid, owner: Option<&str>) -> Error {
+        match self.retention.purged(id, owner).await {
+            Ok(Some(t)) => Error::Purged {
+                id: id.to_string(),
+                retention_days: t.retention_days,
+            },
+            Ok(None) => Error::not_found("operation", id),
+            Err(e) => e,
+        }
+    }
+
+    /// A store's answer about operation `id`, its NOT_FOUND explained by [`Self::missing`]
+    /// (the operation may have been purged between the engine's read and the write).
+    async fn explained<T>(&self, r: Result<T>, id: Uuid, owner: Option<&str>) -> Result<T> {
+        match r {
+            Err(Error::NotFound {
+                kind: "operation", ..
+            }) => Err(self.missing(id, owner).await),
+            r => r,
+        }
     }
 
     pub async fn list(&self, req: &ListOperations) -> Result<(Vec<Operation>, String)> {
@@ -414,7 +445,8 @@ impl Engine {
             format!("must be at most {MAX_REASON_CHARS} characters")
         });
         v.finish()?;
-        if let Some(event) = self.store.cancel(id, owner, reason, now_micros()).await? {
+        let cancelled = self.store.cancel(id, owner, reason, now_micros()).await;
+        if let Some(event) = self.explained(cancelled, id, owner).await? {
             let ended = event.is_terminal();
             self.hub.publish(event);
             if ended {

@@ -1,6 +1,6 @@
 //! What the engine needs from storage: the [`OperationStore`] (operations, their steps and
-//! their event log) and the [`JobQueue`] (leases on queued work), with the types they
-//! exchange. `store::sql` implements both on SQLite and Postgres; the contract suites in
+//! their event log), the [`JobQueue`] (leases on queued work) and the [`RetentionStore`]
+//! (purging old terminal operations), with the types they exchange. `store::sql` implements both on SQLite and Postgres; the contract suites in
 //! `tests/it/contract` hold every implementation to the rules written here.
 
 use std::time::Duration;
@@ -285,4 +285,68 @@ pub trait JobQueue: Send + Sync + 'static {
     /// The jobs waiting for a worker at `now`: queued ones, and leased ones whose lease
     /// expired (their worker is gone).
     async fn depth(&self, now: Micros) -> Result<i64>;
+}
+
+/// One batch of the purge: terminal operations that ended before `ended_before`, at most
+/// `limit` of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeBatch {
+    pub ended_before: Micros,
+    pub limit: usize,
+    /// Recorded in the tombstones.
+    pub time: Micros,
+    pub retention_days: i64,
+}
+
+/// Rows one purge removed, by table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgedRows {
+    pub operations: u64,
+    pub events: u64,
+    pub steps: u64,
+    pub jobs: u64,
+    /// Concurrency-key rows and RetryOperation request ids.
+    pub keys_and_retries: u64,
+}
+
+impl PurgedRows {
+    pub fn add(&mut self, other: PurgedRows) {
+        self.operations += other.operations;
+        self.events += other.events;
+        self.steps += other.steps;
+        self.jobs += other.jobs;
+        self.keys_and_retries += other.keys_and_retries;
+    }
+}
+
+/// What is left of a purged operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub operation_id: Uuid,
+    pub owner: String,
+    pub purge_time: Micros,
+    pub retention_days: i64,
+}
+
+/// Retention of terminal operations.
+///
+/// A purge removes an operation only while it is terminal (SUCCEEDED, FAILED or
+/// CANCELLED) with a finished job, and ended before the cutoff: that is checked inside
+/// the statements that delete, so an operation a RetryOperation puts back to PENDING at
+/// the same moment is either retried (and stays) or purged first (and the retry finds
+/// nothing), never half removed. Operations that a subscription, checkout or graph names
+/// stay, since those records point at the operation that made them.
+#[async_trait]
+pub trait RetentionStore: Send + Sync + 'static {
+    /// Takes or renews the purger's lease for `holder` until `expire`; `false` while
+    /// another holder's lease is current at `now`.
+    async fn claim_purger(&self, holder: &str, now: Micros, expire: Micros) -> Result<bool>;
+
+    /// Purges one batch, oldest end first, in one transaction: each operation with its
+    /// events, steps, job, keys and retry ids, leaving its [`Tombstone`]. Concurrent
+    /// purges never remove one operation twice.
+    async fn purge_batch(&self, batch: &PurgeBatch) -> Result<PurgedRows>;
+
+    /// The tombstone of operation `id`; `owner`: only if it belonged to that owner.
+    async fn purged(&self, id: Uuid, owner: Option<&str>) -> Result<Option<Tombstone>>;
 }

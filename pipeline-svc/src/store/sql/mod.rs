@@ -9,6 +9,7 @@
 //! - `record`: how one change is written (the operation row, its step, its event);
 //! - `jobs`: the [`JobQueue`](crate::domain::engine::ports::JobQueue);
 //! - `admission`: concurrency keys and the per-owner limit that claims and DIRECT starts obey;
+//! - `retention`: the [`RetentionStore`](crate::domain::engine::ports::RetentionStore);
 //! - `rows`: reading rows back into domain types;
 //! - `provisioning`: the [`ProvisioningStore`](crate::domain::provisioning::ports::ProvisioningStore).
 
@@ -18,6 +19,7 @@ mod migrations;
 mod operations;
 mod provisioning;
 mod record;
+mod retention;
 mod rows;
 
 use std::path::Path;

@@ -11,21 +11,27 @@
 //!   holder, crashed holders first, waiters told who is ahead, the per-owner limit);
 //! - `provisioning`: [`ProvisioningStore`] (state machines, tenancy scope, idempotency on
 //!   the checkout id, atomic moves);
-//! - `graphs`: [`GraphDatabases`] (idempotent creation, transactional DDL, audit).
+//! - `graphs`: [`GraphDatabases`] (idempotent creation, transactional DDL, audit);
+//! - `retention`: [`RetentionStore`] (what a purge removes and never touches, batches,
+//!   tombstones, concurrent purges and retries, the purger's lease).
 
 mod admission;
 mod graphs;
 mod jobs;
 mod operations;
 mod provisioning;
+mod retention;
 
 use std::sync::Arc;
 
 use pipeline_svc::{
     domain::{
         engine::{
-            operation::{ExecutionMode, OpStatus, Operation, Step},
-            ports::{Created, JobQueue, JobStart, Lease, NewOperation, OperationStore},
+            operation::{ExecutionMode, OpStatus, Operation, Step, StepStatus},
+            ports::{
+                Created, JobQueue, JobStart, Lease, NewOperation, OperationStore, RetentionStore,
+                StepChange, StepUpdate,
+            },
         },
         now_micros,
         provisioning::ports::{GraphDatabases, ProvisioningStore},
@@ -40,6 +46,7 @@ use crate::common::TestDb;
 pub struct Stores {
     pub ops: Arc<dyn OperationStore>,
     pub jobs: Arc<dyn JobQueue>,
+    pub retention: Arc<dyn RetentionStore>,
     pub records: Arc<dyn ProvisioningStore>,
     pub graphs: Arc<dyn GraphDatabases>,
 }
@@ -56,6 +63,7 @@ impl Stores {
             graphs: Arc::new(store.graph_databases(&db.dir.path().join("pipeline"))),
             ops: store.clone(),
             jobs: store.clone(),
+            retention: store.clone(),
             records: store,
         }
     }
@@ -130,4 +138,19 @@ pub async fn claimed(s: &Stores, worker: &str, steps: usize) -> (Operation, Leas
         .expect("the queued job is claimable");
     assert_eq!(lease.operation_id, op.id);
     (op, lease)
+}
+
+/// A change of step `index` (`s{index}`) to `status`, starting and/or ending it.
+pub fn step(index: i64, status: StepStatus, started: bool, ended: bool) -> StepChange {
+    StepChange {
+        index,
+        name: format!("s{index}"),
+        phase: "test".into(),
+        update: Some(StepUpdate {
+            status,
+            detail: Some(format!("{status:?}")),
+            started,
+            ended,
+        }),
+    }
 }

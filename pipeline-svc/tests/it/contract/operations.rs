@@ -7,16 +7,14 @@ use pipeline_svc::{
     domain::{
         engine::{
             operation::{EventType, OpStatus, OperationError, StepStatus},
-            ports::{
-                Change, Created, Hint, JobStart, OpCursor, OpFilter, Retry, StepChange, StepUpdate,
-            },
+            ports::{Change, Created, Hint, JobStart, OpCursor, OpFilter, Retry},
         },
         now_micros,
     },
     error::Error,
 };
 
-use super::{claimed, created, new_operation, queued, Stores};
+use super::{claimed, created, new_operation, queued, step, Stores};
 use crate::common::{noop::assert_gapless, TestDb};
 
 capstan_server::test_on_both_backends!(
@@ -35,20 +33,6 @@ capstan_server::test_on_both_backends!(
 
 fn progress(message: &str) -> Change {
     Change::new(EventType::Progress, message, now_micros())
-}
-
-fn step(index: i64, status: StepStatus, started: bool, ended: bool) -> StepChange {
-    StepChange {
-        index,
-        name: format!("s{index}"),
-        phase: "test".into(),
-        update: Some(StepUpdate {
-            status,
-            detail: Some(format!("{status:?}")),
-            started,
-            ended,
-        }),
-    }
 }
 
 async fn create_numbers_from_one_and_reads_back(db: TestDb) {

@@ -90,15 +90,11 @@ pub(super) async fn claim_collector(
     let done = store
         .write
         .one(
-            Stmt::new(
-                "INSERT INTO blob_collector (name, holder, expire_time) VALUES ('blobs', $1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
-                 expire_time = excluded.expire_time \
-                 WHERE blob_collector.holder = excluded.holder OR blob_collector.expire_time <= $3",
-            )
-            .bind(holder)
-            .bind(expire)
-            .bind(now),
+            Stmt::new(capstan_server::singleton::claim_statement("blob_collector"))
+                .bind("blobs")
+                .bind(holder)
+                .bind(expire)
+                .bind(now),
         )
         .await?;
     Ok(done.affected == 1)
