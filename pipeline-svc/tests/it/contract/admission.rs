@@ -1,6 +1,7 @@
 //! [`JobQueue`] admission: operations sharing a concurrency key run one at a time in order
 //! of arrival (queued and leased alike), a crashed holder keeps its key and comes back
-//! first, waiters say which operation is ahead, and the per-owner limit holds.
+//! first, waiters say which operation is ahead, the per-owner limit holds, and no waiter
+//! is left behind when the key frees while it arrives.
 
 use pipeline_svc::domain::{
     engine::{
@@ -20,6 +21,7 @@ capstan_server::test_on_both_backends!(
     direct_operations_wait_for_their_key,
     concurrent_claims_never_share_a_key,
     the_owner_limit_bounds_running_operations,
+    waiters_created_while_the_key_frees_all_run,
 );
 
 fn with_keys(owner: &str, job: JobStart, keys: &[&str]) -> NewOperation {
@@ -204,4 +206,45 @@ async fn the_owner_limit_bounds_running_operations(db: TestDb) {
     assert!(claim(&s, "w").await.is_none());
     finish(&s, &first).await;
     assert_eq!(claim(&s, "w").await.unwrap().operation_id, a2.id);
+}
+
+/// A claim skips jobs marked as waiting behind a key, so a waiter marked while the key
+/// was freeing would never run: waiters created concurrently with the holder's end must
+/// all run, one after another.
+async fn waiters_created_while_the_key_frees_all_run(db: TestDb) {
+    let s = std::sync::Arc::new(Stores::open(&db, "r1").await);
+    let (holder, _, _) = create(&s, &with_keys("alice", JobStart::Queued, &["k"])).await;
+    let lease = claim(&s, "w").await.expect("the holder");
+    assert_eq!(lease.operation_id, holder.id);
+    let creators: Vec<_> = (0..12)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                create(&s, &with_keys(&format!("u{i}"), JobStart::Queued, &["k"]))
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    finish(&s, &lease).await;
+    let mut waiters = Vec::new();
+    for c in creators {
+        waiters.push(c.await.expect("creator"));
+    }
+    let mut ran = 0;
+    while let Some(next) = claim(&s, "w").await {
+        finish(&s, &next).await;
+        ran += 1;
+    }
+    assert_eq!(ran, waiters.len(), "every waiter ran, one at a time");
+    for w in &waiters {
+        let op = s.ops.get(w.id, None).await.unwrap().unwrap();
+        assert_eq!(
+            op.status,
+            OpStatus::Succeeded,
+            "{} was left waiting: {}",
+            w.id,
+            op.message
+        );
+    }
 }
