@@ -36,6 +36,7 @@ use pipeline_svc::{
         engine::{
             operation::{EventType, ExecutionMode, OpStatus},
             ports::OpFilter,
+            retention::Retention,
             workflow::Workflows,
             Engine, EngineConfig, ListOperations, StartOperation,
         },
@@ -65,6 +66,15 @@ struct Args {
     /// Measured enqueue-to-start samples per queue state.
     #[arg(long, default_value_t = 50)]
     starts: usize,
+    /// Which phases run: `events`, `queue`, `purge` (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "events,queue,purge")]
+    phases: Vec<String>,
+    /// Old events the purge phase removes (five per operation).
+    #[arg(long, default_value_t = 1_000_000)]
+    purge_events: u64,
+    /// Each live-work window of the purge phase (before and after the purge).
+    #[arg(long, default_value_t = 8)]
+    window_seconds: u64,
     #[arg(long, default_value = "docs/bench-pipeline-growth.json")]
     out: PathBuf,
     /// Where the SVGs go (`<prefix>-events.svg`, `<prefix>-queue.svg`).
@@ -82,9 +92,9 @@ fn op_id(i: u64) -> Uuid {
     Uuid::from_u128((u128::from(i) << 64) | 0x4000_8000_0000_0000)
 }
 
-/// SQL text of the rows `from..to`: operations, one step each, five events each. Every
-/// tenth failed. Times step 1 ms apart, ending two days ago (inside any retention).
-fn bulk_insert(backend: Backend, from: u64, to: u64, t0: i64) -> [String; 3] {
+/// SQL text of the rows `from..to`: operations with their finished job, one step and five
+/// events each. Every tenth failed. Times step 1 ms apart from `t0`.
+fn bulk_insert(backend: Backend, from: u64, to: u64, t0: i64) -> [String; 4] {
     // The id's text: 8-4-4-4-12 hex digits of `op_id(i)`.
     let (series, id) = match backend {
         Backend::Sqlite => (
@@ -131,7 +141,40 @@ fn bulk_insert(backend: Backend, from: u64, to: u64, t0: i64) -> [String; 3] {
            UNION ALL SELECT 2, 'STARTED', '' UNION ALL SELECT 3, 'STEP_STARTED', 's0' \
            UNION ALL SELECT 4, 'STEP_FINISHED', 's0' UNION ALL SELECT 5, 'FINISHED', '') AS s"
     );
-    [ops, steps, events]
+    let jobs = format!(
+        "INSERT INTO jobs (job_id, idempotency_key, operation_id, state, lease_owner, lease_token, \
+           lease_expires, attempts, available_time, update_time) \
+         {series} SELECT {id}, 'operation:' || {id}, {id}, 'done', '', 1, 0, 1, {time}, {time} + 900 \
+         {from_rows}"
+    );
+    [ops, jobs, steps, events]
+}
+
+/// Loads the operations `from..to` (see [`bulk_insert`]) and refreshes the statistics.
+async fn load(
+    pool: &sqlx::AnyPool,
+    backend: Backend,
+    from: u64,
+    to: u64,
+    t0: i64,
+) -> anyhow::Result<()> {
+    let mut at = from;
+    while at < to {
+        let next = (at + BATCH).min(to);
+        for sql in bulk_insert(backend, at, next, t0) {
+            sqlx::query(&sql)
+                .execute(pool)
+                .await
+                .context("bulk insert")?;
+        }
+        at = next;
+    }
+    let analyze = match backend {
+        Backend::Sqlite => "ANALYZE",
+        Backend::Postgres => "VACUUM ANALYZE",
+    };
+    sqlx::query(analyze).execute(pool).await?;
+    Ok(())
 }
 
 /// An engine of the noop workflow on `db`, QUEUED by default, with or without queue workers.
@@ -183,21 +226,8 @@ async fn event_log(args: &Args, backend: Backend) -> anyhow::Result<Vec<Value>> 
     let mut rows = Vec::new();
     for &size in &args.sizes {
         let started = Instant::now();
-        while loaded < size {
-            let to = (loaded + BATCH).min(size);
-            for sql in bulk_insert(backend, loaded, to, t0) {
-                sqlx::query(&sql)
-                    .execute(&pool)
-                    .await
-                    .context("bulk insert")?;
-            }
-            loaded = to;
-        }
-        let analyze = match backend {
-            Backend::Sqlite => "ANALYZE",
-            Backend::Postgres => "VACUUM ANALYZE",
-        };
-        sqlx::query(analyze).execute(&pool).await?;
+        load(&pool, backend, loaded, size, t0).await?;
+        loaded = size;
         eprintln!(
             "{backend:?}: {size} operations loaded in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -433,6 +463,118 @@ async fn queue(args: &Args, backend: Backend) -> anyhow::Result<Value> {
     }))
 }
 
+/// DIRECT five-step no-op operations completed a second by four concurrent clients, over
+/// `window`, or until `until` is cancelled when there is one.
+async fn live_work(
+    engine: &Arc<Engine>,
+    window: Duration,
+    until: Option<CancellationToken>,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + window;
+    let started = Instant::now();
+    let clients = (0..4).map(|_| {
+        let engine = engine.clone();
+        let until = until.clone();
+        async move {
+            let mut done = 0u64;
+            loop {
+                let over = match &until {
+                    Some(t) => t.is_cancelled(),
+                    None => Instant::now() >= deadline,
+                };
+                if over {
+                    return anyhow::Ok(done);
+                }
+                let op = engine
+                    .start(
+                        OWNER,
+                        StartOperation {
+                            mode: Some(ExecutionMode::Direct),
+                            ..start_request(NoopParams::steps(5))
+                        },
+                    )
+                    .await?;
+                let mut rx = engine.watch(op.id, None, 0).await?;
+                while let Some(e) = tokio::time::timeout(OP_LIMIT, rx.recv()).await? {
+                    if e.kind == EventType::Finished {
+                        ensure!(e.status == OpStatus::Succeeded, "{}", e.message);
+                        break;
+                    }
+                }
+                done += 1;
+            }
+        }
+    });
+    let done: u64 = futures::future::try_join_all(clients)
+        .await?
+        .into_iter()
+        .sum();
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Live work before, during and after a purge of `--purge-events` old events.
+async fn purge(args: &Args, backend: Backend) -> anyhow::Result<Value> {
+    let db = TestDb::new(backend).await;
+    let (engine, shutdown) = engine(&db, true).await?;
+    let pool = capstan_server::db::pool(&db.url, backend, 1, Some(POSTGRES_SCHEMA)).await?;
+    let old_ops = args.purge_events / EVENTS_PER_OP as u64;
+    let t0 = now_micros() - 60 * 86_400_000_000 - old_ops as i64 * 1000;
+    let started = Instant::now();
+    load(&pool, backend, 0, old_ops, t0).await?;
+    eprintln!(
+        "{backend:?}: {old_ops} old operations ({} events) loaded in {:.1} s",
+        args.purge_events,
+        started.elapsed().as_secs_f64()
+    );
+    let window = Duration::from_secs(args.window_seconds);
+    let before = live_work(&engine, window, None).await?;
+    let purging = CancellationToken::new();
+    let purger = {
+        let engine = engine.clone();
+        let purging = purging.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let pass = engine
+                .purge_expired(Retention {
+                    days: 30,
+                    batch: 500,
+                })
+                .await;
+            purging.cancel();
+            pass.map(|p| (p, t.elapsed()))
+        })
+    };
+    let during = live_work(&engine, OP_LIMIT, Some(purging)).await?;
+    let (pass, took) = purger.await??;
+    let pass = pass.context("another replica held the purger's lease")?;
+    let after = live_work(&engine, window, None).await?;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operation_events WHERE time < $1")
+        .bind(t0 + old_ops as i64 * 1000 + 1_000_000)
+        .fetch_one(&pool)
+        .await?;
+    ensure!(left == 0, "{left} old events left after the purge");
+    let per_s = pass.rows.events as f64 / took.as_secs_f64();
+    eprintln!(
+        "{backend:?}: purged {} events in {} batches, {:.1} s ({per_s:.0} events/s); live work {before:.1} / {during:.1} / {after:.1} ops/s (before / during / after)",
+        pass.rows.events,
+        pass.batches,
+        took.as_secs_f64()
+    );
+    pool.close().await;
+    shutdown.cancel();
+    Ok(json!({
+        "events_purged": pass.rows.events,
+        "operations_purged": pass.rows.operations,
+        "batches": pass.batches,
+        "purge_seconds": took.as_secs_f64(),
+        "events_per_s": per_s,
+        "live_ops_per_s_before": before,
+        "live_ops_per_s_during": during,
+        "live_ops_per_s_after": after,
+        "during_vs_without": during / ((before + after) / 2.0),
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -451,13 +593,19 @@ async fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("--backend {other}: expected sqlite, postgres or both"),
     };
     let mut results = serde_json::Map::new();
+    let runs = |phase: &str| args.phases.iter().any(|p| p == phase);
     for backend in backends {
-        let events = event_log(&args, backend).await?;
-        let queue = queue(&args, backend).await?;
-        results.insert(
-            format!("{backend:?}").to_lowercase(),
-            json!({"event_log": events, "queue": queue}),
-        );
+        let mut r = json!({});
+        if runs("events") {
+            r["event_log"] = json!(event_log(&args, backend).await?);
+        }
+        if runs("queue") {
+            r["queue"] = queue(&args, backend).await?;
+        }
+        if runs("purge") {
+            r["purge"] = purge(&args, backend).await?;
+        }
+        results.insert(format!("{backend:?}").to_lowercase(), r);
     }
     let results = Value::Object(results);
     report::write_results(&args.out, &results)?;
@@ -549,6 +697,25 @@ fn tables(results: &Value) {
                 cell("list_page_20"),
             );
         }
+    }
+    println!();
+    println!("| backend | events purged | batches | purge events/s | live ops/s before / during / after | during ÷ without |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (backend, r) in results.as_object().into_iter().flatten() {
+        let p = &r["purge"];
+        if p.is_null() {
+            continue;
+        }
+        println!(
+            "| {backend} | {} | {} | {:.0} | {:.1} / {:.1} / {:.1} | {:.2} |",
+            p["events_purged"],
+            p["batches"],
+            f(&p["events_per_s"]),
+            f(&p["live_ops_per_s_before"]),
+            f(&p["live_ops_per_s_during"]),
+            f(&p["live_ops_per_s_after"]),
+            f(&p["during_vs_without"]),
+        );
     }
     println!();
     println!("| backend | claims/s at 10k / 5k / 1k pending | enqueue → start p50 / p99, nothing waiting | with the waiters behind a key |");
