@@ -247,3 +247,22 @@ pub fn pipeline_registry(
     )?;
     Ok((registry, token_file))
 }
+
+/// The databases a benchmark runs on (`--backend sqlite|postgres|both`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backends {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+impl Backends {
+    pub fn list(self) -> Vec<capstan_server::db::Backend> {
+        use capstan_server::db::Backend;
+        match self {
+            Backends::Sqlite => vec![Backend::Sqlite],
+            Backends::Postgres => vec![Backend::Postgres],
+            Backends::Both => vec![Backend::Sqlite, Backend::Postgres],
+        }
+    }
+}

@@ -31,6 +31,7 @@ use capstan_tests::{
     binary, report,
     stack::PipelineStack,
     stats::{load_average, ms, Samples},
+    Backends,
 };
 use clap::Parser;
 use serde_json::{json, Value};
@@ -38,9 +39,8 @@ use serde_json::{json, Value};
 #[derive(Parser)]
 #[command(about = "CancelOperation latency during a large demo's training (release build)")]
 struct Args {
-    /// `sqlite`, `postgres` or `both`.
-    #[arg(long, default_value = "both")]
-    backend: String,
+    #[arg(long, value_enum, default_value = "both")]
+    backend: Backends,
     /// Cancellations per target replica (the one running the demo, the other one).
     #[arg(long, default_value_t = 20)]
     tries: usize,
@@ -225,12 +225,7 @@ async fn bench_backend(args: &Args, backend: Backend) -> anyhow::Result<Value> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.tries > 0, "--tries must be positive");
-    let backends = match args.backend.as_str() {
-        "sqlite" => vec![Backend::Sqlite],
-        "postgres" => vec![Backend::Postgres],
-        "both" => vec![Backend::Sqlite, Backend::Postgres],
-        other => bail!("--backend {other}: expected sqlite, postgres or both"),
-    };
+    let backends = args.backend.list();
     let mut results = Vec::new();
     for backend in backends {
         results.push(bench_backend(&args, backend).await?);

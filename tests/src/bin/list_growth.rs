@@ -24,7 +24,7 @@ use capstan_server::{
 use capstan_tests::{
     binary,
     plot::{Chart, Series},
-    report, server_flags, Service,
+    report, server_flags, Backends, Service,
 };
 use clap::Parser;
 use serde_json::{json, Value};
@@ -32,9 +32,8 @@ use serde_json::{json, Value};
 #[derive(Parser)]
 #[command(about = "ListRuns latency as the registry grows (release build, loopback only)")]
 struct Args {
-    /// `sqlite`, `postgres` or `both`.
-    #[arg(long, default_value = "both")]
-    backend: String,
+    #[arg(long, value_enum, default_value = "both")]
+    backend: Backends,
     /// Registry sizes, ascending (comma-separated run counts).
     #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
     sizes: Vec<u64>,
@@ -166,8 +165,15 @@ async fn bench_backend(args: &Args, db: &TestDb) -> anyhow::Result<Vec<Value>> {
     let health = tonic_health::pb::health_client::HealthClient::new(channel);
     // Rows go in beside the service once it has migrated the schema (it listens first).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while let Err(s) = client.clone().list_runs(pb::ListRunsRequest::default()).await {
-        ensure!(Instant::now() < deadline, "registry-svc never served ListRuns: {s}");
+    while let Err(s) = client
+        .clone()
+        .list_runs(pb::ListRunsRequest::default())
+        .await
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "registry-svc never served ListRuns: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pool = capstan_server::db::pool(&db.url, db.backend(), 1, None).await?;
@@ -241,14 +247,10 @@ async fn main() -> anyhow::Result<()> {
         args.sizes.windows(2).all(|w| w[0] < w[1]) && !args.sizes.is_empty(),
         "--sizes must be ascending"
     );
-    let backends: &[Backend] = match args.backend.as_str() {
-        "sqlite" => &[Backend::Sqlite],
-        "postgres" => &[Backend::Postgres],
-        _ => &[Backend::Sqlite, Backend::Postgres],
-    };
+    let backends = args.backend.list();
     let mut results = serde_json::Map::new();
     let mut series = Vec::new();
-    for &backend in backends {
+    for backend in backends {
         let db = TestDb::new(backend).await;
         let rows = bench_backend(&args, &db).await?;
         for (i, q) in QUERIES.iter().enumerate() {

@@ -28,6 +28,7 @@ use capstan_tests::{
     plot::{Chart, Series},
     report,
     stats::{load_average, ms, Samples},
+    Backends,
 };
 use clap::Parser;
 use futures::{stream, StreamExt, TryStreamExt};
@@ -51,9 +52,8 @@ use uuid::Uuid;
 #[derive(Parser)]
 #[command(about = "Event log and queue costs as the pipeline grows (release build)")]
 struct Args {
-    /// `sqlite`, `postgres` or `both`.
-    #[arg(long, default_value = "both")]
-    backend: String,
+    #[arg(long, value_enum, default_value = "both")]
+    backend: Backends,
     /// Stored operations, ascending (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
     sizes: Vec<u64>,
@@ -586,12 +586,7 @@ async fn main() -> anyhow::Result<()> {
         args.requests >= 10 && args.starts > 0 && args.pending > 0,
         "counts must be positive"
     );
-    let backends = match args.backend.as_str() {
-        "sqlite" => vec![Backend::Sqlite],
-        "postgres" => vec![Backend::Postgres],
-        "both" => vec![Backend::Sqlite, Backend::Postgres],
-        other => anyhow::bail!("--backend {other}: expected sqlite, postgres or both"),
-    };
+    let backends = args.backend.list();
     let mut results = serde_json::Map::new();
     let runs = |phase: &str| args.phases.iter().any(|p| p == phase);
     for backend in backends {
