@@ -6,7 +6,7 @@
 # `cargo build --release -p registry-svc -p pipeline-svc -p capstan-tests`. BEFORE_ENV and
 # AFTER_ENV set variables for one side's run (its servers inherit them), so the same
 # binaries can be compared under two settings, such as tracing off and on.
-# REGISTRY_ONLY=1 skips the pipeline bench. Summarize with
+# REGISTRY_ONLY=1 skips the pipeline bench, PIPELINE_ONLY=1 the registry bench. Summarize with
 # `python3 tests/bench/ab_summary.py OUT_DIR [BEFORE_LABEL AFTER_LABEL]`.
 set -euo pipefail
 [ $# -ge 3 ] || { sed -n 2,10p "$0" >&2; exit 2; }
@@ -19,9 +19,11 @@ for round in $(seq 1 "$rounds"); do
     # Word splitting of side_env is the point: each word is one K=V for env(1).
     # shellcheck disable=SC2086
     run() { env $side_env "$@"; }
-    echo "== round $round $side registry (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    run "$bin/bench" --backend both --duration-secs 3 --warmup-secs 1 --artifact-mib 16 \
-      --artifact-rounds 2 --out "$out/reg-$side-$round.json" > "$out/reg-$side-$round.log" 2>&1
+    if [ -z "${PIPELINE_ONLY:-}" ]; then
+      echo "== round $round $side registry (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+      run "$bin/bench" --backend both --duration-secs 3 --warmup-secs 1 --artifact-mib 16 \
+        --artifact-rounds 2 --out "$out/reg-$side-$round.json" > "$out/reg-$side-$round.log" 2>&1
+    fi
     [ -n "${REGISTRY_ONLY:-}" ] && continue
     echo "== round $round $side pipeline (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     run "$bin/pipeline_bench" --backend both --showcase-runs 5 --first-event-runs 30 \

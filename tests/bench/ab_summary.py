@@ -10,7 +10,7 @@ import sys
 
 out = pathlib.Path(sys.argv[1])
 before_label, after_label = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else ("before", "after")
-rounds = sorted({int(p.stem.rsplit("-", 1)[1]) for p in out.glob("reg-before-*.json")})
+rounds = sorted({int(p.stem.rsplit("-", 1)[1]) for p in out.glob("*-before-*.json")})
 
 
 def runs(kind, side):
