@@ -21,27 +21,38 @@ impl JobQueue for SqlStore {
     async fn claim(&self, owner: &str, now: Micros, lease_ms: i64) -> Result<Option<Lease>> {
         let mut tx = self.write.begin().await.map_err(db_error)?;
         // Expired leases first (crashed work resumes before new work starts), then the
-        // oldest queued job. Each is its own statement so that each walks its index in
-        // order and stops at the first admissible job: one statement with both as an OR
-        // made every claim read and sort every pending job.
-        let mut row = None;
-        for (candidates, order) in [
-            (
-                "j.state = 'leased' AND j.lease_expires < $3",
-                "j.lease_expires",
-            ),
-            (
+        // oldest queued job: two subqueries, each walking its own index in order and
+        // stopping at the first admissible job, the second asked only when the first finds
+        // none. One condition with both as an OR made every claim read and sort every
+        // pending job.
+        let first = |candidates: &str, order: &str| {
+            format!(
+                "(SELECT j.job_id FROM jobs j JOIN operations o ON o.operation_id = j.operation_id \
+                   WHERE {candidates} AND {} ORDER BY {order} LIMIT 1{})",
+                admission::admissible("$3"),
+                self.skip_locked()
+            )
+        };
+        let row =
+            sqlx::query(&format!(
+            "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_token = lease_token + 1, \
+               lease_expires = $2, attempts = attempts + 1, update_time = $3, \
+               admitted = CASE WHEN owner_limit = 0 AND NOT EXISTS (SELECT 1 FROM operation_keys k \
+                 WHERE k.operation_id = jobs.operation_id) THEN 1 ELSE admitted END \
+             WHERE job_id = COALESCE({}, {}) \
+             RETURNING operation_id, lease_token, attempts, admitted",
+            first("j.state = 'leased' AND j.lease_expires < $3", "j.lease_expires"),
+            first(
                 "j.state = 'queued' AND j.blocked = 0 AND j.available_time <= $3",
-                "j.available_time",
+                "j.available_time"
             ),
-        ] {
-            row = self
-                .claim_one(&mut tx, candidates, order, owner, now, lease_ms)
-                .await?;
-            if row.is_some() {
-                break;
-            }
-        }
+        ))
+            .bind(owner)
+            .bind(now + lease_ms * 1000)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
         let Some(r) = row else {
             tx.rollback().await.map_err(db_error)?;
             return Ok(None);
@@ -119,41 +130,6 @@ impl JobQueue for SqlStore {
         )
         .bind(now)
         .fetch_one(&self.read)
-        .await
-        .map_err(db_error)
-    }
-}
-
-impl SqlStore {
-    /// Leases the first job of `candidates` (SQL over `j`, the job, and `o`, its
-    /// operation) in `order` that may be admitted. A job without keys or limit is admitted
-    /// by the claim itself; the caller admits any other, under the locks that make its
-    /// check exact.
-    async fn claim_one(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        candidates: &str,
-        order: &str,
-        owner: &str,
-        now: Micros,
-        lease_ms: i64,
-    ) -> Result<Option<sqlx::any::AnyRow>> {
-        sqlx::query(&format!(
-            "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_token = lease_token + 1, \
-               lease_expires = $2, attempts = attempts + 1, update_time = $3, \
-               admitted = CASE WHEN owner_limit = 0 AND NOT EXISTS (SELECT 1 FROM operation_keys k \
-                 WHERE k.operation_id = jobs.operation_id) THEN 1 ELSE admitted END \
-             WHERE job_id = (SELECT j.job_id FROM jobs j JOIN operations o ON o.operation_id = j.operation_id \
-               WHERE {candidates} AND {} \
-               ORDER BY {order} LIMIT 1{}) \
-             RETURNING operation_id, lease_token, attempts, admitted",
-            admission::admissible("$3"),
-            self.skip_locked()
-        ))
-        .bind(owner)
-        .bind(now + lease_ms * 1000)
-        .bind(now)
-        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)
     }
