@@ -266,3 +266,28 @@ impl Backends {
         }
     }
 }
+
+/// What the growth benchmarks share: the databases, the sizes they grow to, the calls
+/// timed at each size.
+#[derive(clap::Args)]
+pub struct GrowthArgs {
+    #[arg(long, value_enum, default_value = "both")]
+    pub backend: Backends,
+    /// Sizes to grow to, ascending (comma-separated: runs, or stored operations).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub sizes: Vec<u64>,
+    /// Measured calls per query and size.
+    #[arg(long, default_value_t = 300)]
+    pub requests: usize,
+}
+
+impl GrowthArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.sizes.is_empty() && self.sizes.windows(2).all(|w| w[0] < w[1]),
+            "--sizes must be ascending"
+        );
+        anyhow::ensure!(self.requests >= 10, "--requests must be at least 10");
+        Ok(())
+    }
+}

@@ -56,3 +56,21 @@ pub fn load_average() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
+
+/// The latencies of `n` calls of `call(i)` (ms), after `warmup` unmeasured ones; `i` counts
+/// every call from 0, warm-up included.
+pub async fn time_calls<F, Fut>(warmup: usize, n: usize, mut call: F) -> anyhow::Result<Samples>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut v = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let t = std::time::Instant::now();
+        call(i as u64).await?;
+        if i >= warmup {
+            v.push(ms(t.elapsed()));
+        }
+    }
+    Ok(Samples::new(v))
+}

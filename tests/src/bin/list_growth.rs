@@ -24,7 +24,9 @@ use capstan_server::{
 use capstan_tests::{
     binary,
     plot::{Chart, Series},
-    report, server_flags, Backends, Service,
+    report, server_flags,
+    stats::{load_average, time_calls},
+    GrowthArgs, Service,
 };
 use clap::Parser;
 use serde_json::{json, Value};
@@ -32,14 +34,8 @@ use serde_json::{json, Value};
 #[derive(Parser)]
 #[command(about = "ListRuns latency as the registry grows (release build, loopback only)")]
 struct Args {
-    #[arg(long, value_enum, default_value = "both")]
-    backend: Backends,
-    /// Registry sizes, ascending (comma-separated run counts).
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
-    sizes: Vec<u64>,
-    /// Measured requests per query and size.
-    #[arg(long, default_value_t = 300)]
-    requests: usize,
+    #[command(flatten)]
+    growth: GrowthArgs,
     /// Unmeasured requests before each query.
     #[arg(long, default_value_t = 30)]
     warmup: usize,
@@ -122,29 +118,10 @@ fn bulk_insert(backend: Backend, from: u64, to: u64) -> String {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-/// p50 and p99 in milliseconds of `n` calls of `call(k)`, after `warmup` unmeasured ones.
-async fn time<F, Fut>(warmup: usize, n: usize, mut call: F) -> anyhow::Result<(f64, f64)>
-where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let mut ms = Vec::with_capacity(n);
-    for i in 0..warmup + n {
-        // Spread over the experiments (a multiplicative walk), the same at every size.
-        let k = (i as u64 * 7_919) % 97;
-        let start = Instant::now();
-        call(k).await?;
-        if i >= warmup {
-            ms.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    ms.sort_by(f64::total_cmp);
-    Ok((percentile(&ms, 0.5), percentile(&ms, 0.99)))
+/// The experiment the `i`-th call asks for: a multiplicative walk over them, the same at
+/// every size, so that caches do not serve one page.
+fn experiment(i: u64) -> u64 {
+    (i * 7_919) % 97
 }
 
 async fn bench_backend(args: &Args, db: &TestDb) -> anyhow::Result<Vec<Value>> {
@@ -179,7 +156,7 @@ async fn bench_backend(args: &Args, db: &TestDb) -> anyhow::Result<Vec<Value>> {
     let pool = capstan_server::db::pool(&db.url, db.backend(), 1, None).await?;
     let mut rows = Vec::new();
     let mut loaded = 0;
-    for &size in &args.sizes {
+    for &size in &args.growth.sizes {
         let started = Instant::now();
         while loaded < size {
             let to = (loaded + BATCH).min(size);
@@ -198,8 +175,8 @@ async fn bench_backend(args: &Args, db: &TestDb) -> anyhow::Result<Vec<Value>> {
             db.backend(),
             started.elapsed().as_secs_f64()
         );
-        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let (h50, h99) = time(args.warmup, args.requests, |_| {
+        let load = load_average();
+        let health_ms = time_calls(args.warmup, args.growth.requests, |_| {
             let mut h = health.clone();
             async move {
                 h.check(tonic_health::pb::HealthCheckRequest::default())
@@ -208,11 +185,12 @@ async fn bench_backend(args: &Args, db: &TestDb) -> anyhow::Result<Vec<Value>> {
             }
         })
         .await?;
+        let (h50, h99) = (health_ms.pct(0.5), health_ms.pct(0.99));
         let mut queries = Vec::new();
         for q in &QUERIES {
-            let (p50, p99) = time(args.warmup, args.requests, |k| {
+            let samples = time_calls(args.warmup, args.growth.requests, |i| {
                 let mut c = client.clone();
-                let req = (q.request)(k);
+                let req = (q.request)(experiment(i));
                 async move {
                     let page = c.list_runs(req).await?.into_inner();
                     ensure!(!page.runs.is_empty(), "an empty page measures nothing");
@@ -220,6 +198,7 @@ async fn bench_backend(args: &Args, db: &TestDb) -> anyhow::Result<Vec<Value>> {
                 }
             })
             .await?;
+            let (p50, p99) = (samples.pct(0.5), samples.pct(0.99));
             eprintln!(
                 "  {:<16} p50 {p50:7.2} ms  p99 {p99:7.2} ms  (health p50 {h50:.2} ms)",
                 q.name
@@ -230,7 +209,7 @@ async fn bench_backend(args: &Args, db: &TestDb) -> anyhow::Result<Vec<Value>> {
             "runs": size,
             "health_p50_ms": h50,
             "health_p99_ms": h99,
-            "loadavg": load.trim(),
+            "loadavg": load,
             "queries": queries,
         }));
     }
@@ -243,11 +222,8 @@ async fn bench_backend(args: &Args, db: &TestDb) -> anyhow::Result<Vec<Value>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ensure!(
-        args.sizes.windows(2).all(|w| w[0] < w[1]) && !args.sizes.is_empty(),
-        "--sizes must be ascending"
-    );
-    let backends = args.backend.list();
+    args.growth.check()?;
+    let backends = args.growth.backend.list();
     let mut results = serde_json::Map::new();
     let mut series = Vec::new();
     for backend in backends {

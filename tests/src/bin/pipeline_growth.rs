@@ -27,8 +27,8 @@ use capstan_server::{db::Backend, testing::TestDb, time::now_micros};
 use capstan_tests::{
     plot::{Chart, Series},
     report,
-    stats::{load_average, ms, Samples},
-    Backends,
+    stats::{load_average, ms, time_calls, Samples},
+    GrowthArgs,
 };
 use clap::Parser;
 use futures::{stream, StreamExt, TryStreamExt};
@@ -52,14 +52,8 @@ use uuid::Uuid;
 #[derive(Parser)]
 #[command(about = "Event log and queue costs as the pipeline grows (release build)")]
 struct Args {
-    #[arg(long, value_enum, default_value = "both")]
-    backend: Backends,
-    /// Stored operations, ascending (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
-    sizes: Vec<u64>,
-    /// Measured calls per query and size.
-    #[arg(long, default_value_t = 300)]
-    requests: usize,
+    #[command(flatten)]
+    growth: GrowthArgs,
     /// Jobs pending in the queue phases.
     #[arg(long, default_value_t = 10_000)]
     pending: usize,
@@ -199,32 +193,15 @@ async fn engine(
     Ok((engine, shutdown))
 }
 
-/// The latencies (ms) of `n` calls of `call(k)` for k = 0, 1, …, after a tenth more as warm-up.
-async fn time<F, Fut>(n: usize, mut call: F) -> anyhow::Result<Samples>
-where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let mut v = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
-        let t = Instant::now();
-        call(i as u64).await?;
-        if i >= n / 10 {
-            v.push(ms(t.elapsed()));
-        }
-    }
-    Ok(Samples::new(v))
-}
-
 async fn event_log(args: &Args, backend: Backend) -> anyhow::Result<Vec<Value>> {
     let db = TestDb::new(backend).await;
     let (engine, shutdown) = engine(&db, false).await?;
     let pool = capstan_server::db::pool(&db.url, backend, 1, Some(POSTGRES_SCHEMA)).await?;
-    let total = *args.sizes.last().context("no --sizes")?;
+    let total = *args.growth.sizes.last().context("no --sizes")?;
     let t0 = now_micros() - 2 * 86_400_000_000 - total as i64 * 1000;
     let mut loaded = 0;
     let mut rows = Vec::new();
-    for &size in &args.sizes {
+    for &size in &args.growth.sizes {
         let started = Instant::now();
         load(&pool, backend, loaded, size, t0).await?;
         loaded = size;
@@ -236,12 +213,12 @@ async fn event_log(args: &Args, backend: Backend) -> anyhow::Result<Vec<Value>> 
         // Operations spread over the whole store (a multiplicative walk).
         let pick = |k: u64| op_id((k * 7_919 + 13) % size);
         let (mut first, mut whole) = (Vec::new(), Vec::new());
-        for k in 0..(args.requests + args.requests / 10) as u64 {
+        for k in 0..(args.growth.requests + args.growth.requests / 10) as u64 {
             let t = Instant::now();
             let mut rx = engine.watch(pick(k), Some(OWNER), 0).await?;
             let mut n = 0;
             while let Some(e) = tokio::time::timeout(OP_LIMIT, rx.recv()).await? {
-                if n == 0 && k as usize >= args.requests / 10 {
+                if n == 0 && k as usize >= args.growth.requests / 10 {
                     first.push(ms(t.elapsed()));
                 }
                 n += 1;
@@ -253,7 +230,7 @@ async fn event_log(args: &Args, backend: Backend) -> anyhow::Result<Vec<Value>> 
                 n == EVENTS_PER_OP,
                 "replayed {n} events, not {EVENTS_PER_OP}"
             );
-            if k as usize >= args.requests / 10 {
+            if k as usize >= args.growth.requests / 10 {
                 whole.push(ms(t.elapsed()));
             }
         }
@@ -267,7 +244,7 @@ async fn event_log(args: &Args, backend: Backend) -> anyhow::Result<Vec<Value>> 
             page_size: 50,
             page_token: String::new(),
         };
-        let first_page = time(args.requests, |_| {
+        let first_page = time_calls(args.growth.requests / 10, args.growth.requests, |_| {
             let engine = engine.clone();
             async move {
                 let (page, _) = engine.list(&list(None)).await?;
@@ -276,7 +253,7 @@ async fn event_log(args: &Args, backend: Backend) -> anyhow::Result<Vec<Value>> 
             }
         })
         .await?;
-        let failed_page = time(args.requests, |_| {
+        let failed_page = time_calls(args.growth.requests / 10, args.growth.requests, |_| {
             let engine = engine.clone();
             async move {
                 let (page, _) = engine.list(&list(Some(OpStatus::Failed))).await?;
@@ -290,7 +267,7 @@ async fn event_log(args: &Args, backend: Backend) -> anyhow::Result<Vec<Value>> 
         for _ in 0..19 {
             req.page_token = engine.list(&req).await?.1;
         }
-        let deep_page = time(args.requests, |_| {
+        let deep_page = time_calls(args.growth.requests / 10, args.growth.requests, |_| {
             let engine = engine.clone();
             let req = &req;
             async move {
@@ -578,15 +555,12 @@ async fn purge(args: &Args, backend: Backend) -> anyhow::Result<Value> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    args.growth.check()?;
     ensure!(
-        !args.sizes.is_empty() && args.sizes.windows(2).all(|w| w[0] < w[1]),
-        "--sizes must be ascending"
+        args.starts > 0 && args.pending > 0,
+        "--starts and --pending must be positive"
     );
-    ensure!(
-        args.requests >= 10 && args.starts > 0 && args.pending > 0,
-        "counts must be positive"
-    );
-    let backends = args.backend.list();
+    let backends = args.growth.backend.list();
     let mut results = serde_json::Map::new();
     let runs = |phase: &str| args.phases.iter().any(|p| p == phase);
     for backend in backends {

@@ -32,7 +32,9 @@ use capstan_tests::{
     plot::{Chart, Series},
     report,
     runs::servable_run,
-    server_flags, Service,
+    server_flags,
+    stats::Samples,
+    Service,
 };
 use clap::Parser;
 use futures::StreamExt;
@@ -92,11 +94,6 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("VmRSS in /proc/<pid>/status")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn channels(url: &str, token: &str, n: usize) -> anyhow::Result<Vec<AuthedChannel>> {
@@ -328,8 +325,8 @@ async fn bench(svc: Svc, args: &Args) -> anyhow::Result<Vec<Value>> {
                 .context("watchers ended")?;
             ms.push(at.duration_since(started).as_secs_f64() * 1e3);
         }
-        ms.sort_by(f64::total_cmp);
-        let (p50, p99, last) = (percentile(&ms, 0.5), percentile(&ms, 0.99), ms[n - 1]);
+        let ms = Samples::new(ms);
+        let (p50, p99, last) = (ms.pct(0.5), ms.pct(0.99), ms.pct(1.0));
         let per_stream = (rss.saturating_sub(rss_none)) as f64 * 1024.0 / n as f64;
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         eprintln!(

@@ -25,7 +25,7 @@ impl JobQueue for SqlStore {
         // stopping at the first admissible job, the second asked only when the first finds
         // none. One condition with both as an OR made every claim read and sort every
         // pending job.
-        let first = |candidates: &str, order: &str| {
+        let oldest_admissible = |candidates: &str, order: &str| {
             format!(
                 "(SELECT j.job_id FROM jobs j JOIN operations o ON o.operation_id = j.operation_id \
                    WHERE {candidates} AND {} ORDER BY {order} LIMIT 1{})",
@@ -33,20 +33,23 @@ impl JobQueue for SqlStore {
                 self.skip_locked()
             )
         };
-        let row =
-            sqlx::query(&format!(
+        // A job without keys or limit is admitted by the claim itself; any other is
+        // admitted below, under the locks that make its check exact.
+        let sql =
+            format!(
             "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_token = lease_token + 1, \
                lease_expires = $2, attempts = attempts + 1, update_time = $3, \
                admitted = CASE WHEN owner_limit = 0 AND NOT EXISTS (SELECT 1 FROM operation_keys k \
                  WHERE k.operation_id = jobs.operation_id) THEN 1 ELSE admitted END \
              WHERE job_id = COALESCE({}, {}) \
              RETURNING operation_id, lease_token, attempts, admitted",
-            first("j.state = 'leased' AND j.lease_expires < $3", "j.lease_expires"),
-            first(
+            oldest_admissible("j.state = 'leased' AND j.lease_expires < $3", "j.lease_expires"),
+            oldest_admissible(
                 "j.state = 'queued' AND j.blocked = 0 AND j.available_time <= $3",
                 "j.available_time"
             ),
-        ))
+        );
+        let row = sqlx::query(&sql)
             .bind(owner)
             .bind(now + lease_ms * 1000)
             .bind(now)
