@@ -100,108 +100,144 @@ impl Receiver {
 
 const REQUEST_ID: &str = "trace-e2e-demo";
 
+/// registry-svc and pipeline-svc exporting to one receiver, with the default sampler
+/// (parent-based, always on).
+struct Traced {
+    receiver: Receiver,
+    // Field order: the pipeline stops before the registry, the directory last.
+    pipeline: Service,
+    _registry: Service,
+    _dir: tempfile::TempDir,
+}
+
+impl Traced {
+    async fn start() -> Self {
+        let receiver = Receiver::default();
+        let otlp = receiver.serve().await;
+        let dir = tempfile::tempdir().unwrap();
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ];
+        let registry_dir = dir.path().join("registry");
+        let registry_db = format!("sqlite://{}/registry.db?mode=rwc", registry_dir.display());
+        std::fs::create_dir_all(&registry_dir).unwrap();
+        let registry = Service::start(
+            &binary("registry-svc"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--auth",
+                "disabled",
+                "--data-dir",
+                registry_dir.to_str().unwrap(),
+                "--database-url",
+                &registry_db,
+            ],
+            &env,
+            dir.path().join("registry.log"),
+        )
+        .unwrap();
+        let pipeline_dir = dir.path().join("pipeline");
+        let pipeline = Service::start(
+            &binary("pipeline-svc"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--auth",
+                "disabled",
+                "--data-dir",
+                pipeline_dir.to_str().unwrap(),
+                "--registry-url",
+                &registry.url(),
+            ],
+            &env,
+            dir.path().join("pipeline.log"),
+        )
+        .unwrap();
+        Self {
+            receiver,
+            pipeline,
+            _registry: registry,
+            _dir: dir,
+        }
+    }
+
+    /// Runs a demo to its end, its StartDemo carrying `traceparent` and `request_id`.
+    async fn demo(&self, traceparent: &str, request_id: &str) -> pb::Operation {
+        let channel = capstan_client::connect(&self.pipeline.url(), None)
+            .await
+            .unwrap();
+        let mut start = Request::new(pb::StartDemoRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            scenario: "showcase_minimal".into(),
+            seed: Some(7),
+            series_count: 3,
+            days: 120,
+            horizon: 7,
+            execution_mode: pb::ExecutionMode::Direct as i32,
+            alias: String::new(),
+            timeout: None,
+        });
+        start
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        start
+            .metadata_mut()
+            .insert("x-request-id", request_id.parse().unwrap());
+        let op = PipelineClient::new(channel.clone())
+            .start_demo(start)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut operations = OperationsClient::new(channel);
+        let mut events = operations
+            .watch_operation(pb::WatchOperationRequest {
+                operation_id: op.operation_id.clone(),
+                after_sequence: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while events.message().await.unwrap().is_some() {}
+        let done = operations
+            .get_operation(pb::GetOperationRequest {
+                operation_id: op.operation_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            done.status,
+            pb::OperationStatus::Succeeded as i32,
+            "the demo failed: {done:?}\npipeline log:\n{}",
+            self.pipeline.log_text()
+        );
+        done
+    }
+}
+
+fn traceparent(trace_id: [u8; 16], span_id: [u8; 8], sampled: bool) -> String {
+    format!(
+        "00-{}-{}-0{}",
+        hex::encode(trace_id),
+        hex::encode(span_id),
+        u8::from(sampled)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demo_is_one_trace_across_pipeline_and_registry() {
-    let receiver = Receiver::default();
-    let otlp = receiver.serve().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-    ];
-    let registry_dir = dir.path().join("registry");
-    let registry_db = format!("sqlite://{}/registry.db?mode=rwc", registry_dir.display());
-    std::fs::create_dir_all(&registry_dir).unwrap();
-    let registry = Service::start(
-        &binary("registry-svc"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--auth",
-            "disabled",
-            "--data-dir",
-            registry_dir.to_str().unwrap(),
-            "--database-url",
-            &registry_db,
-        ],
-        &env,
-        dir.path().join("registry.log"),
-    )
-    .unwrap();
-    let pipeline_dir = dir.path().join("pipeline");
-    let pipeline = Service::start(
-        &binary("pipeline-svc"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--auth",
-            "disabled",
-            "--data-dir",
-            pipeline_dir.to_str().unwrap(),
-            "--registry-url",
-            &registry.url(),
-        ],
-        &env,
-        dir.path().join("pipeline.log"),
-    )
-    .unwrap();
+    let traced = Traced::start().await;
+    let (receiver, pipeline) = (&traced.receiver, &traced.pipeline);
 
     // The caller's trace: the StartDemo span must be its child.
     let trace_id: [u8; 16] = *uuid::Uuid::new_v4().as_bytes();
     let caller_span: [u8; 8] = [0x5e, 0xed, 0, 0, 0, 0, 0, 0x01];
-    let traceparent = format!(
-        "00-{}-{}-01",
-        hex::encode(trace_id),
-        hex::encode(caller_span)
-    );
-    let channel = capstan_client::connect(&pipeline.url(), None)
-        .await
-        .unwrap();
-    let mut start = Request::new(pb::StartDemoRequest {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        scenario: "showcase_minimal".into(),
-        seed: Some(7),
-        series_count: 3,
-        days: 120,
-        horizon: 7,
-        execution_mode: pb::ExecutionMode::Direct as i32,
-        alias: String::new(),
-        timeout: None,
-    });
-    start
-        .metadata_mut()
-        .insert("traceparent", traceparent.parse().unwrap());
-    start
-        .metadata_mut()
-        .insert("x-request-id", REQUEST_ID.parse().unwrap());
-    let op = PipelineClient::new(channel.clone())
-        .start_demo(start)
-        .await
-        .unwrap()
-        .into_inner();
-    let mut operations = OperationsClient::new(channel);
-    let mut events = operations
-        .watch_operation(pb::WatchOperationRequest {
-            operation_id: op.operation_id.clone(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while events.message().await.unwrap().is_some() {}
-    let done = operations
-        .get_operation(pb::GetOperationRequest {
-            operation_id: op.operation_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        done.status,
-        pb::OperationStatus::Succeeded as i32,
-        "the demo failed: {done:?}\npipeline log:\n{}",
-        pipeline.log_text()
-    );
+    let op = traced
+        .demo(&traceparent(trace_id, caller_span, true), REQUEST_ID)
+        .await;
+    let done = &op;
     let steps: BTreeSet<String> = done.steps.iter().map(|s| s.name.clone()).collect();
 
     // The operation span ends with the operation; wait for it and for what came before.
@@ -344,5 +380,63 @@ async fn a_demo_is_one_trace_across_pipeline_and_registry() {
         pipeline.log_text().contains(&trace_hex),
         "the pipeline's logs carry the trace id {trace_hex}:\n{}",
         pipeline.log_text()
+    );
+}
+
+/// A caller's trace that its sampler dropped (`traceparent` flags 00) stays dropped: the
+/// pipeline exports nothing of the demo, and its registry calls say "not sampled", so the
+/// registry does not start traces of its own for them. A sampled call afterwards shows
+/// the export path works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_trace_stays_dropped_across_pipeline_and_registry() {
+    let traced = Traced::start().await;
+    let dropped_request = "trace-e2e-dropped";
+    let op = traced
+        .demo(
+            &traceparent(*uuid::Uuid::new_v4().as_bytes(), [7; 8], false),
+            dropped_request,
+        )
+        .await;
+    assert!(op.steps.len() > 1, "the demo made registry calls: {op:?}");
+
+    // A sampled call, then its span: everything exported before it has arrived too.
+    let trace_id: [u8; 16] = *uuid::Uuid::new_v4().as_bytes();
+    let channel = capstan_client::connect(&traced.pipeline.url(), None)
+        .await
+        .unwrap();
+    let mut get = Request::new(pb::GetOperationRequest {
+        operation_id: op.operation_id.clone(),
+    });
+    get.metadata_mut().insert(
+        "traceparent",
+        traceparent(trace_id, [9; 8], true).parse().unwrap(),
+    );
+    OperationsClient::new(channel)
+        .get_operation(get)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while traced.receiver.of_trace(&trace_id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the sampled GetOperation's span never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One more export period for the registry, whose spans would come on their own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leaked: Vec<String> = traced
+        .receiver
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.attr("request_id").as_deref() == Some(dropped_request))
+        .map(|r| format!("{} {:?}", r.service, r.span.name))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "spans of a dropped trace were exported:\n{}",
+        leaked.join("\n")
     );
 }

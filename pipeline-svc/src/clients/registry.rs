@@ -130,6 +130,9 @@ fn propagate() -> Propagate {
     if let Some(step) = scope.step {
         propagate = propagate.with_baggage(telemetry::STEP_BAGGAGE, &*step);
     }
+    if let Some(dropped) = scope.dropped_trace {
+        propagate = propagate.with_dropped_trace(dropped);
+    }
     propagate
 }
 

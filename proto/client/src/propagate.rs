@@ -2,7 +2,12 @@
 //! `traceparent`, and `baggage`) and request id, so that the server's spans and logs join
 //! the caller's trace.
 
-use opentelemetry::{baggage::BaggageExt, propagation::Injector, KeyValue};
+use opentelemetry::{
+    baggage::BaggageExt,
+    propagation::Injector,
+    trace::{SpanContext, TraceContextExt},
+    KeyValue,
+};
 use tonic::{
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     service::Interceptor,
@@ -17,6 +22,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 pub struct Propagate {
     request_id: Option<MetadataValue<tonic::metadata::Ascii>>,
     baggage: Vec<KeyValue>,
+    dropped_trace: Option<SpanContext>,
 }
 
 impl Propagate {
@@ -24,7 +30,7 @@ impl Propagate {
     pub fn new(request_id: Option<&str>) -> Self {
         Self {
             request_id: request_id.and_then(|id| id.parse().ok()),
-            baggage: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -33,11 +39,24 @@ impl Propagate {
         self.baggage.push(KeyValue::new(key, value.into()));
         self
     }
+
+    /// Sends `trace` (its sampled flag clear) when no span carries a trace: the work
+    /// under way belongs to a call whose trace the sampler dropped, and the callee must
+    /// drop its part too rather than start a trace of its own.
+    pub fn with_dropped_trace(mut self, trace: SpanContext) -> Self {
+        self.dropped_trace = Some(trace);
+        self
+    }
 }
 
 impl Interceptor for Propagate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let mut cx = tracing::Span::current().context();
+        if let Some(dropped) = &self.dropped_trace {
+            if !cx.span().span_context().is_valid() {
+                cx = cx.with_remote_span_context(dropped.clone());
+            }
+        }
         if !self.baggage.is_empty() {
             cx = cx.with_baggage(self.baggage.clone());
         }

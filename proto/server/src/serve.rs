@@ -225,6 +225,10 @@ pub struct CallScope {
     pub request_id: Arc<str>,
     pub operation_id: Option<Arc<str>>,
     pub step: Option<Arc<str>>,
+    /// Set when the sampler dropped the trace of the call this work belongs to: none of
+    /// its spans goes to OpenTelemetry, and its onward calls carry this context (sampled
+    /// flag clear) so that their callees drop them too.
+    pub dropped_trace: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl CallScope {
@@ -249,6 +253,12 @@ tokio::task_local! {
 /// streams it wraps with [`with_request_id`]), or one [`within`] set; `None` outside.
 pub fn current() -> Option<CallScope> {
     CALL.try_with(Clone::clone).ok()
+}
+
+/// Whether the work under way belongs to a call whose trace the sampler dropped.
+pub fn trace_dropped() -> bool {
+    CALL.try_with(|c| c.dropped_trace.is_some())
+        .unwrap_or(false)
 }
 
 /// The id of the call being served: the client's `x-request-id`, else one made up when
@@ -340,31 +350,31 @@ where
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let span = tracing::info_span!(
-            "grpc",
-            otel.name = method.trim_start_matches('/'),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            method = %method,
-            request_id = %request_id,
-            operation_id = tracing::field::Empty,
-            step = tracing::field::Empty,
-            code = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-        );
-        // The caller's trace and, from a pipeline, the operation and step it works for.
-        let labels = telemetry::accept_trace(&span, req.headers());
-        if let Some(op) = &labels.operation_id {
-            span.record("operation_id", &**op);
-        }
-        if let Some(step) = &labels.step {
-            span.record("step", &**step);
-        }
+        // The caller's trace, sampled now, and, from a pipeline, the operation and step
+        // it works for.
+        let trace = telemetry::accept_trace(req.headers(), &method);
         let scope = CallScope {
             request_id: request_id.into(),
-            operation_id: labels.operation_id,
-            step: labels.step,
+            operation_id: trace.labels.operation_id.clone(),
+            step: trace.labels.step.clone(),
+            dropped_trace: trace.dropped(),
         };
+        // Made inside the scope, so that a dropped trace keeps it from OpenTelemetry.
+        let span = CALL.sync_scope(scope.clone(), || {
+            tracing::info_span!(
+                "grpc",
+                otel.name = method.trim_start_matches('/'),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                method = %method,
+                request_id = %scope.request_id,
+                operation_id = scope.operation_id.as_deref(),
+                step = scope.step.as_deref(),
+                code = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+            )
+        });
+        trace.join(&span);
         let call = Call {
             method,
             start: Instant::now(),

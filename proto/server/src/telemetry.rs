@@ -2,30 +2,55 @@
 //!
 //! Traces are off unless the standard OpenTelemetry variables ask for them (see
 //! [`init`]); then every span at `info` goes out over OTLP/gRPC, and calls join their
-//! caller's trace through W3C `traceparent` ([`accept_trace`]).
+//! caller's trace through W3C `traceparent` ([`accept_trace`]). A call's trace is sampled
+//! when the call arrives, before its span exists: the spans of a call the sampler drops
+//! never reach OpenTelemetry, so sampled-off tracing costs a request almost nothing.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    cell::RefCell,
+    io::IsTerminal,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use opentelemetry::{
     baggage::BaggageExt,
     propagation::{Extractor, TextMapCompositePropagator},
-    trace::{TraceContextExt, TracerProvider as _},
+    trace::{
+        Link, SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceId, TracerProvider as _,
+    },
+    KeyValue,
 };
 use opentelemetry_sdk::{
     propagation::{BaggagePropagator, TraceContextPropagator},
-    trace::SdkTracerProvider,
+    trace::{
+        Config, IdGenerator, RandomIdGenerator, SamplingDecision, SamplingResult,
+        SdkTracerProvider, ShouldSample,
+    },
     Resource,
 };
-use tracing::Span;
+use tracing::{level_filters::LevelFilter, subscriber::Interest, Level, Metadata, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
+use tracing_subscriber::{
+    fmt,
+    layer::{self, Filter, SubscriberExt},
+    util::SubscriberInitExt,
+    EnvFilter, Layer,
+};
 
-use crate::config::LogFormat;
+use crate::{config::LogFormat, serve};
 
 fn log_filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Colours only for a person at a terminal: escape codes garble log files and
+/// collectors, and styling every span's fields costs a request about a tenth of its
+/// instructions.
+fn ansi() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// Installs the global `tracing` subscriber for logs only (RUST_LOG filters; default
@@ -33,6 +58,7 @@ fn log_filter() -> EnvFilter {
 pub fn init_tracing(format: LogFormat) {
     let builder = fmt()
         .with_env_filter(log_filter())
+        .with_ansi(ansi())
         .with_writer(std::io::stderr);
     // A second call (tests starting several servers in one process) keeps the first.
     let _ = match format {
@@ -110,7 +136,12 @@ pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
         .ok()
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| service.to_string());
+    // The sampler OTEL_TRACES_SAMPLER names, asked once per call by `accept_trace`.
+    let sampler = Config::default().sampler;
+    // A second init (tests) keeps the first sampler, as it keeps the first subscriber.
+    let _ = SAMPLER.set(sampler.clone());
     let provider = SdkTracerProvider::builder()
+        .with_sampler(Presampled(sampler))
         .with_batch_exporter(exporter)
         .with_resource(Resource::builder().with_service_name(name).build())
         .build();
@@ -128,8 +159,8 @@ pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_context_activation(false)
-        .with_filter(EnvFilter::new(SPAN_FILTER));
-    let logs = fmt::layer().with_writer(std::io::stderr);
+        .with_filter(Exported);
+    let logs = fmt::layer().with_ansi(ansi()).with_writer(std::io::stderr);
     let logs = match format {
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().flatten_event(true).boxed(),
@@ -145,8 +176,74 @@ pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
     })
 }
 
-/// The spans exported: ours and the SQL driver's at `info`, nothing of the HTTP/2 stack.
-const SPAN_FILTER: &str = "info,h2=off,hyper=off,tower=off,tonic=off";
+/// The targets whose spans are not exported: the HTTP/2 stack.
+const UNEXPORTED_TARGETS: [&str; 4] = ["h2", "hyper", "tower", "tonic"];
+
+/// Which spans and events go to OpenTelemetry: ours and the SQL driver's at `info`,
+/// nothing of the HTTP/2 stack, and nothing of a call whose trace the sampler dropped.
+struct Exported;
+
+impl Exported {
+    fn by_callsite(meta: &Metadata<'_>) -> bool {
+        let target = meta.target();
+        *meta.level() <= Level::INFO
+            && !UNEXPORTED_TARGETS.iter().any(|t| {
+                target
+                    .strip_prefix(t)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+            })
+    }
+}
+
+impl<S> Filter<S> for Exported {
+    fn enabled(&self, meta: &Metadata<'_>, _: &layer::Context<'_, S>) -> bool {
+        Self::by_callsite(meta) && !serve::trace_dropped()
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        // Sometimes: whether a call's trace was dropped is known only when it runs.
+        if Self::by_callsite(meta) {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::INFO)
+    }
+}
+
+/// The sampler [`init`] installed; unset while traces are off.
+static SAMPLER: OnceLock<Box<dyn ShouldSample>> = OnceLock::new();
+
+thread_local! {
+    /// The decision [`accept_trace`] took for the call span this thread is starting: the
+    /// tracer takes it rather than sampling again (a ratio sampler would decide twice, on
+    /// two trace ids, and keep ratio² of the calls).
+    static DECIDED: RefCell<Option<SamplingResult>> = const { RefCell::new(None) };
+}
+
+/// The installed sampler, deferring to the decision [`accept_trace`] took for a call.
+#[derive(Clone, Debug)]
+struct Presampled(Box<dyn ShouldSample>);
+
+impl ShouldSample for Presampled {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        DECIDED.with_borrow_mut(Option::take).unwrap_or_else(|| {
+            self.0
+                .should_sample(parent, trace_id, name, kind, attributes, links)
+        })
+    }
+}
 
 /// Records the trace id of `span` in its `trace_id` field (declared empty), so the logs
 /// of everything under it name the trace; nothing when no trace is recorded.
@@ -186,12 +283,74 @@ pub struct CallerLabels {
 /// Longest baggage value taken as a label: a caller cannot blow up our spans.
 const MAX_LABEL_CHARS: usize = 128;
 
-/// Makes `span` a child of the caller's trace, as the call's headers carry it (W3C
-/// `traceparent`), and returns the labels of its baggage. Nothing without a tracer.
-pub fn accept_trace(span: &Span, headers: &http::HeaderMap) -> CallerLabels {
-    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+/// What a call's headers say of its trace, and whether the sampler keeps it: see
+/// [`accept_trace`].
+#[derive(Debug, Default)]
+pub struct CallerTrace {
+    /// The operation and step the caller said it works for.
+    pub labels: CallerLabels,
+    decision: Decision,
+}
+
+#[derive(Debug, Default)]
+enum Decision {
+    /// Traces are off.
+    #[default]
+    Off,
+    /// Sampled: the call's span joins `parent` (the caller's trace, when it sent one).
+    Sampled {
+        parent: opentelemetry::Context,
+        result: SamplingResult,
+    },
+    /// Dropped: nothing of the call goes to OpenTelemetry; its onward calls carry this
+    /// context, sampled flag clear, so that their callees drop them too.
+    Dropped(SpanContext),
+}
+
+impl CallerTrace {
+    /// The context the call's onward calls carry when its trace was dropped.
+    pub fn dropped(&self) -> Option<SpanContext> {
+        match &self.decision {
+            Decision::Dropped(cx) => Some(cx.clone()),
+            _ => None,
+        }
+    }
+
+    /// Makes `span`, the call's span, a child of the caller's trace when the call is
+    /// sampled, and names the trace in its logs (see [`record_trace_id`]).
+    pub fn join(self, span: &Span) {
+        let Decision::Sampled { parent, result } = self.decision else {
+            return;
+        };
+        if parent.span().span_context().is_valid() {
+            if let Err(e) = span.set_parent(parent) {
+                tracing::debug!(error = %e, "cannot join the caller's trace");
+            }
+        }
+        // The span starts here, on this thread, and its tracer takes this decision.
+        DECIDED.with_borrow_mut(|d| *d = Some(result));
+        record_trace_id(span);
+        DECIDED.with_borrow_mut(|d| d.take());
+    }
+}
+
+/// Reads the caller's trace (W3C `traceparent`) and baggage from a call's headers, and
+/// samples the call now, before its span exists: create the span inside a
+/// [`serve::CallScope`] carrying [`CallerTrace::dropped`], then [`CallerTrace::join`] it.
+/// Nothing without a tracer.
+pub fn accept_trace(headers: &http::HeaderMap, method: &str) -> CallerTrace {
+    let Some(sampler) = SAMPLER.get() else {
+        return CallerTrace::default();
+    };
+    // Extracting reads three headers and allocates: skip it when the caller sent none.
+    let parent = if headers.contains_key("traceparent") || headers.contains_key("baggage") {
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
+    } else {
+        opentelemetry::Context::new()
+    };
     let label = |key: &str| {
-        cx.baggage()
+        parent
+            .baggage()
             .get(key)
             .map(|v| v.as_str())
             .filter(|v| !v.is_empty() && v.chars().count() <= MAX_LABEL_CHARS)
@@ -201,13 +360,32 @@ pub fn accept_trace(span: &Span, headers: &http::HeaderMap) -> CallerLabels {
         operation_id: label(OPERATION_BAGGAGE),
         step: label(STEP_BAGGAGE),
     };
-    if cx.span().span_context().is_valid() {
-        if let Err(e) = span.set_parent(cx) {
-            tracing::debug!(error = %e, "cannot join the caller's trace");
-        }
-    }
-    record_trace_id(span);
-    labels
+    let caller = parent.span().span_context().clone();
+    let ids = RandomIdGenerator::default();
+    let trace_id = if caller.is_valid() {
+        caller.trace_id()
+    } else {
+        ids.new_trace_id()
+    };
+    let result = sampler.should_sample(
+        Some(&parent),
+        trace_id,
+        method.trim_start_matches('/'),
+        &SpanKind::Server,
+        &[],
+        &[],
+    );
+    let decision = match result.decision {
+        SamplingDecision::Drop => Decision::Dropped(SpanContext::new(
+            trace_id,
+            ids.new_span_id(),
+            TraceFlags::default(),
+            false,
+            result.trace_state,
+        )),
+        _ => Decision::Sampled { parent, result },
+    };
+    CallerTrace { labels, decision }
 }
 
 struct Headers<'a>(&'a http::HeaderMap);

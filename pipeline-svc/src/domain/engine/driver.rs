@@ -429,6 +429,7 @@ impl<'a> Driver<'a> {
             request_id: id.to_string().into(),
             operation_id: Some(id.to_string().into()),
             step: None,
+            dropped_trace: None,
         });
         let span = tracing::info_span!(
             "step",

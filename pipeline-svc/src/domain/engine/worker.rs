@@ -215,7 +215,10 @@ impl Engine {
 /// own, with the operation id as its request id.
 fn execution_span(lease: &Lease) -> (tracing::Span, CallScope) {
     let id: Arc<str> = lease.operation_id.to_string().into();
-    let request_id = serve::request_id().unwrap_or_else(|| id.clone());
+    let call = serve::current();
+    let request_id = call
+        .as_ref()
+        .map_or_else(|| id.clone(), |c| c.request_id.clone());
     let span = tracing::info_span!(
         parent: None,
         "operation",
@@ -229,6 +232,7 @@ fn execution_span(lease: &Lease) -> (tracing::Span, CallScope) {
         request_id,
         operation_id: Some(id),
         step: None,
+        dropped_trace: call.and_then(|c| c.dropped_trace),
     };
     (span, scope)
 }
