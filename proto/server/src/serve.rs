@@ -26,6 +26,7 @@ use tower_http::classify::{
 
 pub use tonic_health::server::{health_reporter, HealthReporter};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     auth::{AuthLayer, Verifier},
@@ -370,7 +371,6 @@ where
                 request_id = %scope.request_id,
                 operation_id = scope.operation_id.as_deref(),
                 step = scope.step.as_deref(),
-                code = tracing::field::Empty,
                 trace_id = tracing::field::Empty,
             )
         });
@@ -424,7 +424,9 @@ impl Call {
 
     fn finish(self, code: &'static str) {
         let elapsed = self.start.elapsed();
-        self.span.record("code", code);
+        // An attribute of the trace only: recording a field would re-format the span's
+        // log fields (in JSON, parse and re-serialize them) on every call.
+        self.span.set_attribute("code", code);
         let _entered = self.span.enter();
         tracing::debug!(code, elapsed_us = elapsed.as_micros() as u64, "call");
         metrics::counter!("capstan_grpc_requests_total", "method" => self.method.clone(), "code" => code).increment(1);

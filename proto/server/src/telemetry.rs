@@ -31,16 +31,97 @@ use opentelemetry_sdk::{
     },
     Resource,
 };
-use tracing::{level_filters::LevelFilter, subscriber::Interest, Level, Metadata, Span};
+use tracing::{
+    field::{Field, Visit},
+    level_filters::LevelFilter,
+    span,
+    subscriber::Interest,
+    Level, Metadata, Span,
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    fmt,
+    field::{RecordFields, VisitOutput},
+    fmt::{
+        self,
+        format::{DefaultFields, DefaultVisitor, JsonFields, JsonVisitor, Writer},
+        FormatFields, FormattedFields,
+    },
     layer::{self, Filter, SubscriberExt},
     util::SubscriberInitExt,
     EnvFilter, Layer,
 };
 
 use crate::{config::LogFormat, serve};
+
+/// Fields that are OpenTelemetry attributes only, left out of the logs: the span's name
+/// and `method` say the same.
+const TRACE_ONLY_FIELDS: [&str; 3] = ["otel.", "rpc.", "db."];
+
+/// How the logs write span and event fields: as `tracing-subscriber` does (`key=value`
+/// or JSON), without the trace-only fields and without empty labels. Every span's fields
+/// are formatted when it opens, whether or not anything is logged under it, so this is
+/// most of what logging costs a request.
+struct LogFields<F>(F);
+
+/// Passes a visitor every field the logs keep.
+struct LogVisitor<V>(V);
+
+impl<V: Visit> Visit for LogVisitor<V> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if kept(field) {
+            self.0.record_debug(field, value);
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if kept(field) && !value.is_empty() {
+            self.0.record_str(field, value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if kept(field) {
+            self.0.record_error(field, value);
+        }
+    }
+}
+
+fn kept(field: &Field) -> bool {
+    let name = field.name();
+    !TRACE_ONLY_FIELDS.iter().any(|p| name.starts_with(p))
+}
+
+impl<'w> FormatFields<'w> for LogFields<DefaultFields> {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        let mut v = LogVisitor(DefaultVisitor::new(writer, true));
+        fields.record(&mut v);
+        v.0.finish()
+    }
+}
+
+impl<'w> FormatFields<'w> for LogFields<JsonFields> {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut v = LogVisitor(JsonVisitor::new(&mut writer));
+        fields.record(&mut v);
+        v.0.finish()
+    }
+
+    /// Fields recorded later merge into the span's JSON object, as `JsonFields` does it.
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut merged = FormattedFields::<JsonFields>::new(std::mem::take(&mut current.fields));
+        let result = self.0.add_fields(&mut merged, fields);
+        current.fields = merged.fields;
+        result
+    }
+}
 
 fn log_filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
@@ -56,14 +137,20 @@ fn ansi() -> bool {
 /// Installs the global `tracing` subscriber for logs only (RUST_LOG filters; default
 /// `info`): what tests use; the services call [`init`].
 pub fn init_tracing(format: LogFormat) {
-    let builder = fmt()
+    let builder = fmt::fmt()
         .with_env_filter(log_filter())
         .with_ansi(ansi())
         .with_writer(std::io::stderr);
     // A second call (tests starting several servers in one process) keeps the first.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder
+            .fmt_fields(LogFields(DefaultFields::new()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .fmt_fields(LogFields(JsonFields::new()))
+            .try_init(),
     };
 }
 
@@ -162,8 +249,12 @@ pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
         .with_filter(Exported);
     let logs = fmt::layer().with_ansi(ansi()).with_writer(std::io::stderr);
     let logs = match format {
-        LogFormat::Text => logs.boxed(),
-        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+        LogFormat::Text => logs.fmt_fields(LogFields(DefaultFields::new())).boxed(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .fmt_fields(LogFields(JsonFields::new()))
+            .boxed(),
     };
     tracing_subscriber::registry()
         .with(spans)
@@ -439,5 +530,92 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// The lines a subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log_under_a_call_span(json: bool) -> String {
+        let lines = Lines::default();
+        let writer = {
+            let lines = lines.clone();
+            move || lines.clone()
+        };
+        let builder = fmt::fmt().with_ansi(false).with_writer(writer);
+        let work = || {
+            let span = tracing::info_span!(
+                "grpc",
+                otel.name = "Svc/Method",
+                rpc.system = "grpc",
+                method = "/Svc/Method",
+                request_id = "req-1",
+                step = "",
+                trace_id = tracing::field::Empty,
+            );
+            span.record("trace_id", "abc");
+            span.in_scope(|| tracing::info!(n = 1, "inside"));
+        };
+        if json {
+            let subscriber = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .fmt_fields(LogFields(JsonFields::new()))
+                .finish();
+            tracing::subscriber::with_default(subscriber, work);
+        } else {
+            let subscriber = builder.fmt_fields(LogFields(DefaultFields::new())).finish();
+            tracing::subscriber::with_default(subscriber, work);
+        }
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn logs_leave_out_trace_only_fields_and_empty_labels() {
+        let line = log_under_a_call_span(false);
+        assert!(
+            line.contains(r#"grpc{method="/Svc/Method" request_id="req-1" trace_id="abc"}"#),
+            "{line}"
+        );
+        assert!(line.contains("inside n=1"), "{line}");
+        for gone in ["otel.name", "rpc.system", "step"] {
+            assert!(!line.contains(gone), "{gone} in {line}");
+        }
+    }
+
+    #[test]
+    fn json_logs_leave_them_out_and_merge_recorded_fields() {
+        let line = log_under_a_call_span(true);
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(
+            v["span"],
+            serde_json::json!({
+                "name": "grpc",
+                "method": "/Svc/Method",
+                "request_id": "req-1",
+                "trace_id": "abc",
+            }),
+            "{line}"
+        );
+        assert_eq!(v["n"], 1, "{line}");
     }
 }
