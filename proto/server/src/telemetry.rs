@@ -34,19 +34,18 @@ use opentelemetry_sdk::{
 use tracing::{
     field::{Field, Visit},
     level_filters::LevelFilter,
-    span,
-    subscriber::Interest,
-    Level, Metadata, Span,
+    span, Span,
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     field::{RecordFields, VisitOutput},
+    filter::{dynamic_filter_fn, FilterExt},
     fmt::{
         self,
         format::{DefaultFields, DefaultVisitor, JsonFields, JsonVisitor, Writer},
         FormatFields, FormattedFields,
     },
-    layer::{self, Filter, SubscriberExt},
+    layer::SubscriberExt,
     util::SubscriberInitExt,
     EnvFilter, Layer,
 };
@@ -137,21 +136,28 @@ fn ansi() -> bool {
 /// Installs the global `tracing` subscriber for logs only (RUST_LOG filters; default
 /// `info`): what tests use; the services call [`init`].
 pub fn init_tracing(format: LogFormat) {
-    let builder = fmt::fmt()
-        .with_env_filter(log_filter())
-        .with_ansi(ansi())
-        .with_writer(std::io::stderr);
     // A second call (tests starting several servers in one process) keeps the first.
-    let _ = match format {
-        LogFormat::Text => builder
-            .fmt_fields(LogFields(DefaultFields::new()))
-            .try_init(),
-        LogFormat::Json => builder
+    let _ = tracing_subscriber::registry()
+        .with(log_filter())
+        .with(logs(format, std::io::stderr, ansi()))
+        .try_init();
+}
+
+/// The log lines, in `format` to `writer`, their fields as [`LogFields`] writes them.
+fn logs<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let logs = fmt::layer().with_ansi(ansi).with_writer(writer);
+    match format {
+        LogFormat::Text => logs.fmt_fields(LogFields(DefaultFields::new())).boxed(),
+        LogFormat::Json => logs
             .json()
             .flatten_event(true)
             .fmt_fields(LogFields(JsonFields::new()))
-            .try_init(),
-    };
+            .boxed(),
+    }
 }
 
 /// What [`init`] installed; keep it until the process exits: dropping it exports the
@@ -246,19 +252,17 @@ pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_context_activation(false)
-        .with_filter(Exported);
-    let logs = fmt::layer().with_ansi(ansi()).with_writer(std::io::stderr);
-    let logs = match format {
-        LogFormat::Text => logs.fmt_fields(LogFields(DefaultFields::new())).boxed(),
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .fmt_fields(LogFields(JsonFields::new()))
-            .boxed(),
-    };
+        // Nothing of a call whose trace the sampler dropped goes out: known only as it runs.
+        // The hint keeps `info` the most verbose level the layer asks for.
+        .with_filter(
+            EnvFilter::new(SPAN_FILTER).and(
+                dynamic_filter_fn(|_, _| !serve::trace_dropped())
+                    .with_max_level_hint(LevelFilter::INFO),
+            ),
+        );
     tracing_subscriber::registry()
         .with(spans)
-        .with(logs.with_filter(log_filter()))
+        .with(logs(format, std::io::stderr, ansi()).with_filter(log_filter()))
         .try_init()
         .context("a tracing subscriber is installed already")?;
     tracing::info!(service, "exporting traces over OTLP");
@@ -267,43 +271,8 @@ pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
     })
 }
 
-/// The targets whose spans are not exported: the HTTP/2 stack.
-const UNEXPORTED_TARGETS: [&str; 4] = ["h2", "hyper", "tower", "tonic"];
-
-/// Which spans and events go to OpenTelemetry: ours and the SQL driver's at `info`,
-/// nothing of the HTTP/2 stack, and nothing of a call whose trace the sampler dropped.
-struct Exported;
-
-impl Exported {
-    fn by_callsite(meta: &Metadata<'_>) -> bool {
-        let target = meta.target();
-        *meta.level() <= Level::INFO
-            && !UNEXPORTED_TARGETS.iter().any(|t| {
-                target
-                    .strip_prefix(t)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
-            })
-    }
-}
-
-impl<S> Filter<S> for Exported {
-    fn enabled(&self, meta: &Metadata<'_>, _: &layer::Context<'_, S>) -> bool {
-        Self::by_callsite(meta) && !serve::trace_dropped()
-    }
-
-    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
-        // Sometimes: whether a call's trace was dropped is known only when it runs.
-        if Self::by_callsite(meta) {
-            Interest::sometimes()
-        } else {
-            Interest::never()
-        }
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::INFO)
-    }
-}
+/// The spans exported: ours and the SQL driver's at `info`, nothing of the HTTP/2 stack.
+const SPAN_FILTER: &str = "info,h2=off,hyper=off,tower=off,tonic=off";
 
 /// The sampler [`init`] installed; unset while traces are off.
 static SAMPLER: OnceLock<Box<dyn ShouldSample>> = OnceLock::new();
@@ -559,8 +528,13 @@ mod tests {
             let lines = lines.clone();
             move || lines.clone()
         };
-        let builder = fmt::fmt().with_ansi(false).with_writer(writer);
-        let work = || {
+        let format = if json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
+        let subscriber = tracing_subscriber::registry().with(logs(format, writer, false));
+        tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
                 "grpc",
                 otel.name = "Svc/Method",
@@ -572,21 +546,9 @@ mod tests {
             );
             span.record("trace_id", "abc");
             span.in_scope(|| tracing::info!(n = 1, "inside"));
-        };
-        if json {
-            let subscriber = builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .fmt_fields(LogFields(JsonFields::new()))
-                .finish();
-            tracing::subscriber::with_default(subscriber, work);
-        } else {
-            let subscriber = builder.fmt_fields(LogFields(DefaultFields::new())).finish();
-            tracing::subscriber::with_default(subscriber, work);
-        }
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        text
+        });
+        let written = lines.0.lock().unwrap().clone();
+        String::from_utf8(written).unwrap()
     }
 
     #[test]
