@@ -6,7 +6,8 @@
 # `cargo build --release -p registry-svc -p pipeline-svc -p capstan-tests`. BEFORE_ENV and
 # AFTER_ENV set variables for one side's run (its servers inherit them), so the same
 # binaries can be compared under two settings, such as tracing off and on.
-# REGISTRY_ONLY=1 skips the pipeline bench, PIPELINE_ONLY=1 the registry bench. Summarize with
+# REGISTRY_ONLY=1 skips the pipeline bench, PIPELINE_ONLY=1 the registry bench; SHOWCASE_RUNS sets
+# the demos per round (5 by default; about 30 give a stable demo p50). Summarize with
 # `python3 tests/bench/ab_summary.py OUT_DIR [BEFORE_LABEL AFTER_LABEL]`.
 set -euo pipefail
 [ $# -ge 3 ] || { sed -n 2,10p "$0" >&2; exit 2; }
@@ -26,7 +27,7 @@ for round in $(seq 1 "$rounds"); do
     fi
     [ -n "${REGISTRY_ONLY:-}" ] && continue
     echo "== round $round $side pipeline (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    run "$bin/pipeline_bench" --backend both --showcase-runs 5 --first-event-runs 30 \
+    run "$bin/pipeline_bench" --backend both --showcase-runs ${SHOWCASE_RUNS:-5} --first-event-runs 30 \
       --queued-runs 100 --noop-runs 50 --out "$out/pipe-$side-$round.json" \
       > "$out/pipe-$side-$round.log" 2>&1
   done

@@ -22,13 +22,14 @@ cleanup() {
 trap cleanup EXIT
 "${psql[@]}" -d postgres -c "CREATE DATABASE $db"
 
-# The registry's own migrations make the schema: start it once, wait until it serves.
+# The registry's own migrations make the schema: start it once, until its storage is ready.
 listen="127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$bin/registry-svc" --auth disabled --listen "$listen" --data-dir "$work/data" \
   --database-url "postgres://postgres@$host:$port/$db" > "$work/registry.log" 2>&1 &
 registry=$!
-for _ in $(seq 1 100); do grep -q 'gRPC listening' "$work/registry.log" && break; sleep 0.1; done
-grep -q 'gRPC listening' "$work/registry.log" || { cat "$work/registry.log" >&2; exit 1; }
+# It listens before its storage is ready; the migrations are done at "storage ready".
+for _ in $(seq 1 300); do grep -q 'storage ready' "$work/registry.log" && break; sleep 0.1; done
+grep -q 'storage ready' "$work/registry.log" || { cat "$work/registry.log" >&2; exit 1; }
 kill "$registry"; wait "$registry" 2>/dev/null || true; registry=
 
 # Two runs for the aliases to point at, as CreateRun stores them.

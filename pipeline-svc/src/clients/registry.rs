@@ -11,10 +11,7 @@ use std::{collections::BTreeMap, future::Future};
 use async_trait::async_trait;
 use capstan_client::{failed_in_transit, AuthedChannel, Propagate, Retry};
 use capstan_proto::registry::v1 as pb;
-use capstan_server::{
-    serve::{self, CallScope},
-    telemetry,
-};
+use capstan_server::{serve, telemetry};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
@@ -81,18 +78,18 @@ impl GrpcRegistry {
         F: FnMut(AuthedChannel, bool) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        let scope = serve::current();
-        let [request_id, operation_id, step] = CallScope::labels(scope.as_ref());
-        let span = tracing::info_span!(
-            "registry call",
-            otel.name = %format_args!("registry {name}"),
-            otel.kind = "client",
-            rpc.system = "grpc",
-            rpc.method = name,
-            request_id,
-            operation_id,
-            step,
-        );
+        let span = serve::with_labels(|[request_id, operation_id, step]| {
+            tracing::info_span!(
+                "registry call",
+                otel.name = %format_args!("registry {name}"),
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.method = name,
+                request_id,
+                operation_id,
+                step,
+            )
+        });
         async {
             if let Some(token) = &self.token {
                 token.refresh().await;

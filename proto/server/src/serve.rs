@@ -1,6 +1,7 @@
 //! Server bootstrap shared by both services.
 
 use std::{
+    collections::HashSet,
     future::Future,
     net::SocketAddr,
     path::PathBuf,
@@ -11,6 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -45,6 +47,9 @@ pub struct ServeOptions {
     /// Services reflection advertises (with health); empty: every service described in
     /// the descriptor sets, which include the other service's packages.
     pub advertise: Vec<String>,
+    /// Paths served besides the methods of the built-in descriptor sets (a test's own
+    /// service), for their metrics labels (see [`ObserveLayer`]).
+    pub also_served: Vec<String>,
 }
 
 impl ServeOptions {
@@ -61,6 +66,7 @@ impl ServeOptions {
             tls: args.tls_cert_file.clone().zip(args.tls_key_file.clone()),
             shutdown_deadline: args.shutdown_deadline(),
             advertise: Vec::new(),
+            also_served: Vec::new(),
         })
     }
 
@@ -73,6 +79,7 @@ impl ServeOptions {
             tls: None,
             shutdown_deadline: Duration::from_secs(5),
             advertise: Vec::new(),
+            also_served: Vec::new(),
         }
     }
 }
@@ -97,10 +104,14 @@ pub async fn bind(addr: SocketAddr, service: &str) -> anyhow::Result<TcpListener
 /// Reflection needs every descriptor a client may meet: ours, health, and the
 /// `google.rpc` error details that carry field violations.
 fn reflection(advertise: &[String]) -> tonic_reflection::server::Builder<'static> {
-    let mut builder = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(capstan_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+    let mut builder = tonic_reflection::server::Builder::configure();
+    for set in [
+        capstan_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_types::pb::FILE_DESCRIPTOR_SET,
+    ] {
+        builder = builder.register_encoded_file_descriptor_set(set);
+    }
     if !advertise.is_empty() {
         for always in [
             "grpc.health.v1.Health",
@@ -153,7 +164,7 @@ pub async fn serve(
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
     builder
-        .layer(ObserveLayer)
+        .layer(ObserveLayer::new(&options.also_served))
         .layer(AuthLayer::new(options.verifier))
         .add_routes(routes)
         // Accepted sockets do not inherit the builder's `tcp_nodelay`; without it every
@@ -233,16 +244,14 @@ pub struct CallScope {
 }
 
 impl CallScope {
-    /// The labels of the scope `current` returned, for a span's fields: the request id,
-    /// the operation id and the step, empty where unset.
-    pub fn labels(current: Option<&CallScope>) -> [&str; 3] {
-        current.map_or(["", "", ""], |s| {
-            [
-                &*s.request_id,
-                s.operation_id.as_deref().unwrap_or(""),
-                s.step.as_deref().unwrap_or(""),
-            ]
-        })
+    /// Its labels, for a span's fields: the request id, the operation id and the step,
+    /// empty where unset.
+    fn labels(&self) -> [&str; 3] {
+        [
+            &self.request_id,
+            self.operation_id.as_deref().unwrap_or(""),
+            self.step.as_deref().unwrap_or(""),
+        ]
     }
 }
 
@@ -254,6 +263,13 @@ tokio::task_local! {
 /// streams it wraps with [`with_request_id`]), or one [`within`] set; `None` outside.
 pub fn current() -> Option<CallScope> {
     CALL.try_with(Clone::clone).ok()
+}
+
+/// `f` of the labels of the work under way (see [`CallScope::labels`]; all empty outside
+/// any scope), read in place: spans of store and client calls are made on every query.
+pub fn with_labels<R>(mut f: impl FnMut([&str; 3]) -> R) -> R {
+    CALL.try_with(|s| f(s.labels()))
+        .unwrap_or_else(|_| f(["", "", ""]))
 }
 
 /// Whether the work under way belongs to a call whose trace the sampler dropped.
@@ -312,19 +328,71 @@ impl<S: futures::Stream + Unpin> futures::Stream for WithRequestId<S> {
 /// trailers-only error, else the trailers after the last message, so an error a stream
 /// sends after some messages counts with its own code. A response the client drops before
 /// its end counts as `CANCELLED`, what the client saw.
-#[derive(Clone, Copy)]
-pub struct ObserveLayer;
+///
+/// Metrics label a call by its method only when this server may serve it (a method of the
+/// built-in descriptor sets, or of `also`); any other path is `unknown`. A label per path a
+/// client makes up would grow the metrics, and every scrape, without bound.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    methods: Arc<HashSet<Arc<str>>>,
+    unknown: Arc<str>,
+}
+
+impl ObserveLayer {
+    pub fn new(also: &[String]) -> Self {
+        let sets = [
+            capstan_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut methods: HashSet<Arc<str>> = also.iter().map(|m| m.as_str().into()).collect();
+        for set in sets {
+            let files = match prost_types::FileDescriptorSet::decode(set) {
+                Ok(set) => set.file,
+                Err(e) => {
+                    tracing::error!(error = %e, "a built-in descriptor set does not decode; its methods count as unknown");
+                    continue;
+                }
+            };
+            for file in files {
+                for service in &file.service {
+                    let name = match file.package() {
+                        "" => service.name().to_string(),
+                        p => format!("{p}.{}", service.name()),
+                    };
+                    for method in &service.method {
+                        methods.insert(format!("/{name}/{}", method.name()).into());
+                    }
+                }
+            }
+        }
+        Self {
+            methods: Arc::new(methods),
+            unknown: "unknown".into(),
+        }
+    }
+
+    /// The metrics label of a call to `path`.
+    fn label(&self, path: &str) -> Arc<str> {
+        self.methods.get(path).unwrap_or(&self.unknown).clone()
+    }
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner }
+        Observe {
+            inner,
+            layer: self.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
+    layer: ObserveLayer,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -344,18 +412,20 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let method = req.uri().path().to_owned();
-        let request_id = req
+        let method = req.uri().path();
+        let request_id: Arc<str> = match req
             .headers()
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        {
+            Some(id) => id.into(),
+            None => uuid::Uuid::new_v4().to_string().into(),
+        };
         // The caller's trace, sampled now, and, from a pipeline, the operation and step
         // it works for.
-        let trace = telemetry::accept_trace(req.headers(), &method);
+        let trace = telemetry::accept_trace(req.headers(), method);
         let scope = CallScope {
-            request_id: request_id.into(),
+            request_id,
             operation_id: trace.labels.operation_id.clone(),
             step: trace.labels.step.clone(),
             dropped_trace: trace.dropped(),
@@ -376,7 +446,7 @@ where
         });
         trace.join(&span);
         let call = Call {
-            method,
+            method: self.layer.label(method),
             start: Instant::now(),
             span: span.clone(),
         };
@@ -398,7 +468,8 @@ where
 
 /// One call being observed, until its response ends.
 struct Call {
-    method: String,
+    /// Its metrics label (see [`ObserveLayer`]).
+    method: Arc<str>,
     start: Instant,
     /// Kept until the response ends, so the span covers the whole stream.
     span: tracing::Span,
@@ -531,6 +602,30 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn only_served_methods_get_a_label_of_their_own() {
+        let observe = ObserveLayer::new(&["/capstan.test.Streams/Complete".into()]);
+        for served in [
+            "/capstan.registry.v1.RegistryService/GetAlias",
+            "/capstan.pipeline.v1.OperationsService/WatchOperation",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "/capstan.test.Streams/Complete",
+        ] {
+            assert_eq!(&*observe.label(served), served);
+        }
+        for made_up in [
+            "/capstan.registry.v1.RegistryService/NoSuchMethod",
+            "/capstan.registry.v1.RegistryService/WatchOperation",
+            "/x/y",
+            "",
+            "/capstan.registry.v1.RegistryService/GetAlias/",
+        ] {
+            assert_eq!(&*observe.label(made_up), "unknown", "{made_up:?}");
+        }
+    }
+
     #[tokio::test]
     async fn the_request_id_reaches_the_handler_and_the_streams_it_wraps() {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -551,7 +646,7 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
-        let mut service = ObserveLayer.layer(handler);
+        let mut service = ObserveLayer::new(&[]).layer(handler);
         let request = http::Request::builder()
             .uri("/capstan.test/Call")
             .header("x-request-id", "req-42")

@@ -133,7 +133,12 @@ fn recorder() -> &'static PrometheusHandle {
 /// The value of the sample `name{…method="/capstan.test.Streams/{method}"…}` whose labels
 /// also include `label` (such as `code="OK"`), if the exporter has it.
 fn sample(name: &str, method: &str, label: &str) -> Option<f64> {
-    let method = format!("method=\"/capstan.test.Streams/{method}\"");
+    sample_labelled(name, &format!("/capstan.test.Streams/{method}"), label)
+}
+
+/// The value of the sample `name{…method="{method}"…}` whose labels also include `label`.
+fn sample_labelled(name: &str, method: &str, label: &str) -> Option<f64> {
+    let method = format!("method=\"{method}\"");
     recorder().render().lines().find_map(|line| {
         let (series, value) = line.rsplit_once(' ')?;
         let (metric, labels) = series.split_once('{')?;
@@ -151,7 +156,12 @@ async fn start() -> (Channel, CancellationToken) {
     let shutdown = CancellationToken::new();
     tokio::spawn(serve::serve(
         listener,
-        ServeOptions::for_tests(Verifier::disabled()),
+        ServeOptions {
+            also_served: ["FailMidway", "Complete", "Hang", "Refuse"]
+                .map(|m| format!("/capstan.test.Streams/{m}"))
+                .into(),
+            ..ServeOptions::for_tests(Verifier::disabled())
+        },
         Routes::new(Streams),
         shutdown.clone(),
     ));
@@ -249,5 +259,30 @@ async fn completed_refused_and_abandoned_calls_count_as_the_client_saw_them() {
     assert_eq!(stream.message().await.unwrap(), Some(()));
     drop(stream);
     assert_eq!(count("Hang", "CANCELLED").await, 1.0);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_made_up_method_counts_as_unknown_not_as_a_label_of_its_own() {
+    let (channel, shutdown) = start().await;
+    assert_eq!(call(&channel, "Invented").await, (0, Code::Unimplemented));
+    let mut counted = None;
+    for _ in 0..100 {
+        counted = sample_labelled(
+            "capstan_grpc_requests_total",
+            "unknown",
+            "code=\"UNIMPLEMENTED\"",
+        );
+        if counted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rendered = recorder().render();
+    assert_eq!(counted, Some(1.0), "{rendered}");
+    assert!(
+        !rendered.contains("Invented"),
+        "a path the client made up is no label:\n{rendered}"
+    );
     shutdown.cancel();
 }

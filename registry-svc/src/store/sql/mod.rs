@@ -16,10 +16,7 @@ mod stmt;
 use std::{collections::HashSet, sync::RwLock};
 
 use async_trait::async_trait;
-use capstan_server::{
-    db::{classify, Backend, Connections, DbFailure},
-    serve::CallScope,
-};
+use capstan_server::db::{classify, Backend, Connections, DbFailure};
 use futures::stream::BoxStream;
 use sqlx::AnyPool;
 use tracing::Instrument;
@@ -132,21 +129,21 @@ impl SqlStore {
 impl SqlStore {
     /// The span of one store call, under the call it serves and with its labels.
     fn span(&self, operation: &'static str) -> tracing::Span {
-        let scope = capstan_server::serve::current();
-        let [request_id, operation_id, step] = CallScope::labels(scope.as_ref());
-        tracing::info_span!(
-            "sql",
-            otel.name = %format_args!("sql {operation}"),
-            otel.kind = "client",
-            db.system = match self.backend {
-                Backend::Sqlite => "sqlite",
-                Backend::Postgres => "postgresql",
-            },
-            db.operation = operation,
-            request_id,
-            operation_id,
-            step,
-        )
+        capstan_server::serve::with_labels(|[request_id, operation_id, step]| {
+            tracing::info_span!(
+                "sql",
+                otel.name = %format_args!("sql {operation}"),
+                otel.kind = "client",
+                db.system = match self.backend {
+                    Backend::Sqlite => "sqlite",
+                    Backend::Postgres => "postgresql",
+                },
+                db.operation = operation,
+                request_id,
+                operation_id,
+                step,
+            )
+        })
     }
 }
 
