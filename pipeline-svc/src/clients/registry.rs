@@ -78,7 +78,7 @@ impl GrpcRegistry {
         F: FnMut(AuthedChannel, bool) -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        let span = serve::with_labels(|[request_id, operation_id, step]| {
+        let span = serve::trace_span(|[request_id, operation_id, step]| {
             tracing::info_span!(
                 "registry call",
                 otel.name = %format_args!("registry {name}"),

@@ -265,11 +265,19 @@ pub fn current() -> Option<CallScope> {
     CALL.try_with(Clone::clone).ok()
 }
 
-/// `f` of the labels of the work under way (see [`CallScope::labels`]; all empty outside
-/// any scope), read in place: spans of store and client calls are made on every query.
-pub fn with_labels<R>(mut f: impl FnMut([&str; 3]) -> R) -> R {
-    CALL.try_with(|s| f(s.labels()))
-        .unwrap_or_else(|_| f(["", "", ""]))
+/// A span only traces need (a statement's, an onward call's), made by `f` from the labels
+/// of the work under way (see [`CallScope::labels`]; all empty outside any scope). None
+/// while no trace is exported, or when the sampler dropped this call's trace: the logs
+/// have the call's own span and labels, and such spans are made on every query.
+pub fn trace_span(mut f: impl FnMut([&str; 3]) -> tracing::Span) -> tracing::Span {
+    if !telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    CALL.try_with(|s| match s.dropped_trace {
+        Some(_) => tracing::Span::none(),
+        None => f(s.labels()),
+    })
+    .unwrap_or_else(|_| f(["", "", ""]))
 }
 
 /// Whether the work under way belongs to a call whose trace the sampler dropped.

@@ -277,6 +277,11 @@ const SPAN_FILTER: &str = "info,h2=off,hyper=off,tower=off,tonic=off";
 /// The sampler [`init`] installed; unset while traces are off.
 static SAMPLER: OnceLock<Box<dyn ShouldSample>> = OnceLock::new();
 
+/// Whether [`init`] set up the export of traces.
+pub fn exporting() -> bool {
+    SAMPLER.get().is_some()
+}
+
 thread_local! {
     /// The decision [`accept_trace`] took for the call span this thread is starting: the
     /// tracer takes it rather than sampling again (a ratio sampler would decide twice, on

@@ -127,9 +127,10 @@ impl SqlStore {
 }
 
 impl SqlStore {
-    /// The span of one store call, under the call it serves and with its labels.
+    /// The span of one store call, under the call it serves and with its labels (for
+    /// traces only; see [`capstan_server::serve::trace_span`]).
     fn span(&self, operation: &'static str) -> tracing::Span {
-        capstan_server::serve::with_labels(|[request_id, operation_id, step]| {
+        capstan_server::serve::trace_span(|[request_id, operation_id, step]| {
             tracing::info_span!(
                 "sql",
                 otel.name = %format_args!("sql {operation}"),
