@@ -27,7 +27,7 @@ for round in $(seq 1 "$rounds"); do
     fi
     [ -n "${REGISTRY_ONLY:-}" ] && continue
     echo "== round $round $side pipeline (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    run "$bin/pipeline_bench" --backend both --showcase-runs ${SHOWCASE_RUNS:-5} --first-event-runs 30 \
+    run "$bin/pipeline_bench" --backend both --showcase-runs "${SHOWCASE_RUNS:-5}" --first-event-runs 30 \
       --queued-runs 100 --noop-runs 50 --out "$out/pipe-$side-$round.json" \
       > "$out/pipe-$side-$round.log" 2>&1
   done

@@ -101,15 +101,17 @@ pub async fn bind(addr: SocketAddr, service: &str) -> anyhow::Result<TcpListener
     Ok(listener)
 }
 
-/// Reflection needs every descriptor a client may meet: ours, health, and the
-/// `google.rpc` error details that carry field violations.
+/// Every descriptor a client may meet, besides reflection's own (its builder adds them):
+/// ours, health, and the `google.rpc` error details that carry field violations.
+const DESCRIPTOR_SETS: [&[u8]; 3] = [
+    capstan_proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_types::pb::FILE_DESCRIPTOR_SET,
+];
+
 fn reflection(advertise: &[String]) -> tonic_reflection::server::Builder<'static> {
     let mut builder = tonic_reflection::server::Builder::configure();
-    for set in [
-        capstan_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_types::pb::FILE_DESCRIPTOR_SET,
-    ] {
+    for set in DESCRIPTOR_SETS {
         builder = builder.register_encoded_file_descriptor_set(set);
     }
     if !advertise.is_empty() {
@@ -266,7 +268,7 @@ pub fn current() -> Option<CallScope> {
 }
 
 /// A span only traces need (a statement's, an onward call's), made by `f` from the labels
-/// of the work under way (see [`CallScope::labels`]; all empty outside any scope). None
+/// of the work under way (request id, operation id, step; empty where unset). None
 /// while no trace is exported, or when the sampler dropped this call's trace: the logs
 /// have the call's own span and labels, and such spans are made on every query.
 pub fn trace_span(mut f: impl FnMut([&str; 3]) -> tracing::Span) -> tracing::Span {
@@ -337,8 +339,8 @@ impl<S: futures::Stream + Unpin> futures::Stream for WithRequestId<S> {
 /// sends after some messages counts with its own code. A response the client drops before
 /// its end counts as `CANCELLED`, what the client saw.
 ///
-/// Metrics label a call by its method only when this server may serve it (a method of the
-/// built-in descriptor sets, or of `also`); any other path is `unknown`. A label per path a
+/// Metrics label a call by its method only when this server may serve it (a method of
+/// [`DESCRIPTOR_SETS`], of reflection, or of `also`); any other path is `unknown`. A label per path a
 /// client makes up would grow the metrics, and every scrape, without bound.
 #[derive(Clone)]
 pub struct ObserveLayer {
@@ -348,14 +350,12 @@ pub struct ObserveLayer {
 
 impl ObserveLayer {
     pub fn new(also: &[String]) -> Self {
-        let sets = [
-            capstan_proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        let reflection = [
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ];
         let mut methods: HashSet<Arc<str>> = also.iter().map(|m| m.as_str().into()).collect();
-        for set in sets {
+        for set in DESCRIPTOR_SETS.into_iter().chain(reflection) {
             let files = match prost_types::FileDescriptorSet::decode(set) {
                 Ok(set) => set.file,
                 Err(e) => {
